@@ -1,0 +1,74 @@
+"""Shared fixtures: a small synthetic CheXpert tree, its prepared dataset, and hand-made image files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chexpert_hf.data import prepare, synthesize
+from chexpert_hf.data.synthetic import TRAIN_HEADER
+
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A synthetic CheXpert-v1.0-small tree: 12 training, 8 validation and 3 test patients."""
+    summary = synthesize(tmp_path_factory.mktemp("synthetic"), 12, valid_patients=8, test_patients=3, seed=7,
+                         progress=False)
+    return summary.root
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(synthetic_root, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("prepared") / "chexpert"
+    prepare(synthetic_root, output, image_size=160)
+    return output
+
+
+def jpeg_bytes(size=(200, 240), mode="L", value=128, quality=92) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, value).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def gradient(size=(200, 240)) -> np.ndarray:
+    """A horizontal ramp 0..255 (uint8, height x width), to see that content survives decoding."""
+    width, height = size
+    return np.tile(np.linspace(0, 255, width, dtype=np.float32), (height, 1)).astype(np.uint8)
+
+
+def write_csv(path: Path, header, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def image_row(relative: str, labels=None, view="Frontal", ap_pa="AP", sex="Female", age=60) -> list:
+    """A train.csv row for ``relative`` (``train/patientN/studyN/file``) with the given 14 label cells."""
+    labels = labels if labels is not None else ["1.0"] + [""] * 13
+    return [f"CheXpert-v1.0-small/{relative}", sex, age, view, ap_pa if view == "Frontal" else "", *labels]
+
+
+def make_tree(root: Path, files: dict[str, bytes], header=TRAIN_HEADER, rows=None, valid_rows=None) -> Path:
+    """A CheXpert-v1.0-small tree at ``root`` with the given image files and CSV rows (one per file by default)."""
+    for relative, data in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    train = rows if rows is not None else [image_row(name) for name in files if name.startswith("train/")]
+    write_csv(root / "train.csv", header, train)
+    valid = valid_rows if valid_rows is not None else [image_row(name, ["0.0"] * 14) for name in files
+                                                       if name.startswith("valid/")]
+    write_csv(root / "valid.csv", header, valid)
+    return root

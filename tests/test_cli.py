@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+import datasets
+import pandas as pd
+
+from chexpert_hf.cli import build_parser, main
+
+
+def test_help_lists_the_subcommands():
+    result = subprocess.run([sys.executable, "-m", "chexpert_hf.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "synthesize" in result.stdout and "prepare" in result.stdout
+    for command in ("synthesize", "prepare"):
+        text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
+        assert "--output" in text and "--num-proc" in text
+
+
+def test_synthesize_then_prepare(tmp_path, capsys):
+    assert main(["synthesize", "--output", str(tmp_path / "raw"), "--num-patients", "5", "--valid-patients", "3",
+                 "--test-patients", "2", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    root = tmp_path / "raw" / "CheXpert-v1.0-small"
+    assert f"wrote {root}" in out and "lesion boxes" in out
+    assert main(["prepare", "--data-dir", str(root), "--output", str(tmp_path / "ready"), "--image-size", "64",
+                 "--num-proc", "1", "--frontal-only"]) == 0
+    out = capsys.readouterr().out
+    dataset = datasets.load_from_disk(str(tmp_path / "ready"))
+    frontal = (pd.read_csv(root / "train.csv")["Frontal/Lateral"] == "Frontal").sum()
+    assert len(dataset["train"]) == frontal
+    assert f"train: {frontal:>7,} images" in out and "0 row(s) skipped" in out
+
+
+def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
+    assert main(["prepare", "--data-dir", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chexpert-hf prepare: error: ") and str(tmp_path) in err and "train.csv" in err
+    assert not (tmp_path / "out").exists()
