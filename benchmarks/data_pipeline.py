@@ -16,7 +16,6 @@ workers scales it by about N. Paths measured, all ending in a (B, C, 224, 224) t
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import tempfile
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw", type=Path, help="CheXpert tree (folder with train.csv) for the file path")
     parser.add_argument("--prepared", type=Path, action="append", default=[],
                         help="prepared dataset(s) of the same tree; repeat to compare stored sizes")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", choices=["train", "valid"])
     parser.add_argument("--num-images", type=int, default=1024, help="images per measurement (default 1024)")
     parser.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -103,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.prepared:
         parser.error("--prepared is required with --raw")
 
-    files = sorted(glob.glob(str(Path(args.raw) / args.split / "*" / "*" / "*.jpg")))[: args.num_images]
+    split = "train" if args.split == "train" else "validation"
+    # the same images on both paths: the files behind the first rows of the prepared split
+    relative = load_prepared(args.prepared[0])[split]["path"][: args.num_images]
+    files = [str(Path(args.raw).parent / path) for path in relative]
     results = file_paths(files, args.image_size, args.batch_size)
     for prepared in args.prepared:
-        results.update(arrow_paths(prepared, "train" if args.split == "train" else "validation",
-                                   args.num_images, args.image_size, args.batch_size))
+        results.update(arrow_paths(prepared, split, args.num_images, args.image_size, args.batch_size))
 
     baseline = max(rate for name, rate in results.items() if name.startswith("files"))
     print(f"\nimages/s per core, batches of {args.batch_size} at {args.image_size} px "
