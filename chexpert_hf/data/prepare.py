@@ -1,0 +1,130 @@
+"""``chexpert-hf prepare``: a raw CheXpert tree to a self-contained dataset folder, atomically.
+
+The output folder ``OUT`` holds what ``datasets.load_from_disk(OUT)`` reads (a ``DatasetDict`` with
+``train``, ``validation`` and ``test`` where present), ``skipped.csv`` (every row left out, with the
+reason) and ``prepare_info.json`` (source, settings, counts). Everything is built in a temporary
+sibling folder and renamed to ``OUT`` only when complete, so a failed or interrupted run never leaves
+something at ``OUT`` that looks like a finished dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+from datasets.exceptions import DatasetGenerationError
+
+from ..labels import CHEXPERT_LABELS
+from .builder import CheXpert, StrictSkipError
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_CSV = "skipped.csv"
+INFO_JSON = "prepare_info.json"
+
+
+@dataclass
+class PrepareSummary:
+    output: str
+    source: str
+    image_size: int
+    frontal_only: bool
+    images: dict[str, int]
+    skipped: dict[str, int]
+    left_out_lateral: dict[str, int]
+    seconds: float
+    label_names: list[str] = field(default_factory=lambda: list(CHEXPERT_LABELS))
+
+    def lines(self) -> list[str]:
+        """A human summary, one line per split plus where the skips are listed."""
+        out = []
+        for split, count in self.images.items():
+            line = f"{split:>10}: {count:>7,} images"
+            if self.skipped.get(split):
+                line += f", {self.skipped[split]:,} skipped"
+            if self.left_out_lateral.get(split):
+                line += f", {self.left_out_lateral[split]:,} lateral left out (--frontal-only)"
+            out.append(line)
+        total = sum(self.skipped.values())
+        out.append(f"{total:,} row(s) skipped" + (f": see {Path(self.output) / SKIPPED_CSV}" if total else ""))
+        return out
+
+
+def prepare(
+    data_dir: str | Path,
+    output: str | Path,
+    *,
+    image_size: int = 320,
+    num_proc: int = 1,
+    strict: bool = False,
+    frontal_only: bool = False,
+    overwrite: bool = False,
+) -> PrepareSummary:
+    """Prepare the CheXpert tree at ``data_dir`` (the folder holding ``train.csv``) into ``output``."""
+    started = time.perf_counter()
+    data_dir, output = Path(data_dir), Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        builder = CheXpert(
+            cache_dir=str(staging / "cache"),
+            data_dir=str(data_dir.resolve()),
+            image_size=image_size,
+            frontal_only=frontal_only,
+            strict=strict,
+        )
+        try:
+            builder.download_and_prepare(num_proc=num_proc if num_proc > 1 else None)
+        except DatasetGenerationError as error:
+            cause = error.__cause__
+            if isinstance(cause, StrictSkipError):
+                raise cause from None
+            raise
+        dataset = builder.as_dataset()
+        built = staging / "dataset"
+        dataset.save_to_disk(str(built))
+        skipped = builder.skipped_rows()
+        _write_skipped(built / SKIPPED_CSV, skipped)
+        summary = PrepareSummary(
+            output=str(output),
+            source=str(data_dir.resolve()),
+            image_size=image_size,
+            frontal_only=frontal_only,
+            images={split: len(part) for split, part in dataset.items()},
+            skipped={split: sum(row["split"] == split for row in skipped) for split in dataset},
+            left_out_lateral=getattr(builder, "left_out_lateral", {}),
+            seconds=round(time.perf_counter() - started, 1),
+        )
+        (built / INFO_JSON).write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        del dataset, builder
+        if output.exists():
+            shutil.rmtree(output)
+        built.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _write_skipped(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason", "split", "source"])
+        writer.writerows([row["path"], row["reason"], row["split"], row["source"]] for row in rows)
+
+
+def load_prepared(path: str | Path) -> datasets.DatasetDict:
+    """The ``DatasetDict`` of a folder written by :func:`prepare`, with a clear error for anything else."""
+    path = Path(path)
+    if not (path / "dataset_dict.json").is_file():
+        hint = " (it holds a CSV: run `chexpert-hf prepare` on it first)" if any(path.glob("*.csv")) else ""
+        raise FileNotFoundError(f"{path} is not a prepared CheXpert dataset{hint}")
+    return datasets.load_from_disk(str(path))
