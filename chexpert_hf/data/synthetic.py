@@ -381,7 +381,8 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
         density.line(band, alpha, rng.uniform(12, 16))
         lat0, med0 = thorax.lung_span(side, thorax.base)
         lift = rng.uniform(16, 24) * (1.0 if labels["Atelectasis"] == 1.0 else 0.6)
-        dome = [(lat0, thorax.base + 6), (lat0, thorax.base - lift), (med0, thorax.base - lift), (med0, thorax.base + 6)]
+        dome = [(lat0, thorax.base + 6), (lat0, thorax.base - lift), (med0, thorax.base - lift),
+                (med0, thorax.base + 6)]
         density.polygon(dome, alpha)
         canvas.lesions.append(("Atelectasis", _box(band, pad=8)))
 

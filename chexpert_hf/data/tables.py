@@ -226,7 +226,8 @@ def find_split_files(data_root: str | Path) -> dict[str, Path]:
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise CheXpertFormatError(f"{data_root}: data directory not found")
-    found = {split: data_root / f"{split}.csv" for split in ("train", "valid") if (data_root / f"{split}.csv").is_file()}
+    candidates = {split: data_root / f"{split}.csv" for split in ("train", "valid")}
+    found = {split: path for split, path in candidates.items() if path.is_file()}
     for candidate in TEST_GROUNDTRUTH:
         if (data_root / candidate).is_file():
             found["test"] = data_root / candidate
