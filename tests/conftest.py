@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
-
-from chexpert_hf.data import prepare, synthesize
-from chexpert_hf.data.synthetic import TRAIN_HEADER
-
-os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # before datasets is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv  # noqa: E402
+import io  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from chexpert_hf.data import prepare, synthesize  # noqa: E402
+from chexpert_hf.data.synthetic import TRAIN_HEADER  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -36,3 +36,17 @@ def test_errors_are_one_line_and_name_the_problem(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("chexpert-hf prepare: error: ") and str(tmp_path) in err and "train.csv" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_strict_failure_in_a_worker_is_one_line(tmp_path, capsys):
+    root = tmp_path / "raw" / "CheXpert-v1.0-small"
+    assert main(["synthesize", "--output", str(tmp_path / "raw"), "--num-patients", "4", "--valid-patients", "2"]) == 0
+    victim = next((root / "train").glob("*/*/view1_frontal.jpg"))
+    victim.write_bytes(b"")
+    capsys.readouterr()
+    code = main(["prepare", "--data-dir", str(root), "--output", str(tmp_path / "out"), "--strict", "--num-proc", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("chexpert-hf prepare: error: ")
+    assert victim.relative_to(root.parent).as_posix() in err and "empty file (0 bytes)" in err
+    assert not (tmp_path / "out").exists()

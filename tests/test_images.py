@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -34,11 +36,14 @@ def test_resizes_shorter_side_and_keeps_aspect(tmp_path):
     assert row[:10].mean() < 20 and row[-10:].mean() > 235  # the ramp survived
 
 
-@pytest.mark.parametrize("mode, value", [("RGB", (200, 200, 200)), ("RGBA", (200, 200, 200, 255)), ("P", 7)])
+@pytest.mark.parametrize("mode, value", [("RGB", (200, 200, 200)), ("RGBA", (200, 200, 200, 255)), ("P", 200)])
 def test_color_and_palette_images_become_grayscale(tmp_path, mode, value):
-    path = save(tmp_path, f"x_{mode}.png", Image.new(mode, (100, 120), value))
-    out = decode(load_radiograph(path, 100))
+    image = Image.new(mode, (100, 120), value)
+    if mode == "P":
+        image.putpalette([channel for grey in range(256) for channel in (grey, grey, grey)])
+    out = decode(load_radiograph(save(tmp_path, f"x_{mode}.png", image), 100))
     assert out.mode == "L" and out.size == (100, 120)
+    assert abs(np.asarray(out, dtype=np.float32).mean() - 200) < 2
 
 
 def test_rgba_transparency_becomes_black(tmp_path):
@@ -91,4 +96,50 @@ def test_truncated_jpeg(tmp_path):
     path = tmp_path / "cut.jpg"
     path.write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
     with pytest.raises(UnreadableImage, match="truncated or corrupt"):
+        load_radiograph(str(path), 64)
+
+
+def test_sixteen_bit_windowing_ignores_hot_pixels_and_keeps_constant_levels(tmp_path):
+    values = np.full((100, 100), 1000, dtype=np.uint16)
+    values[:, 50:] = 3000
+    values[0, 0] = 65535  # one saturated pixel
+    out = np.asarray(decode(load_radiograph(save(tmp_path, "hot.png", Image.fromarray(values)), 100)), np.float32)
+    assert out[5:, 5:45].mean() < 10 and out[5:, 55:].mean() > 245  # full contrast despite the hot pixel
+    for level in (0, 32896, 65535):
+        constant = Image.fromarray(np.full((64, 64), level, dtype=np.uint16))
+        out = np.asarray(decode(load_radiograph(save(tmp_path, f"c{level}.png", constant), 64)), np.float32)
+        assert abs(out.mean() - level / 257) < 2
+
+
+def test_float_images_with_nan_and_without_finite_values(tmp_path):
+    values = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))
+    values[10:20, 10:20] = np.nan
+    out = np.asarray(decode(load_radiograph(save(tmp_path, "f.tiff", Image.fromarray(values, mode="F")), 64)))
+    assert out[:, -3:].mean() > 240 and out[30:, :3].mean() < 15
+    blank = Image.fromarray(np.full((64, 64), np.nan, dtype=np.float32), mode="F")
+    with pytest.raises(UnreadableImage, match="no finite pixel values"):
+        load_radiograph(save(tmp_path, "nan.tiff", blank), 64)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(gradient((120, 80)))  # dark on the left, bright on the right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = save(tmp_path, "rotated.jpg", image, exif=exif.tobytes(), quality=95)
+    out = decode(load_radiograph(path, 80))
+    assert out.size == (80, 120)
+    pixels = np.asarray(out, dtype=np.float32)
+    assert pixels[:10].mean() < 30 and pixels[-10:].mean() > 225  # the ramp now runs top to bottom
+
+
+def test_implausible_shapes_and_oversized_headers_are_skipped_not_crashed(tmp_path):
+    with pytest.raises(UnreadableImage, match=r"implausible shape for a radiograph \(2x2100 pixels\)"):
+        load_radiograph(save(tmp_path, "sliver.png", Image.new("L", (2, 2100))), 64)
+    # A PNG whose header claims 20,000 x 20,000 pixels: refused before anything is decoded.
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0))
+    path = tmp_path / "claims_huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    with pytest.raises(UnreadableImage, match="image too large to decode safely"):
         load_radiograph(str(path), 64)

@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import gradient, image_row, jpeg_bytes, make_tree
+from conftest import gradient, image_row, jpeg_bytes, make_tree, write_csv
 from PIL import Image
 
 from chexpert_hf.data import CheXpertFormatError, label_names, load_prepared, prepare
@@ -118,10 +118,13 @@ def test_planted_bad_files_are_skipped_counted_and_listed(planted_tree, tmp_path
         assert image.mode == "L" and min(image.size) == 64
 
 
-def test_strict_mode_stops_and_leaves_nothing(planted_tree, tmp_path):
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_strict_mode_stops_and_leaves_nothing(planted_tree, tmp_path, num_proc):
     output = tmp_path / "out"
-    with pytest.raises(StrictSkipError, match="patient00006/study1/view1_frontal.jpg.*file not found"):
-        prepare(planted_tree, output, strict=True)
+    # with workers, the first failure met is any of the four (each worker reports its own)
+    bad = "|".join(f"{path}.*{reason}" for path, (_, reason) in BAD.items()).replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(StrictSkipError, match=f"({bad}).*strict mode stops at any skip"):
+        prepare(planted_tree, output, strict=True, num_proc=num_proc)
     assert not output.exists()
     assert list(tmp_path.glob(".out.tmp-*")) == []
 
@@ -190,3 +193,31 @@ def test_builder_used_directly(synthetic_root, tmp_path):
     assert min(dataset["validation"][0]["image"].size) == 40
     assert builder.skipped_rows() == []
     assert all(math.isnan(v) or v in (0, 1) for row in dataset["validation"]["labels"] for v in row)
+
+
+def test_empty_splits_are_kept_empty_not_fatal(tmp_path):
+    files = {"train/patient00001/study1/view1_frontal.jpg": b"", "valid/patient00002/study1/view1_frontal.jpg": b""}
+    tree = make_tree(tmp_path / "tree", files, valid_rows=[])  # valid.csv has a header only
+    (tree / "test" / "patient00003" / "study1").mkdir(parents=True)  # a test study without images
+    write_csv(tree / "groundtruth.csv", ["Study", *CHEXPERT_LABELS], [["test/patient00003/study1", *["0"] * 14]])
+    summary = prepare(tree, tmp_path / "out")
+    dataset = load_prepared(tmp_path / "out")
+    assert {split: len(part) for split, part in dataset.items()} == {"train": 0, "validation": 0, "test": 0}
+    assert dataset["train"].features == dataset["test"].features and label_names(dataset["validation"])
+    assert summary.skipped == {"train": 1, "validation": 0, "test": 1}
+    skipped = pd.read_csv(tmp_path / "out" / SKIPPED_CSV)
+    assert skipped["reason"].tolist() == ["empty file (0 bytes)", "no images in study folder"]
+    assert skipped["source"].tolist() == ["train.csv line 2", "groundtruth.csv line 2"]
+
+
+def test_output_may_not_replace_its_source(planted_tree):
+    for output in (planted_tree, planted_tree.parent):
+        with pytest.raises(ValueError, match="would replace the data it is made from"):
+            prepare(planted_tree, output, overwrite=True)
+    assert (planted_tree / "train.csv").is_file()
+
+
+def test_output_that_is_a_file(planted_tree, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        prepare(planted_tree, tmp_path / "out", overwrite=True)

@@ -65,15 +65,29 @@ def test_lesion_boxes_lie_on_frontal_images(synthetic_root):
         assert row[lesion.label] in (1.0, -1.0)  # only drawn findings have boxes
 
 
+def _tree(root):
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
 def test_deterministic_in_seed_and_independent_of_workers(tmp_path):
-    one = synthesize(tmp_path / "a", 6, valid_patients=2, seed=3, progress=False).root
-    two = synthesize(tmp_path / "b", 6, valid_patients=2, seed=3, num_proc=2, progress=False).root
-    other = synthesize(tmp_path / "c", 6, valid_patients=2, seed=4, progress=False).root
-    for name in ("train.csv", "valid.csv", "lesions.csv"):
-        assert (one / name).read_bytes() == (two / name).read_bytes()
+    one = synthesize(tmp_path / "a", 6, valid_patients=2, test_patients=2, seed=3, progress=False).root
+    two = synthesize(tmp_path / "b", 6, valid_patients=2, test_patients=2, seed=3, num_proc=2, progress=False).root
+    other = synthesize(tmp_path / "c", 6, valid_patients=2, test_patients=2, seed=4, progress=False).root
+    assert _tree(one) == _tree(two)  # every image and CSV, test/ and groundtruth.csv included
     image = "train/patient00001/study1/view1_frontal.jpg"
-    assert (one / image).read_bytes() == (two / image).read_bytes() != (other / image).read_bytes()
+    assert (one / image).read_bytes() != (other / image).read_bytes()
     assert (one / "train.csv").read_bytes() != (other / "train.csv").read_bytes()
+
+
+def test_validation_content_does_not_depend_on_the_training_size(tmp_path):
+    small = synthesize(tmp_path / "small", 5, valid_patients=3, seed=2, progress=False).root
+    large = synthesize(tmp_path / "large", 9, valid_patients=3, seed=2, progress=False).root
+    frames = [pd.read_csv(root / "valid.csv") for root in (small, large)]
+    labels = [frame[list(CHEXPERT_LABELS)].to_numpy() for frame in frames]
+    np.testing.assert_array_equal(*labels)
+    for path_small, path_large in zip(frames[0]["Path"], frames[1]["Path"], strict=True):
+        assert path_small != path_large  # patients are numbered after the training ones ...
+        assert (small.parent / path_small).read_bytes() == (large.parent / path_large).read_bytes()  # ... same images
 
 
 def test_existing_tree_is_not_replaced_without_overwrite(tmp_path):

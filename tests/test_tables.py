@@ -85,9 +85,9 @@ def test_metadata_columns_are_optional(tmp_path):
     (["Path", *CHEXPERT_LABELS], [["train/patient1/study1/v.jpg", *LABELS], ["images/v.jpg", *LABELS]],
      r"line 3, column 'Path': 'images/v.jpg' is not a CheXpert image path"),
     (["Path", *CHEXPERT_LABELS], [["train/patient1/study1/v.jpg", *LABELS], ["train/patient1/study1/v.jpg", *LABELS]],
-     r"lines \[2, 3\] all list 'train/patient1/study1/v.jpg'"),
+     r"lines \[2, 3\] \(column 'Path'\) all name 'train/patient1/study1/v.jpg'"),
     (["Path", "Age", *CHEXPERT_LABELS], [["train/patient1/study1/v.jpg", "sixty", *LABELS]],
-     "line 2, column 'Age': age 'sixty' is not a number"),
+     "line 2, column 'Age': age 'sixty' is not a whole number of years from 0 to 150"),
 ])
 def test_structural_errors_name_file_line_and_column(tmp_path, header, rows, message):
     csv_path = write_csv(tmp_path / "train.csv", header, rows)
@@ -129,3 +129,71 @@ def test_find_split_files(tmp_path):
         find_split_files(tmp_path / "missing")
     make_tree(tmp_path, {"train/patient1/study1/view1_frontal.jpg": jpeg_bytes()})
     assert set(find_split_files(tmp_path)) == {"train", "valid"}
+
+
+def test_cut_off_rows_and_repeated_headers_are_errors(tmp_path):
+    good = ",".join(["train/patient1/study1/v.jpg", *LABELS])
+    path = tmp_path / "train.csv"
+    path.write_text(",".join(["Path", *CHEXPERT_LABELS]) + "\n" + good + "\n" + "train/patient1/study1/w.jpg,1.0\n")
+    with pytest.raises(CheXpertFormatError, match="line 3 has 2 fields but the header has 15"):
+        read_image_csv(path, tmp_path)
+    path.write_text(",".join(["Path", *CHEXPERT_LABELS, "Edema"]) + "\n" + good + ",1\n")
+    with pytest.raises(CheXpertFormatError, match=r"column\(s\) \['Edema'\] appear more than once"):
+        read_image_csv(path, tmp_path)
+
+
+def test_line_numbers_count_blank_lines_and_a_byte_order_mark(tmp_path):
+    path = tmp_path / "train.csv"
+    rows = [",".join(["train/patient1/study1/v.jpg", *LABELS]), "", ",".join(["train/patient1/study2/v.jpg", *LABELS]),
+            "", ",".join(["train/patient1/study3/v.jpg", "3", *LABELS[1:]])]
+    header = "\ufeff" + ",".join(["Path", *CHEXPERT_LABELS]) + "\n"
+    path.write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(CheXpertFormatError, match="line 6, column 'No Finding': label value '3'"):
+        read_image_csv(path, tmp_path)
+    path.write_text(header + "\n".join(rows[:4]) + "\n", encoding="utf-8")
+    assert [r.line for r in read_image_csv(path, tmp_path)] == [2, 4]
+
+
+def test_zero_row_csv_gives_no_records(tmp_path):
+    write_csv(tmp_path / "valid.csv", TRAIN_HEADER, [])
+    assert read_image_csv(tmp_path / "valid.csv", tmp_path) == []
+
+
+def test_backslashes_and_the_same_image_written_two_ways(tmp_path):
+    write_csv(tmp_path / "train.csv", ["Path", *CHEXPERT_LABELS], [["train\\patient1\\study1\\v.jpg", *LABELS]])
+    (record,) = read_image_csv(tmp_path / "train.csv", tmp_path)
+    assert record.file == f"{tmp_path}/train/patient1/study1/v.jpg"
+    write_csv(tmp_path / "train.csv", ["Path", *CHEXPERT_LABELS], [
+        ["CheXpert-v1.0-small/train/patient1/study1/v.jpg", *LABELS], [" train/patient1/study1/v.jpg ", *LABELS]])
+    with pytest.raises(CheXpertFormatError, match=r"lines \[2, 3\] .* all name 'train/patient1/study1/v.jpg'"):
+        read_image_csv(tmp_path / "train.csv", tmp_path)
+
+
+@pytest.mark.parametrize("age", ["inf", "3000000000", "60.7", "-3", "nan"])
+def test_implausible_ages_are_errors(tmp_path, age):
+    rows = [["train/patient1/study1/v.jpg", age, *LABELS]]
+    write_csv(tmp_path / "train.csv", ["Path", "Age", *CHEXPERT_LABELS], rows)
+    with pytest.raises(CheXpertFormatError, match=f"line 2, column 'Age': age '{age}' is not a whole number"):
+        read_image_csv(tmp_path / "train.csv", tmp_path)
+
+
+def test_whole_number_ages_written_as_floats(tmp_path):
+    write_csv(tmp_path / "train.csv", ["Path", "Age", *CHEXPERT_LABELS], [
+        ["train/patient1/study1/v.jpg", "68.0", *LABELS], ["train/patient1/study1/w.jpg", "", *LABELS]])
+    assert [r.age for r in read_image_csv(tmp_path / "train.csv", tmp_path)] == [68, None]
+
+
+def test_a_path_under_another_split_is_an_error(tmp_path):
+    write_csv(tmp_path / "train.csv", ["Path", *CHEXPERT_LABELS], [
+        ["train/patient1/study1/v.jpg", *LABELS], ["CheXpert-v1.0-small/valid/patient9/study1/v.jpg", *LABELS]])
+    assert len(read_image_csv(tmp_path / "train.csv", tmp_path)) == 2  # no split asked for: accepted
+    with pytest.raises(CheXpertFormatError, match="line 3, column 'Path': .* lies under valid/, but this file lists "
+                                                   "the train split"):
+        read_image_csv(tmp_path / "train.csv", tmp_path, split="train")
+
+
+def test_a_study_listed_twice_is_an_error(tmp_path):
+    write_csv(tmp_path / "groundtruth.csv", ["Study", *CHEXPERT_LABELS],
+              [["test/patient1/study1", *["0"] * 14], ["CheXpert-v1.0/test/patient1/study1/", *["1"] * 14]])
+    with pytest.raises(CheXpertFormatError, match=r"lines \[2, 3\] \(column 'Study'\) all name 'test/patient1/study1'"):
+        read_study_csv(tmp_path / "groundtruth.csv", tmp_path)

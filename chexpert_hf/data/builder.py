@@ -10,6 +10,10 @@ Current ``datasets`` no longer runs loading scripts, so the builder is a class u
 Labels are stored raw (1, 0, -1, NaN) in the canonical CheXpert order; uncertainty policies are applied
 at training time. Rows whose image cannot be read are skipped and logged (``skipped_rows()``); with
 ``strict=True`` the first such row stops the build instead.
+
+Used directly, the builder caches like any ``datasets`` builder: the cache key covers the configuration
+(``data_dir`` as a string, image size, ...), not the files, so after fixing images in place pass
+``download_mode="force_redownload"``. ``prepare`` always builds in a fresh folder.
 """
 
 from __future__ import annotations

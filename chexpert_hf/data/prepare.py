@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -69,7 +70,11 @@ def prepare(
 ) -> PrepareSummary:
     """Prepare the CheXpert tree at ``data_dir`` (the folder holding ``train.csv``) into ``output``."""
     started = time.perf_counter()
-    data_dir, output = Path(data_dir), Path(output)
+    data_dir, output = Path(data_dir).resolve(), Path(output).resolve()
+    if output == data_dir or output in data_dir.parents:
+        raise ValueError(f"the output {output} would replace the data it is made from ({data_dir}); pick another")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a folder")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass overwrite=True (--overwrite) to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,7 @@ def prepare(
     try:
         builder = CheXpert(
             cache_dir=str(staging / "cache"),
-            data_dir=str(data_dir.resolve()),
+            data_dir=str(data_dir),
             image_size=image_size,
             frontal_only=frontal_only,
             strict=strict,
@@ -85,18 +90,19 @@ def prepare(
         try:
             builder.download_and_prepare(num_proc=num_proc if num_proc > 1 else None)
         except DatasetGenerationError as error:
-            cause = error.__cause__
-            if isinstance(cause, StrictSkipError):
-                raise cause from None
+            strict_failure = _strict_failure(error)
+            if strict_failure is not None:
+                raise strict_failure from None
             raise
-        dataset = builder.as_dataset()
+        dataset = _as_dataset_dict(builder)
         built = staging / "dataset"
-        dataset.save_to_disk(str(built))
+        # an empty split saved with the default sharding writes no data file and then fails to load
+        dataset.save_to_disk(str(built), num_shards={name: 1 for name, part in dataset.items() if not len(part)})
         skipped = builder.skipped_rows()
         _write_skipped(built / SKIPPED_CSV, skipped)
         summary = PrepareSummary(
             output=str(output),
-            source=str(data_dir.resolve()),
+            source=str(data_dir),
             image_size=image_size,
             frontal_only=frontal_only,
             images={split: len(part) for split, part in dataset.items()},
@@ -106,12 +112,48 @@ def prepare(
         )
         (built / INFO_JSON).write_text(json.dumps(asdict(summary), indent=2) + "\n")
         del dataset, builder
-        if output.exists():
-            shutil.rmtree(output)
-        built.rename(output)
+        _replace(output, built, staging / "previous")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _as_dataset_dict(builder: CheXpert) -> datasets.DatasetDict:
+    """Every split the builder generated, an empty one included (``as_dataset`` refuses those)."""
+    splits = {}
+    for name, info in builder.info.splits.items():
+        if info.num_examples:
+            splits[name] = builder.as_dataset(split=name)
+        else:
+            empty = {column: [] for column in builder.info.features}
+            splits[name] = datasets.Dataset.from_dict(empty, features=builder.info.features,
+                                                      info=builder.info.copy(), split=name)
+    return datasets.DatasetDict(splits)
+
+
+def _strict_failure(error: BaseException) -> StrictSkipError | None:
+    """The strict-mode skip behind a generation error; from a worker process it arrives only as text."""
+    while error is not None:
+        if isinstance(error, StrictSkipError):
+            return error
+        found = re.search(rf"{StrictSkipError.__name__}: (.+)", str(error))
+        if found:
+            return StrictSkipError(found.group(1).strip())
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _replace(output: Path, built: Path, previous: Path) -> None:
+    """Move ``built`` to ``output``; an existing output is set aside first and restored if the move fails."""
+    had_output = output.exists()
+    if had_output:
+        output.rename(previous)
+    try:
+        built.rename(output)
+    except BaseException:
+        if had_output:
+            previous.rename(output)
+        raise
 
 
 def _write_skipped(path: Path, rows: list[dict[str, str]]) -> None:

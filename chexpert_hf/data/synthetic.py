@@ -524,9 +524,16 @@ def _studies_for_patient(rng: np.random.Generator, split: str) -> int:
     return int(rng.integers(11, 21))
 
 
-def synthesize_patient(seed: int, split: str, patient: int) -> tuple[list[dict], list[tuple], list[tuple]]:
-    """Render one patient: (rows of the split CSV, lesion rows, files as (relative path, JPEG bytes))."""
-    rng = np.random.default_rng([seed, SPLIT_CODES[split], patient])
+def synthesize_patient(
+    seed: int, split: str, index: int, patient: int | None = None
+) -> tuple[list[dict], list[tuple], list[tuple]]:
+    """Render the ``index``-th patient (from 1) of a split, written as ``patient{patient:05d}`` (default: index).
+
+    Returns (rows of the split CSV, lesion rows, files as (relative path, JPEG bytes)). The content depends
+    only on ``(seed, split, index)``, so the validation set stays the same when the training set grows.
+    """
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
+    patient = index if patient is None else patient
     thorax = _sample_thorax(rng)
     frontal = _frontal_anatomy(thorax, rng)
     lateral = None
@@ -559,14 +566,15 @@ def synthesize_patient(seed: int, split: str, patient: int) -> tuple[list[dict],
     return rows, lesions, files
 
 
-def _render_chunk(args: tuple[int, str, list[int]]) -> list[tuple[list[dict], list[tuple], list[tuple]]]:
+def _render_chunk(args: tuple[int, str, list[tuple[int, int]]]) -> list[tuple[list[dict], list[tuple], list[tuple]]]:
     seed, split, patients = args
-    return [synthesize_patient(seed, split, patient) for patient in patients]
+    return [synthesize_patient(seed, split, index, patient) for index, patient in patients]
 
 
-def _chunks(seed: int, split: str, patients: range, size: int = 8) -> Iterator[tuple[int, str, list[int]]]:
-    for start in range(0, len(patients), size):
-        yield seed, split, list(patients[start : start + size])
+def _chunks(seed: int, split: str, patients: range, size: int = 8) -> Iterator[tuple[int, str, list[tuple[int, int]]]]:
+    numbered = list(enumerate(patients, start=1))
+    for start in range(0, len(numbered), size):
+        yield seed, split, numbered[start : start + size]
 
 
 @dataclass
@@ -640,6 +648,10 @@ def synthesize(
                     _write_csv(staging / f"{split}.csv", TRAIN_HEADER, (
                         [row["Path"], row["Sex"], row["Age"], row["Frontal/Lateral"], row["AP/PA"],
                          *(_format_label(row[name]) for name in CHEXPERT_LABELS)] for row in rows))
+        except BaseException:
+            if pool is not None:
+                pool.terminate()  # don't wait for the queued patients of a run that has already failed
+            raise
         finally:
             if pool is not None:
                 pool.close()

@@ -15,6 +15,8 @@ record with ``problem`` set, so the caller can skip and count it like any unread
 
 from __future__ import annotations
 
+import csv
+import gzip
 import math
 import re
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from ..labels import CHEXPERT_LABELS, canonical_label
 SPLIT_FOLDERS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TEST_GROUNDTRUTH = ("groundtruth.csv", "test/groundtruth.csv")
+MAX_AGE = 150
 _LABEL_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": math.nan, "nan": math.nan}
 # [dataset folder/]split/patientN/studyN/file: the leading folder (CheXpert-v1.0-small, CheXpert-v1.0, ...)
 # is optional because CSV paths are relative to the parent of the data root.
@@ -52,49 +55,114 @@ class ImageRecord:
     sex: str
     age: int | None
     labels: tuple[float, ...]  # 14 values: 1, 0, -1, NaN (blank)
-    line: int  # line in the CSV (the header is line 1)
+    line: int  # line of the row in its CSV file (the header is line 1)
     problem: str | None = None  # set when the row cannot yield an image (e.g. an empty study folder)
+
+
+@dataclass
+class CsvTable:
+    """The cells of a CSV (stripped strings) and the file line of each row, for error messages."""
+
+    path: Path
+    frame: pd.DataFrame
+    lines: list[int]
+
+    def where(self, row: int, column: str | None = None) -> str:
+        return f"{self.path}: line {self.lines[row]}" + (f", column {column!r}" if column else "")
+
+    def column(self, wanted: str) -> str | None:
+        """The column whose name matches ``wanted`` ignoring case, spaces and punctuation."""
+        matches = [name for name in self.frame.columns if _key(name) == _key(wanted)]
+        return matches[0] if matches else None
 
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _column(frame: pd.DataFrame, wanted: str) -> str | None:
-    matches = [column for column in frame.columns if _key(column) == _key(wanted)]
-    return matches[0] if matches else None
+def read_table(csv_path: Path) -> CsvTable:
+    """Read a CSV strictly: a repeated column name or a row with the wrong number of fields is an error."""
+    if not csv_path.is_file():
+        raise CheXpertFormatError(f"{csv_path}: file not found")
+    opener = gzip.open if csv_path.suffix == ".gz" else open
+    rows, lines = [], []
+    try:
+        with opener(csv_path, "rt", newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            if not any(header):
+                raise CheXpertFormatError(f"{csv_path}: empty file, no header")
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise CheXpertFormatError(f"{csv_path}: column(s) {repeated} appear more than once in the header")
+            width = len(header)
+            for row in reader:
+                if len(row) != width:
+                    if len(row) <= 1 and not "".join(row).strip():
+                        continue  # a blank line
+                    raise CheXpertFormatError(
+                        f"{csv_path}: line {reader.line_num} has {len(row)} fields but the header has {len(header)} "
+                        "(a cut-off or malformed row)"
+                    )
+                rows.append(row)
+                lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as error:
+        raise CheXpertFormatError(f"{csv_path}: not a readable CSV ({error})") from error
+    frame = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
+    return CsvTable(csv_path, frame, lines)
 
 
-def label_columns(columns, csv_path: Path) -> dict[str, str]:
-    """Map each canonical label to its column in ``columns``; missing or repeated labels are errors."""
+def label_columns(table: CsvTable) -> dict[str, str]:
+    """Map each canonical label to its column; missing labels, or two columns for one label, are errors."""
     found: dict[str, str] = {}
-    for column in columns:
-        label = canonical_label(str(column))
+    for column in table.frame.columns:
+        label = canonical_label(column)
         if label is None:
             continue
         if label in found:
-            raise CheXpertFormatError(f"{csv_path}: columns {found[label]!r} and {column!r} both name label {label!r}")
+            raise CheXpertFormatError(
+                f"{table.path}: columns {found[label]!r} and {column!r} both name label {label!r}"
+            )
         found[label] = column
     missing = [label for label in CHEXPERT_LABELS if label not in found]
     if missing:
-        raise CheXpertFormatError(f"{csv_path}: missing label column(s) {missing}; the header is {list(columns)}")
+        raise CheXpertFormatError(
+            f"{table.path}: missing label column(s) {missing}; the header is {list(table.frame.columns)}"
+        )
     return found
 
 
-def parse_labels(frame: pd.DataFrame, columns: dict[str, str], csv_path: Path) -> np.ndarray:
+def parse_labels(table: CsvTable) -> np.ndarray:
     """The label block as float32 (rows x 14, canonical order); a value outside 1/0/-1/blank is an error."""
-    block = np.empty((len(frame), len(CHEXPERT_LABELS)), dtype=np.float32)
+    columns = label_columns(table)
+    block = np.empty((len(table.frame), len(CHEXPERT_LABELS)), dtype=np.float32)
     for index, label in enumerate(CHEXPERT_LABELS):
-        cells = frame[columns[label]].str.strip().str.lower()
+        cells = table.frame[columns[label]].str.strip().str.lower()
         unknown = ~cells.isin(list(_LABEL_VALUES))
         if unknown.any():
             row = int(np.argmax(unknown.to_numpy()))
             raise CheXpertFormatError(
-                f"{csv_path}: line {row + 2}, column {columns[label]!r}: label value "
-                f"{frame[columns[label]].iloc[row]!r} is not one of 1, 0, -1 or blank"
+                f"{table.where(row, columns[label])}: label value {table.frame[columns[label]].iat[row]!r} "
+                "is not one of 1, 0, -1 or blank"
             )
         block[:, index] = cells.map(_LABEL_VALUES).to_numpy(dtype=np.float32)
     return block
+
+
+def _ages(table: CsvTable, column: str | None) -> list[int | None]:
+    """Ages as integers (None where blank); anything but a whole number from 0 to MAX_AGE is an error."""
+    if column is None:
+        return [None] * len(table.frame)
+    cells = table.frame[column].str.strip()
+    numbers = pd.to_numeric(cells.replace("", None), errors="coerce").to_numpy(dtype=np.float64)
+    blank = (cells == "").to_numpy()
+    bad = ~blank & ~(np.isfinite(numbers) & (numbers == np.round(numbers)) & (numbers >= 0) & (numbers <= MAX_AGE))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise CheXpertFormatError(
+            f"{table.where(row, column)}: age {cells.iat[row]!r} is not a whole number of years from 0 to {MAX_AGE}"
+        )
+    return [None if is_blank else int(age) for is_blank, age in zip(blank.tolist(), numbers.tolist(), strict=True)]
 
 
 def split_image_path(path: str) -> tuple[str, str, str, str] | None:
@@ -105,7 +173,7 @@ def split_image_path(path: str) -> tuple[str, str, str, str] | None:
 
 def split_study_path(path: str) -> tuple[str, str, str] | None:
     """``(split, patient, study)`` of a CheXpert study path such as ``test/patient64741/study1``."""
-    parsed = split_image_path(path.rstrip("/") + "/_")
+    parsed = split_image_path(path.strip().replace("\\", "/").rstrip("/") + "/_")
     return parsed[:3] if parsed else None
 
 
@@ -114,65 +182,69 @@ def view_from_file_name(name: str) -> str:
     return "frontal" if "frontal" in lowered else "lateral" if "lateral" in lowered else ""
 
 
-def _read_frame(csv_path: Path) -> pd.DataFrame:
-    if not csv_path.is_file():
-        raise CheXpertFormatError(f"{csv_path}: file not found")
-    try:
-        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise CheXpertFormatError(f"{csv_path}: not a readable CSV ({error})") from error
-    frame.columns = [str(column).strip() for column in frame.columns]
-    return frame
+def _reject_duplicates(table: CsvTable, keys: pd.Series, column: str) -> None:
+    """Two rows that name the same image (or study), however the path is written, are an error."""
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = int(np.argmax(repeated))
+        rows = np.flatnonzero((keys == keys.iat[first]).to_numpy()).tolist()
+        raise CheXpertFormatError(
+            f"{table.path}: lines {[table.lines[row] for row in rows]} (column {column!r}) all name "
+            f"{keys.iat[first]!r}"
+        )
 
 
-def _ages(values: list[str], csv_path: Path, column: str | None) -> list[int | None]:
-    """Ages as integers (None where blank); a value that is not a number is an error naming its line."""
-    numbers = pd.to_numeric(pd.Series(values, dtype=object).replace("", None), errors="coerce")
-    bad = (numbers.isna() & (pd.Series(values) != "")).to_numpy()
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise CheXpertFormatError(f"{csv_path}: line {row + 2}, column {column!r}: age {values[row]!r} is not a number")
-    return [None if math.isnan(age) else int(age) for age in numbers.tolist()]
+def _check_split(table: CsvTable, splits: pd.Series, expected: str | None, column: str) -> None:
+    if expected is None:
+        return
+    wrong = (splits != expected).to_numpy()
+    if wrong.any():
+        row = int(np.argmax(wrong))
+        raise CheXpertFormatError(
+            f"{table.where(row, column)}: {table.frame[column].iat[row].strip()!r} lies under {splits.iat[row]}/, "
+            f"but this file lists the {expected} split"
+        )
 
 
-def read_image_csv(csv_path: str | Path, data_root: str | Path) -> list[ImageRecord]:
-    """Records of a ``train.csv`` / ``valid.csv``; image files are resolved under ``data_root``."""
-    csv_path, data_root = Path(csv_path), Path(data_root)
-    frame = _read_frame(csv_path)
-    path_column = _column(frame, "Path")
+def read_image_csv(csv_path: str | Path, data_root: str | Path, split: str | None = None) -> list[ImageRecord]:
+    """Records of a ``train.csv`` / ``valid.csv``; image files are resolved under ``data_root``.
+
+    With ``split`` given, every path must lie under that split's folder (so that, say, validation images
+    cannot leak into a training CSV unnoticed).
+    """
+    table = read_table(Path(csv_path))
+    path_column = table.column("Path")
     if path_column is None:
-        raise CheXpertFormatError(f"{csv_path}: no 'Path' column; the header is {list(frame.columns)}")
-    labels = parse_labels(frame, label_columns(frame.columns, csv_path), csv_path)
-    meta = {name: _column(frame, name) for name in ("Sex", "Age", "Frontal/Lateral", "AP/PA")}
+        raise CheXpertFormatError(f"{table.path}: no 'Path' column; the header is {list(table.frame.columns)}")
+    labels = parse_labels(table)
+    meta = {name: table.column(name) for name in ("Sex", "Frontal/Lateral", "AP/PA")}
     # Plain lists: per-cell pandas access would dominate on the 223k rows of the real train.csv.
-    columns = {name: frame[column].str.strip().tolist() if column else [""] * len(frame)
+    columns = {name: table.frame[column].str.strip().tolist() if column else [""] * len(table.frame)
                for name, column in meta.items()}
+    ages = _ages(table, table.column("Age"))
 
-    paths = frame[path_column]
-    parts = paths.str.strip().str.replace("\\", "/", regex=False).str.extract(_IMAGE_PATH)
+    paths = table.frame[path_column].str.strip()
+    parts = paths.str.replace("\\", "/", regex=False).str.extract(_IMAGE_PATH)
     malformed = parts.isna().any(axis=1).to_numpy()
     if malformed.any():
         row = int(np.argmax(malformed))
         raise CheXpertFormatError(
-            f"{csv_path}: line {row + 2}, column {path_column!r}: {paths.iat[row]!r} is not a CheXpert image path "
+            f"{table.where(row, path_column)}: {paths.iat[row]!r} is not a CheXpert image path "
             "(expected [CheXpert-v1.0-small/]train/patientNNNNN/studyN/viewN_frontal.jpg)"
         )
-    repeated = paths.duplicated(keep=False).to_numpy()
-    if repeated.any():
-        lines = (np.flatnonzero(paths == paths.iat[int(np.argmax(repeated))]) + 2).tolist()
-        raise CheXpertFormatError(f"{csv_path}: lines {lines} all list {paths.iat[lines[0] - 2]!r}")
+    _check_split(table, parts[0], split, path_column)
+    _reject_duplicates(table, parts[0] + "/" + parts[1] + "/" + parts[2] + "/" + parts[3], path_column)
+
     views = [view.lower() for view in columns["Frontal/Lateral"]]
-    ages = _ages(columns["Age"], csv_path, meta["Age"])
-    root = str(data_root)
-    records = []
-    rows = zip(paths.tolist(), parts[0].tolist(), parts[1].tolist(), parts[2].tolist(), parts[3].tolist(), strict=True)
+    root = str(Path(data_root))
     label_rows = [tuple(values) for values in labels.tolist()]
-    for row, (path, split, patient, study, file) in enumerate(rows):
-        line = row + 2
+    rows = zip(paths.tolist(), *(parts[i].tolist() for i in range(4)), strict=True)
+    records = []
+    for row, (path, folder, patient, study, file) in enumerate(rows):
         records.append(ImageRecord(
             path=path,
-            file=f"{root}/{split}/{patient}/{study}/{file}",
-            split=split,
+            file=f"{root}/{folder}/{patient}/{study}/{file}",
+            split=folder,
             patient_id=patient,
             study_id=f"{patient}/{study}",
             view=views[row] if views[row] in ("frontal", "lateral") else view_from_file_name(file),
@@ -180,43 +252,43 @@ def read_image_csv(csv_path: str | Path, data_root: str | Path) -> list[ImageRec
             sex=columns["Sex"][row],
             age=ages[row],
             labels=label_rows[row],
-            line=line,
+            line=table.lines[row],
         ))
     return records
 
 
-def read_study_csv(csv_path: str | Path, data_root: str | Path) -> list[ImageRecord]:
+def read_study_csv(csv_path: str | Path, data_root: str | Path, split: str | None = None) -> list[ImageRecord]:
     """Records of a study-level ``groundtruth.csv``: one per image file found in each study folder."""
-    csv_path, data_root = Path(csv_path), Path(data_root)
-    frame = _read_frame(csv_path)
-    study_column = _column(frame, "Study")
+    table = read_table(Path(csv_path))
+    study_column = table.column("Study")
     if study_column is None:
-        raise CheXpertFormatError(f"{csv_path}: no 'Study' column; the header is {list(frame.columns)}")
-    labels = parse_labels(frame, label_columns(frame.columns, csv_path), csv_path)
+        raise CheXpertFormatError(f"{table.path}: no 'Study' column; the header is {list(table.frame.columns)}")
+    labels = parse_labels(table)
+    studies = table.frame[study_column].str.strip()
+    parts = studies.map(split_study_path)
+    malformed = parts.isna().to_numpy()
+    if malformed.any():
+        row = int(np.argmax(malformed))
+        raise CheXpertFormatError(
+            f"{table.where(row, study_column)}: {studies.iat[row]!r} is not a CheXpert study path "
+            "(expected [CheXpert-v1.0/]test/patientNNNNN/studyN)"
+        )
+    _check_split(table, parts.str[0], split, study_column)
+    _reject_duplicates(table, parts.str.join("/"), study_column)
 
-    records, seen = [], {}
-    for row, study_path in enumerate(frame[study_column]):
-        line = row + 2
-        parts = split_study_path(study_path)
-        if parts is None:
-            raise CheXpertFormatError(
-                f"{csv_path}: line {line}, column {study_column!r}: {study_path!r} is not a CheXpert study path "
-                "(expected [CheXpert-v1.0/]test/patientNNNNN/studyN)"
-            )
-        if study_path in seen:
-            raise CheXpertFormatError(f"{csv_path}: lines {seen[study_path]} and {line} both list {study_path!r}")
-        seen[study_path] = line
-        split, patient, study = parts
-        folder = data_root / split / patient / study
+    data_root = Path(data_root)
+    records = []
+    for row, (study_path, (folder_name, patient, study)) in enumerate(zip(studies, parts, strict=True)):
+        study_path = study_path.replace("\\", "/").rstrip("/")
+        folder = data_root / folder_name / patient / study
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        common = dict(split=split, patient_id=patient, study_id=f"{patient}/{study}", ap_pa="", sex="", age=None,
-                      labels=tuple(labels[row].tolist()), line=line)
+        common = dict(split=folder_name, patient_id=patient, study_id=f"{patient}/{study}", ap_pa="", sex="",
+                      age=None, labels=tuple(labels[row].tolist()), line=table.lines[row])
         if not files:
             problem = "study folder not found" if not folder.is_dir() else "no images in study folder"
-            records.append(ImageRecord(path=study_path.rstrip("/"), file=str(folder), view="", problem=problem,
-                                       **common))
+            records.append(ImageRecord(path=study_path, file=str(folder), view="", problem=problem, **common))
         for file in files:
-            records.append(ImageRecord(path=f"{study_path.rstrip('/')}/{file.name}", file=str(file),
+            records.append(ImageRecord(path=f"{study_path}/{file.name}", file=str(file),
                                        view=view_from_file_name(file.name), **common))
     return records
 
@@ -241,4 +313,6 @@ def find_split_files(data_root: str | Path) -> dict[str, Path]:
 
 
 def read_split(split: str, csv_path: Path, data_root: Path) -> list[ImageRecord]:
-    return read_study_csv(csv_path, data_root) if split == "test" else read_image_csv(csv_path, data_root)
+    """The records of one split's CSV, every path checked to lie under that split's folder."""
+    reader = read_study_csv if split == "test" else read_image_csv
+    return reader(csv_path, data_root, split=split)
