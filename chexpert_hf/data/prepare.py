@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import re
 import shutil
 import tempfile
@@ -24,8 +23,6 @@ from datasets.exceptions import DatasetGenerationError
 
 from ..labels import CHEXPERT_LABELS
 from .builder import CheXpert, StrictSkipError
-
-logger = logging.getLogger(__name__)
 
 SKIPPED_CSV = "skipped.csv"
 INFO_JSON = "prepare_info.json"

@@ -295,6 +295,8 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
     sides = ("right", "left")
 
     # Heart: cardiothoracic ratio ~0.45 normally, ~0.6 in cardiomegaly; it sits mostly to the patient's left.
+    # All three sizes are drawn whatever the label, so the draws that follow (positions of the other findings)
+    # do not depend on this label's state.
     state = labels["Cardiomegaly"]
     ratio = {1.0: rng.uniform(0.57, 0.65), -1.0: rng.uniform(0.51, 0.55)}.get(state, rng.uniform(0.40, 0.47))
     heart_w = ratio * 2 * thorax.half_width
