@@ -34,7 +34,7 @@ MAX_AGE = 150
 _LABEL_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": math.nan, "nan": math.nan}
 # [dataset folder/]split/patientN/studyN/file: the leading folder (CheXpert-v1.0-small, CheXpert-v1.0, ...)
 # is optional because CSV paths are relative to the parent of the data root.
-_IMAGE_PATH = r"^(?:\./)?(?:[^/]+/)?(train|valid|test)/(patient\d+)/(study\d+)/([^/]+)$"
+_IMAGE_PATH = rf"^(?:\./)?(?:[^/]+/)?({'|'.join(SPLIT_FOLDERS)})/(patient\d+)/(study\d+)/([^/]+)$"
 
 
 class CheXpertFormatError(ValueError):
