@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -10,7 +11,7 @@ from chexpert_hf.cli import build_parser, main
 def test_help_lists_the_subcommands():
     result = subprocess.run([sys.executable, "-m", "chexpert_hf.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    assert "synthesize" in result.stdout and "prepare" in result.stdout
+    assert all(command in result.stdout for command in ("synthesize", "prepare", "models"))
     for command in ("synthesize", "prepare"):
         text = build_parser()._subparsers._group_actions[0].choices[command].format_help()
         assert "--output" in text and "--num-proc" in text
@@ -50,3 +51,20 @@ def test_strict_failure_in_a_worker_is_one_line(tmp_path, capsys):
     assert err.strip().splitlines()[-1].startswith("chexpert-hf prepare: error: ")
     assert victim.relative_to(root.parent).as_posix() in err and "empty file (0 bytes)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_models_lists_every_family_and_the_readme_table_is_current(capsys):
+    from chexpert_hf.models import FAMILIES
+
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    for family, spec in FAMILIES.items():
+        for variant in spec.variants:
+            assert any(line.split()[:2] == [family, variant] for line in text.splitlines()), (family, variant)
+    assert main(["models", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- models-table:start -->\n", "\n<!-- models-table:end -->"
+    assert readme[readme.index(start) + len(start):readme.index(end)] == table, (
+        "README's model table is stale: replace it with the output of `chexpert-hf models --markdown`"
+    )
