@@ -281,3 +281,32 @@ def test_every_family_and_variant_builds_at_full_size():
     assert 6.5e6 < rows["densenet121", "base"]["total"] < 7.5e6
     for row in rows.values():
         assert row["head"] < row["last_block"] < row["full"] == row["total"]
+
+
+def test_hybrid_attention_paths_agree_and_checkpointing_changes_no_gradient(tmp_path):
+    model = tiny_model("resnet_vit").model.eval()
+    pixels = torch.randn(2, 3, TINY_SIZE, TINY_SIZE)
+    with torch.no_grad():
+        fused = model(pixels).logits
+        out = model(pixels, output_attentions=True, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, fused)
+    tokens = model.config.grid_size**2 + 1
+    assert [a.shape for a in out.attentions] == [(2, 4, tokens, tokens)] * 2
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, tokens))
+    assert len(out.hidden_states) == 3
+    model.save_pretrained(tmp_path)
+    eager = AutoModelForImageClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(eager(pixels).logits, fused)
+
+    labels = _labels(2, 5)
+    model.train()
+    model(pixels, labels=labels).loss.backward()
+    plain = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing and model.resnet_vit.layers[0].gradient_checkpointing
+    model(pixels, labels=labels).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, plain[name], msg=name)

@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-IMAGE_SIZES = (224, 320)
 
 
 @dataclass(frozen=True)
@@ -257,13 +256,15 @@ def with_image_size(model: PreTrainedModel, family: Family, image_size: int) -> 
             state[key] = resize_position_embeddings(value, family.position_prefix, math.isqrt(target))
     resized.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (e.g. Swin's relative position index) are rebuilt for the real device.
+    # They depend on the window or patch layout, not on the image size, so the old model's values carry over.
     for module_name, module in resized.named_modules():
         for buffer_name, buffer in list(module.named_buffers(recurse=False)):
             if buffer.is_meta:
                 source = model.get_submodule(module_name).get_buffer(buffer_name)
+                if source.shape != buffer.shape:
+                    raise ValueError(f"buffer {module_name}.{buffer_name} changes shape with the image size")
                 module.register_buffer(buffer_name, source.clone(), persistent=False)
-    resized.eval() if not model.training else resized.train()
-    return resized
+    return resized.train(model.training)
 
 
 def _check_loading(info: dict[str, list], model: PreTrainedModel, source: str) -> None:
@@ -319,7 +320,7 @@ def _build(
     variant = _variant(family_name, variant)
     head = label_config(labels)
     if image_size < 32:
-        raise ValueError(f"image_size {image_size} is too small (the registry builds 224 or 320; tests use >= 32)")
+        raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     if from_scratch:
         if model_name_or_path or backbone_name_or_path:
             raise ValueError("from_scratch builds random weights; do not also give model_name_or_path")
@@ -327,10 +328,7 @@ def _build(
         if "image_size" in {f.name for f in dataclasses.fields(family.config_class)}:
             fields["image_size"] = image_size
         model = family.model_class(family.config_class(**fields))
-        channels = input_channels(model)
-        mean, std = (family.mean, family.std) if channels == 3 else (family.mean[:1], family.std[:1])
-        processor = make_processor(image_size, mean, std)
-        processor.do_convert_rgb = channels == 3
+        processor = _processor_for(model, image_size, family.mean, family.std)
         return BuiltModel(model, processor, family_name, variant, "config")
     if config_overrides:
         raise ValueError("config_overrides apply to from_scratch models; a checkpoint brings its own configuration")
@@ -361,7 +359,20 @@ def _build(
             reset_head(model)
         mean, std = checkpoint_normalisation(source, family)
     model = with_image_size(model, family, image_size)
-    return BuiltModel(model, make_processor(image_size, mean, std), family_name, variant, source)
+    return BuiltModel(model, _processor_for(model, image_size, mean, std), family_name, variant, source)
+
+
+def _processor_for(
+    model: PreTrainedModel, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> ViTImageProcessor:
+    channels = input_channels(model)
+    if channels == 1 and len(mean) == 3:
+        mean, std = mean[:1], std[:1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"the model takes {channels} channels but the normalisation has {len(mean)} values")
+    processor = make_processor(image_size, mean, std)
+    processor.do_convert_rgb = channels == 3
+    return processor
 
 
 def _is_timm_checkpoint(model_name_or_path: str) -> bool:
@@ -396,7 +407,6 @@ def build_model(family: str, **kwargs: Any) -> BuiltModel:
 
 __all__ = [
     "FAMILIES",
-    "IMAGE_SIZES",
     "MODELS",
     "VARIANTS",
     "BuiltModel",

@@ -55,6 +55,7 @@ class ResNetViTAttention(nn.Module):
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_dropout = config.attention_probs_dropout_prob
         self.output_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.config = config
 
     def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
         batch, length, width = hidden_states.shape
@@ -67,7 +68,7 @@ class ResNetViTAttention(nn.Module):
         value = heads(self.v_proj(hidden_states))
         dropout = self.attention_dropout if self.training else 0.0
         weights = None
-        if output_attentions:
+        if output_attentions or self.config._attn_implementation == "eager":
             # The fused kernel does not return the attention map, which rollout and inspection need.
             weights = torch.softmax(query @ key.transpose(-1, -2) * self.head_dim**-0.5, dim=-1)
             context = F.dropout(weights, p=dropout, training=self.training) @ value
@@ -113,6 +114,7 @@ class ResNetViTPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
+    _supports_sdpa = True  # the attention calls F.scaled_dot_product_attention unless eager or maps are asked for
     _no_split_modules = ["ResNetViTEmbeddings", "ResNetViTLayer"]
     # The forward takes no **kwargs, so the Trainer must not pass loss keyword arguments.
     accepts_loss_kwargs = False
