@@ -310,3 +310,27 @@ def test_hybrid_attention_paths_agree_and_checkpointing_changes_no_gradient(tmp_
     model(pixels, labels=labels).loss.backward()
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, plain[name], msg=name)
+
+
+_STRIDE_16_BIT = {**TINY_CONFIGS["resnet_vit"]["backbone_config"], "depths": [1, 1, 1],
+                  "hidden_sizes": [16, 16, 32], "out_features": ["stage3"]}
+
+
+@pytest.mark.parametrize(
+    ("family", "overrides", "tokens_at_320"),
+    [
+        ("vit", dict(TINY_CONFIGS["vit"], patch_size=16), 1 + 20 * 20),
+        ("deit", dict(TINY_CONFIGS["deit"], patch_size=16), 2 + 20 * 20),
+        ("resnet_vit", dict(TINY_CONFIGS["resnet_vit"], backbone_config=_STRIDE_16_BIT), 1 + 20 * 20),
+        ("swin", dict(TINY_CONFIGS["swin"], window_size=7), None),  # 80x80 patches: padded to the 7x7 windows
+    ],
+)
+def test_a_224_checkpoint_runs_at_320(family, overrides, tokens_at_320, tmp_path):
+    built = build_model(family, from_scratch=True, config_overrides=overrides, image_size=224)
+    built.model.save_pretrained(tmp_path)
+    model = build_model(family, model_name_or_path=str(tmp_path), image_size=320).model.eval()
+    if tokens_at_320:
+        table = model.state_dict()[f"{model.base_model_prefix}.embeddings.position_embeddings"]
+        assert table.shape[1] == tokens_at_320
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 320, 320)).logits.shape == (1, 5)
