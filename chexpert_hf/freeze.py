@@ -11,7 +11,8 @@ the same block whatever the depth:
 
 The names are those of transformers 5 (``vit.layers.N``, not 4.x's ``vit.encoder.layer.N``); a pattern that
 matches nothing is an error, so a rename cannot silently freeze the whole model.  BatchNorm layers whose
-parameters are all frozen are kept in eval mode, so their running statistics stay those of the checkpoint.
+parameters are all frozen are kept in eval mode (a forward pre-hook), so their running statistics stay those of
+the checkpoint; apply the policy after any ``SyncBatchNorm.convert_sync_batchnorm``, which builds new modules.
 
 ``LAYER_IDS`` maps each parameter to a depth (0 = input side) for layer-wise learning-rate decay:
 a parameter at depth ``d`` of ``D`` gets ``lr * decay ** (D - d)``.
@@ -141,24 +142,26 @@ def apply_freeze_policy(model: PreTrainedModel, family: str, policy: str) -> Fre
     patterns = policy_patterns(family, policy, model.config)
     compiled = [re.compile(pattern) for pattern in patterns]
     matches = dict.fromkeys(patterns, 0)
-    trainable_names, counts = [], {True: [0, 0], False: [0, 0]}
-    for name, parameter in model.named_parameters():
+    trains: dict[str, bool] = {}
+    for name, _ in model.named_parameters():
         hits = [pattern for pattern, regex in zip(patterns, compiled, strict=True) if regex.search(name)]
         for pattern in hits:
             matches[pattern] += 1
-        trains = bool(hits)
-        parameter.requires_grad_(trains)
-        counts[trains][0] += parameter.numel()
-        counts[trains][1] += 1
-        if trains:
-            trainable_names.append(name)
+        trains[name] = bool(hits)
     unmatched = [pattern for pattern, count in matches.items() if count == 0]
-    if unmatched:
+    if unmatched:  # checked before any flag changes, so a failed call leaves the model as it was
         raise ValueError(
             f"freeze policy {policy!r} for {family}: pattern(s) {', '.join(unmatched)} match no parameter of "
             f"{type(model).__name__} "
             f"(parameter names changed? first names: {[n for n, _ in model.named_parameters()][:3]})"
         )
+    trainable_names, counts = [], {True: [0, 0], False: [0, 0]}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(trains[name])
+        counts[trains[name]][0] += parameter.numel()
+        counts[trains[name]][1] += 1
+        if trains[name]:
+            trainable_names.append(name)
     frozen_batchnorms = 0
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -228,6 +231,7 @@ def _encoder_depths(prefix: str) -> list[LayerRule]:
 
 
 # Depth of every parameter: embeddings 0, block i at i + 1, final norm and head at the top (number of blocks + 1).
+# The hybrid's whole ResNet counts as embeddings (depth 0), as in timm's layer decay for its hybrids.
 LAYER_IDS: dict[str, list[LayerRule]] = {
     "vit": _encoder_depths("vit"),
     "deit": _encoder_depths("deit"),

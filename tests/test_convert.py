@@ -122,3 +122,28 @@ def test_resnet_vit_from_timm_reads_local_folders_through_timm(monkeypatch, tmp_
     resnet_vit_from_timm(str(tmp_path), label_config(COMPETITION_LABELS))
     resnet_vit_from_timm("local-dir:/somewhere", label_config(COMPETITION_LABELS))
     assert names == [f"local-dir:{tmp_path}", "local-dir:/somewhere"]
+
+
+def test_parts_refuse_an_encoder_missing_weights_and_use_the_backbone_normalisation(tmp_path):
+    import json
+
+    from chexpert_hf.models import make_processor
+
+    ResNetForImageClassification(
+        ResNetConfig(depths=[1, 1, 1], hidden_sizes=[8, 16, 32], embedding_size=8)
+    ).save_pretrained(tmp_path / "resnet")
+    make_processor(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save_pretrained(tmp_path / "resnet")
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                       image_size=64, patch_size=16)).save_pretrained(tmp_path / "vit")
+    built = build_model("resnet_vit", model_name_or_path=str(tmp_path / "vit"),
+                        backbone_name_or_path=str(tmp_path / "resnet"))
+    assert built.image_size == 64  # the encoder's size, not the backbone processor's
+    assert list(built.processor.image_mean) == pytest.approx([0.485, 0.456, 0.406])
+
+    config_path = tmp_path / "vit" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_hidden_layers"] = 3
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"lacks encoder weights: \['layers\.2\."):
+        build_model("resnet_vit", model_name_or_path=str(tmp_path / "vit"),
+                    backbone_name_or_path=str(tmp_path / "resnet"))

@@ -334,3 +334,53 @@ def test_a_224_checkpoint_runs_at_320(family, overrides, tokens_at_320, tmp_path
         assert table.shape[1] == tokens_at_320
     with torch.no_grad():
         assert model(torch.randn(1, 3, 320, 320)).logits.shape == (1, 5)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_checkpoint_keeps_its_own_resolution_unless_asked(family, tmp_path):
+    built = tiny_model(family, image_size=48)
+    built.model.save_pretrained(tmp_path)
+    built.processor.save_pretrained(tmp_path)
+    again = build_model(family, model_name_or_path=str(tmp_path))
+    assert again.image_size == 48
+    assert getattr(again.model.config, "image_size", 48) == 48
+    for name, value in built.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[name], value), name
+
+
+def test_resizing_keeps_frozen_flags_and_module_modes():
+    from chexpert_hf.freeze import apply_freeze_policy
+    from chexpert_hf.models import with_image_size
+
+    model = tiny_model("vit").model.train()
+    apply_freeze_policy(model, "vit", "head")
+    model.vit.layers[0].eval()
+    resized = with_image_size(model, FAMILIES["vit"], 64)
+    assert resized.config.image_size == 64
+    assert [n for n, p in resized.named_parameters() if p.requires_grad] == ["classifier.weight", "classifier.bias"]
+    assert resized.training and not resized.vit.layers[0].training and resized.vit.layers[1].training
+
+
+def test_swin_with_absolute_positions_is_not_resized_silently(tmp_path):
+    overrides = dict(TINY_CONFIGS["swin"], use_absolute_embeddings=True)
+    build_model("swin", from_scratch=True, config_overrides=overrides, image_size=TINY_SIZE).model.save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="position_embeddings cannot be resized"):
+        build_model("swin", model_name_or_path=str(tmp_path), image_size=48)
+
+
+def test_the_hybrid_config_refuses_backbones_with_another_stride():
+    from huggingface_hub.errors import StrictDataclassClassValidationError as Invalid
+
+    from chexpert_hf.models.resnet_vit import ResNetViTConfig
+
+    backbone = TINY_CONFIGS["resnet_vit"]["backbone_config"]
+    with pytest.raises(Invalid, match="output_stride=8"):
+        ResNetViTConfig(backbone_config=dict(backbone, output_stride=8))
+    resnet = {"model_type": "resnet", "depths": [1, 1, 1], "hidden_sizes": [8, 16, 32], "embedding_size": 8,
+              "out_features": ["stage3"], "downsample_in_first_stage": True}
+    with pytest.raises(Invalid, match="downsample_in_first_stage"):
+        ResNetViTConfig(backbone_config=resnet)
+    with pytest.raises(Invalid, match=r"out_features must be \['stage2'\]"):
+        ResNetViTConfig(backbone_config=dict(backbone, out_features=["stage1"]))

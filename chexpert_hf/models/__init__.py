@@ -6,10 +6,11 @@ Every builder takes the same arguments and returns a :class:`BuiltModel`:
   path); ``None`` uses the family's default checkpoint (:data:`VARIANTS`), unless ``from_scratch``.
 - ``from_scratch`` — build the variant's full configuration with random weights (nothing is downloaded);
   ``config_overrides`` change any configuration field, which is how tests and the demo build tiny models.
-- ``labels`` — the label set (all 14 CheXpert labels or the 5 competition labels, in any order); the head is
-  always new and sized for it, and ``id2label``/``label2id``/``problem_type`` are set.
-- ``image_size`` — 224 by default; a ViT/DeiT/hybrid checkpoint at another size has its position embeddings
-  interpolated (bicubic), never re-initialised.
+- ``labels`` — the label set (all 14 CheXpert labels or the 5 competition labels, in any order);
+  ``id2label``/``label2id``/``problem_type`` are set, and the head is new unless the checkpoint's head was
+  trained for exactly these labels in this order (then it is kept: evaluating or resuming a fine-tuned model).
+- ``image_size`` — the checkpoint's own size when left out (224 for models from scratch); a ViT/DeiT/hybrid
+  checkpoint asked for another size has its position embeddings interpolated (bicubic), never re-initialised.
 
 Single-channel radiographs: models keep the 3-channel input their checkpoints were trained on and the grey
 channel is replicated (a view, no copy) just before the model, by ``data.transforms.to_float``; the first layer's
@@ -211,17 +212,31 @@ def make_processor(image_size: int, mean: Sequence[float], std: Sequence[float])
     )
 
 
-def checkpoint_normalisation(model_name_or_path: str, family: Family) -> tuple[list[float], list[float]]:
-    """Mean and std from the checkpoint's image processor; the family's defaults when it has none."""
+DEFAULT_IMAGE_SIZE = 224
+
+
+@dataclass
+class ProcessorSettings:
+    mean: list[float]
+    std: list[float]
+    image_size: int | None = None  # None: the processor does not say
+
+
+def checkpoint_processor_settings(model_name_or_path: str, family: Family) -> ProcessorSettings:
+    """Mean, std and square input size from the checkpoint's image processor; the family's means if it has none."""
     try:
         processor = AutoImageProcessor.from_pretrained(model_name_or_path)
     except (OSError, ValueError) as error:
         logger.info("no image processor in %s (%s); using the family's normalisation", model_name_or_path, error)
-        return list(family.mean), list(family.std)
+        return ProcessorSettings(list(family.mean), list(family.std))
     data_config = getattr(processor, "data_config", None) or {}  # timm checkpoints
     mean = getattr(processor, "image_mean", None) or data_config.get("mean") or family.mean
     std = getattr(processor, "image_std", None) or data_config.get("std") or family.std
-    return [float(x) for x in mean], [float(x) for x in std]
+    size = getattr(processor, "size", None)
+    height = getattr(size, "height", None) or (size.get("height") if isinstance(size, dict) else None)
+    if height is None and data_config.get("input_size"):
+        height = data_config["input_size"][-1]
+    return ProcessorSettings([float(x) for x in mean], [float(x) for x in std], height)
 
 
 def resize_position_embeddings(embeddings: torch.Tensor, prefix: int, grid: int) -> torch.Tensor:
@@ -239,10 +254,23 @@ def resize_position_embeddings(embeddings: torch.Tensor, prefix: int, grid: int)
     return torch.cat([embeddings[:, :prefix], patches], dim=1)
 
 
+def _side(size: Any) -> int | None:
+    """A square image size from a config field that may be an int or a (height, width) pair."""
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"only square inputs are supported, the checkpoint has image_size {list(size)}")
+        return int(size[0])
+    return None if size is None else int(size)
+
+
 def with_image_size(model: PreTrainedModel, family: Family, image_size: int) -> PreTrainedModel:
-    """The same weights at another input resolution: positions interpolated, everything else unchanged."""
+    """The same weights at another input resolution: positions interpolated, everything else unchanged.
+
+    The returned model shares its tensors with ``model`` (which should no longer be used); ``requires_grad``
+    flags and the train/eval mode of every submodule carry over.
+    """
     config = model.config
-    if not hasattr(config, "image_size") or config.image_size == image_size:
+    if not hasattr(config, "image_size") or _side(config.image_size) == image_size:
         return model
     new_config = copy.deepcopy(config)
     new_config.image_size = image_size
@@ -251,9 +279,12 @@ def with_image_size(model: PreTrainedModel, family: Family, image_size: int) -> 
     state = model.state_dict()
     shapes = resized.state_dict()
     for key, value in state.items():
-        if key.endswith("position_embeddings") and family.position_prefix is not None:
-            target = shapes[key].shape[1] - family.position_prefix
-            state[key] = resize_position_embeddings(value, family.position_prefix, math.isqrt(target))
+        if not key.endswith("position_embeddings"):
+            continue
+        if family.position_prefix is None:
+            raise ValueError(f"{key} cannot be resized: this family has no position-embedding layout to interpolate")
+        target = shapes[key].shape[1] - family.position_prefix
+        state[key] = resize_position_embeddings(value, family.position_prefix, math.isqrt(target))
     resized.load_state_dict(state, strict=True, assign=True)
     # Non-persistent buffers (e.g. Swin's relative position index) are rebuilt for the real device.
     # They depend on the window or patch layout, not on the image size, so the old model's values carry over.
@@ -264,7 +295,11 @@ def with_image_size(model: PreTrainedModel, family: Family, image_size: int) -> 
                 if source.shape != buffer.shape:
                     raise ValueError(f"buffer {module_name}.{buffer_name} changes shape with the image size")
                 module.register_buffer(buffer_name, source.clone(), persistent=False)
-    return resized.train(model.training)
+    for name, parameter in resized.named_parameters():
+        parameter.requires_grad_(model.get_parameter(name).requires_grad)
+    for name, module in resized.named_modules():
+        module.training = model.get_submodule(name).training
+    return resized
 
 
 def _check_loading(info: dict[str, list], model: PreTrainedModel, source: str) -> None:
@@ -311,7 +346,7 @@ def _build(
     model_name_or_path: str | None = None,
     variant: str | None = None,
     labels: Sequence[str] = COMPETITION_LABELS,
-    image_size: int = 224,
+    image_size: int | None = None,
     from_scratch: bool = False,
     config_overrides: dict[str, Any] | None = None,
     backbone_name_or_path: str | None = None,
@@ -319,9 +354,10 @@ def _build(
     family = _family(family_name)
     variant = _variant(family_name, variant)
     head = label_config(labels)
-    if image_size < 32:
+    if image_size is not None and image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels, got {image_size}")
     if from_scratch:
+        image_size = image_size or DEFAULT_IMAGE_SIZE
         if model_name_or_path or backbone_name_or_path:
             raise ValueError("from_scratch builds random weights; do not also give model_name_or_path")
         fields = {**family.variants[variant].config, **(config_overrides or {}), **head}
@@ -338,10 +374,13 @@ def _build(
 
         if backbone_name_or_path:
             model = resnet_vit_from_parts(backbone_name_or_path, source, head)
-            mean, std = checkpoint_normalisation(source, family)
+            # The backbone sees the pixels first: its normalisation (ImageNet for microsoft/resnet-50) applies.
+            settings = checkpoint_processor_settings(backbone_name_or_path, family)
+            settings.image_size = None  # the ViT encoder fixed the grid; model.config.image_size says it
             source = f"{backbone_name_or_path} + {source}"
         else:
             model, mean, std = resnet_vit_from_timm(source, head)
+            settings = ProcessorSettings(mean, std)
     else:
         if backbone_name_or_path:
             raise ValueError(f"backbone_name_or_path applies to the resnet_vit family, not {family_name!r}")
@@ -357,9 +396,12 @@ def _build(
         # A head of the right size trained for other labels (or another order) is no head for these.
         if checkpoint_labels != list(head["id2label"].values()):
             reset_head(model)
-        mean, std = checkpoint_normalisation(source, family)
+        settings = checkpoint_processor_settings(source, family)
+    if image_size is None:  # the checkpoint's own resolution
+        image_size = _side(getattr(model.config, "image_size", None)) or settings.image_size or DEFAULT_IMAGE_SIZE
     model = with_image_size(model, family, image_size)
-    return BuiltModel(model, _processor_for(model, image_size, mean, std), family_name, variant, source)
+    processor = _processor_for(model, image_size, settings.mean, settings.std)
+    return BuiltModel(model, processor, family_name, variant, source)
 
 
 def _processor_for(

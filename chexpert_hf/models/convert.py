@@ -173,7 +173,9 @@ def resnet_vit_from_parts(
     if info["missing_keys"] or info["mismatched_keys"]:
         raise ValueError(f"{backbone_name_or_path} lacks backbone weights: {sorted(info['missing_keys'])[:10]}")
 
-    encoder = ViTModel.from_pretrained(encoder_name_or_path, add_pooling_layer=False)
+    encoder, info = ViTModel.from_pretrained(encoder_name_or_path, add_pooling_layer=False, output_loading_info=True)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise ValueError(f"{encoder_name_or_path} lacks encoder weights: {sorted(info['missing_keys'])[:10]}")
     vit = encoder.config
     config = ResNetViTConfig(
         backbone_config=backbone_config.to_dict(),

@@ -82,6 +82,13 @@ class ResNetViTConfig(PreTrainedConfig):
                 f"backbone_config.out_features must be [{last_stage!r}] (the last of its {len(backbone.depths)} "
                 f"stages), got {backbone.out_features}; drop unused stages from depths instead"
             )
+        # grid_size assumes the standard layout: stride 4 in the stem, 2 in every stage after the first.
+        if getattr(backbone, "downsample_in_first_stage", False):
+            raise ValueError("backbone_config.downsample_in_first_stage=True is not supported (it changes the stride)")
+        if getattr(backbone, "output_stride", 32) != 32:
+            raise ValueError(
+                f"backbone_config.output_stride={backbone.output_stride} is not supported (dilated stages); use 32"
+            )
         if backbone.num_channels != self.num_channels:
             raise ValueError(
                 f"backbone_config.num_channels ({backbone.num_channels}) differs from "
