@@ -384,3 +384,14 @@ def test_the_hybrid_config_refuses_backbones_with_another_stride():
         ResNetViTConfig(backbone_config=resnet)
     with pytest.raises(Invalid, match=r"out_features must be \['stage2'\]"):
         ResNetViTConfig(backbone_config=dict(backbone, out_features=["stage1"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "variant"), [(f, v) for f, spec in FAMILIES.items() for v in spec.variants])
+def test_full_size_models_run_forward_and_backward_on_cpu(family, variant):
+    """Real tensors at full size (test_every_family_and_variant_builds_at_full_size covers the shapes fast)."""
+    model = build_model(family, variant=variant, from_scratch=True, labels=CHEXPERT_LABELS).model.train()
+    out = model(pixel_values=torch.randn(1, 3, 224, 224), labels=_labels(1, 14))
+    out.loss.backward()
+    assert out.logits.shape == (1, 14) and torch.isfinite(out.loss)
+    assert classifier(model).weight.grad is not None
