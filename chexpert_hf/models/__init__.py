@@ -3,7 +3,7 @@
 Every builder takes the same arguments and returns a :class:`BuiltModel`:
 
 - ``model_name_or_path`` — a Hub id or a local folder written by ``save_pretrained`` (the two are the same code
-  path); ``None`` uses the family's default checkpoint (:data:`VARIANTS`), unless ``from_scratch``.
+  path); ``None`` uses the family's default checkpoint (``FAMILIES[family].variants``), unless ``from_scratch``.
 - ``from_scratch`` — build the variant's full configuration with random weights (nothing is downloaded);
   ``config_overrides`` change any configuration field, which is how tests and the demo build tiny models.
 - ``labels`` — the label set (all 14 CheXpert labels or the 5 competition labels, in any order);
@@ -151,7 +151,6 @@ FAMILIES: dict[str, Family] = {
         None,
     ),
 }
-VARIANTS: dict[str, dict[str, Variant]] = {name: family.variants for name, family in FAMILIES.items()}
 
 
 @dataclass
@@ -442,15 +441,13 @@ MODELS: dict[str, Callable[..., BuiltModel]] = {name: _builder(name) for name in
 
 def build_model(family: str, **kwargs: Any) -> BuiltModel:
     """Look ``family`` up in :data:`MODELS` and build it (keyword arguments as described in the module doc)."""
-    if family not in MODELS:
-        raise KeyError(f"unknown model family {family!r}; known: {', '.join(MODELS)}")
+    _family(family)  # the error that lists the known names (MODELS has the same keys as FAMILIES)
     return MODELS[family](**kwargs)
 
 
 __all__ = [
     "FAMILIES",
     "MODELS",
-    "VARIANTS",
     "BuiltModel",
     "Family",
     "Variant",

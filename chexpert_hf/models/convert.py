@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, ViTModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
+from . import resize_position_embeddings
 from .resnet_vit import ResNetViTConfig, ResNetViTForImageClassification
 
 _TIMM_BACKBONE_RULES = [
@@ -196,8 +197,6 @@ def resnet_vit_from_parts(
         if name.startswith("embeddings.patch_embeddings."):
             continue  # a 16x16 pixel patch projection has no use on feature-map cells
         if name == "embeddings.position_embeddings":
-            from . import resize_position_embeddings
-
             tensor = resize_position_embeddings(tensor, 1, config.grid_size)
         state[name] = tensor
     projection = hybrid.resnet_vit.embeddings.projection
