@@ -131,10 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="head size: all 14 CheXpert labels (default) or the 5 competition labels")
     models.add_argument("--markdown", action="store_true", help="print the Markdown table used in the README")
     models.set_defaults(handler=_models)
+
+    commands.add_parser(
+        "train",
+        help="train a recipe, as `accelerate launch recipes/train.py` does (`chexpert-hf train --help`: the fields)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its flags are the recipe fields: parsed by chexpert_hf.train, not here
+        from .train import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .data.builder import StrictSkipError
     from .data.tables import CheXpertFormatError

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import csv  # noqa: E402
 import io  # noqa: E402
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -65,6 +66,13 @@ def prepared_dir(synthetic_root, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("prepared") / "chexpert"
     prepare(synthetic_root, output, image_size=160)
     return output
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's ``accelerate launch --main_process_port``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def jpeg_bytes(size=(200, 240), mode="L", value=128, quality=92) -> bytes:

@@ -13,7 +13,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_opens_with_install_and_test_commands():
     install, tests = readme_commands()
-    assert install.startswith("pip install -e . && chexpert-hf synthesize") and "chexpert-hf prepare" in install
+    assert install == "pip install -e . && accelerate launch recipes/train.py --recipe demo"
     assert tests.startswith('pip install -e ".[dev]"') and "pytest" in tests
 
 

@@ -1,0 +1,325 @@
+"""The Trainer subclass: weighted sampling, masked BCE, AdamW with layer decay, on-device preprocessing.
+
+Weighted sampling (``sampling: inverse_frequency``)
+    For label ``j`` let ``p_j`` be the mean training target over the rows where it is not masked (the positive
+    rate; soft targets count by their value). A row's weight is the mean over its unmasked labels of
+
+        ``y_ij / (2 p_j) + (1 - y_ij) / (2 (1 - p_j))``
+
+    so for every label, positives and negatives carry the same total weight (N/2 each) and a row that is positive
+    for rare findings is drawn more often. ``sqrt_inverse_frequency`` uses the square root of that weight (a
+    softer rebalancing). Weights are scaled to mean 1 and drawn with replacement, N draws per epoch.
+
+    Every process draws the same sequence, seeded by (seed, epoch); Accelerate then deals the batches out to
+    the processes, so one epoch over N processes covers exactly the draws of one process.
+
+Loss
+    Binary cross-entropy with logits over the entries whose target is not NaN (the uncertainty policy's
+    ``u_ignore`` and ``blank_policy: mask`` produce NaN), averaged over those entries; an optional ``pos_weight``
+    per label. The multi-label loss built into Transformers models does not mask, so it is never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .data.transforms import to_float
+from .freeze import param_groups
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def positive_rates(targets: np.ndarray) -> np.ndarray:
+    """Per-label mean target over the unmasked rows (NaN = masked), clipped away from 0 and 1."""
+    targets = np.asarray(targets, dtype=np.float64)
+    counted = (~np.isnan(targets)).sum(axis=0)
+    rates = np.nansum(targets, axis=0) / np.maximum(counted, 1)
+    floor = 1.0 / max(len(targets), 2)
+    return np.clip(rates, floor, 1.0 - floor)
+
+
+def sample_weights(targets: np.ndarray, method: str) -> np.ndarray:
+    """Per-row sampling weights (mean 1) for multi-label ``targets``; see the module doc for the formula."""
+    if method not in ("inverse_frequency", "sqrt_inverse_frequency"):
+        raise ValueError(f"unknown sampling {method!r}; choose inverse_frequency or sqrt_inverse_frequency")
+    targets = np.asarray(targets, dtype=np.float64)
+    rates = positive_rates(targets)
+    per_entry = targets / (2 * rates) + (1 - targets) / (2 * (1 - rates))
+    known = ~np.isnan(per_entry)
+    counts = known.sum(axis=1)
+    weights = np.where(counts > 0, np.nansum(per_entry, axis=1) / np.maximum(counts, 1), 1.0)
+    if method == "sqrt_inverse_frequency":
+        weights = np.sqrt(weights)
+    return weights / weights.mean()
+
+
+class WeightedEpochSampler(torch.utils.data.Sampler[int]):
+    """``num_samples`` indices drawn with replacement by ``weights``, the same on every process for one epoch."""
+
+    def __init__(self, weights: Sequence[float], num_samples: int | None = None, seed: int = 0):
+        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+        if self.weights.ndim != 1 or not len(self.weights) or (self.weights < 0).any() or self.weights.sum() <= 0:
+            raise ValueError("sampling weights must be a non-empty 1-D array of non-negative numbers, not all 0")
+        self.num_samples = len(self.weights) if num_samples is None else num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draws(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.draws(self.epoch))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def masked_bce_with_logits(
+    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean binary cross-entropy over the entries of ``targets`` that are not NaN (0 when all are masked)."""
+    known = ~torch.isnan(targets)
+    safe_targets = torch.where(known, targets, torch.zeros_like(targets))
+    losses = F.binary_cross_entropy_with_logits(
+        logits.float(), safe_targets.float(), pos_weight=pos_weight, reduction="none"
+    )
+    return (losses * known).sum() / known.sum().clamp(min=1)
+
+
+def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
+    """Negatives over positives per label (unmasked entries; soft targets count by value)."""
+    rates = positive_rates(targets)
+    return (1 - rates) / rates
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Augmentation (on the device, a batch at a time; never a flip: laterality matters on a radiograph)
+# ---------------------------------------------------------------------------------------------------------------
+
+LIGHT_AUGMENTATION = {"degrees": 7.0, "scale": (0.95, 1.05), "translate": 0.04}
+
+
+def light_affine(pixels: torch.Tensor) -> torch.Tensor:
+    """A small random rotation, scale and shift per image of a float ``(B, C, H, W)`` batch (zeros outside)."""
+    batch = pixels.shape[0]
+    device = pixels.device
+    angle = torch.empty(batch, device=device).uniform_(-1, 1) * math.radians(LIGHT_AUGMENTATION["degrees"])
+    low, high = LIGHT_AUGMENTATION["scale"]
+    scale = torch.empty(batch, device=device).uniform_(low, high)
+    shift = torch.empty(batch, 2, device=device).uniform_(-1, 1) * 2 * LIGHT_AUGMENTATION["translate"]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops training when a loss was not finite, before anything is saved after it.
+
+    The trainer records the first bad step on the device (no synchronisation per step); this callback reads it
+    only when the Trainer is about to log, evaluate or save, and at the end, so the last checkpoint written is
+    always one from before the bad step. It remembers the checkpoints this run wrote, for the error message.
+    """
+
+    def __init__(self, trainer: CheXpertTrainer):
+        self.trainer = trainer
+        self.last_checkpoint: str | None = None
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self.trainer.check_finite()
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.trainer.check_finite()
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self.last_checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Trainer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CheXpertTrainer(Trainer):
+    """``Trainer`` for multi-label CheXpert.
+
+    Extra arguments: ``family`` (for layer decay), ``image_mean``/``image_std``/``num_channels`` (batches arrive
+    as ``uint8`` and are normalised on the device), ``sample_weights`` (None: shuffle), ``pos_weight``,
+    ``layer_decay`` and ``augmentation`` (``"none"`` or ``"light"``).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        family: str,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        num_channels: int = 3,
+        sample_weights: np.ndarray | None = None,
+        pos_weight: Sequence[float] | None = None,
+        layer_decay: float = 1.0,
+        augmentation: str = "none",
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.family = family
+        self.image_mean, self.image_std, self.num_channels = list(image_mean), list(image_std), num_channels
+        self.sample_weights = sample_weights
+        self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        self.layer_decay = layer_decay
+        self.augmentation = augmentation
+        # our loss is a per-batch mean: let the Trainer divide it by the gradient-accumulation steps
+        self.model_accepts_loss_kwargs = False
+        self.label_names = ["labels", "row_index"]
+        self._first_bad_step: torch.Tensor | None = None
+        self.finite_guard = NonFiniteLossGuard(self)
+        self.add_callback(self.finite_guard)
+
+    # --- data ----------------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
+        if self.sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return WeightedEpochSampler(self.sample_weights, seed=seed)
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        inputs = super()._prepare_inputs(inputs)
+        pixels = inputs["pixel_values"]
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float()
+            if self.augmentation == "light" and self.model.training:
+                pixels = light_affine(pixels)
+            inputs["pixel_values"] = to_float(pixels, self.image_mean, self.image_std, self.num_channels)
+        return inputs
+
+    # --- loss ----------------------------------------------------------------------------------------------
+    def _loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(pixel_values=inputs["pixel_values"]).logits
+        targets = inputs["labels"]
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        return masked_bce_with_logits(logits, targets, pos_weight), logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, logits = self._loss(model, inputs)
+        if model.training:
+            self._record_finite(loss)
+        return (loss, {"logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, logits = self._loss(model, inputs)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), logits.detach().float(), (inputs["labels"], inputs["row_index"])
+
+    # --- non-finite loss -----------------------------------------------------------------------------------
+    def _record_finite(self, loss: torch.Tensor) -> None:
+        """Remember (on the device, without a sync) the first optimizer step whose loss was not finite."""
+        step = self.state.global_step + 1
+        if self._first_bad_step is None or self._first_bad_step.device != loss.device:
+            self._first_bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        unset = self._first_bad_step == 0
+        self._first_bad_step = torch.where(bad & unset, torch.full_like(self._first_bad_step, step),
+                                           self._first_bad_step)
+
+    def check_finite(self) -> None:
+        if self._first_bad_step is None:
+            return
+        first_bad = int(self._first_bad_step.item())
+        if first_bad:
+            last = self.finite_guard.last_checkpoint
+            kept = f"the last good checkpoint is {last}" if last else "this run had saved no checkpoint yet"
+            raise NonFiniteLossError(
+                f"the training loss was not finite (NaN or inf) at step {first_bad}; training stopped before "
+                f"saving anything after it; {kept}. Lower learning_rate, check the inputs, or use bf16 instead of fp16."
+            )
+
+    # --- loading checkpoints (resume, best model) ---------------------------------------------------------------
+    def _load_weights_from(self, folder: str) -> bool:
+        """Load a checkpoint's weights into the model through ``from_pretrained``; False when it cannot.
+
+        Transformers 5 saves ViT-family weights under their original (4.x) names, and the Trainer's own loading
+        (``load_state_dict`` on the raw file) then silently misses every encoder weight: transformers issues
+        #43701 and #48805. ``from_pretrained`` applies the renaming, so the weights go through it and are copied
+        in with ``strict=True``. FSDP, DeepSpeed and adapters keep the Trainer's own paths.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return False
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "config") or not callable(getattr(type(model), "from_pretrained", None)):
+            return False
+        loaded = type(model).from_pretrained(folder, config=model.config)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        logger.info("loaded the weights of %s", folder)
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if model is not None or not self._load_weights_from(resume_from_checkpoint):  # FSDP passes the wrapped model
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best is None or not self._load_weights_from(best):
+            super()._load_best_model()
+        else:
+            logger.info("the final model is the best checkpoint, %s (%s %s)", best, self.args.metric_for_best_model,
+                        self.state.best_metric)
+
+    # --- optimizer -----------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """AdamW over :func:`chexpert_hf.freeze.param_groups`: only trainable parameters, no weight decay on
+        biases, norms and position tables, and layer-wise learning-rate decay when ``layer_decay`` < 1."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            groups = param_groups(
+                opt_model, self.family, self.args.learning_rate, self.args.weight_decay, self.layer_decay
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if "adamw" not in optimizer_cls.__name__.lower():
+                logger.warning("optim=%s is not AdamW; the recipes are tuned for AdamW", self.args.optim)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            trainable = sum(p.numel() for group in groups for p in group["params"])
+            total = sum(p.numel() for p in opt_model.parameters())
+            logger.info(
+                "optimizer %s: %d parameter groups, %s trainable / %s frozen parameters (%.2f%%), layer_decay %s",
+                optimizer_cls.__name__, len(groups), f"{trainable:,}", f"{total - trainable:,}",
+                100 * trainable / max(total, 1), self.layer_decay,
+            )
+        return self.optimizer

@@ -1,0 +1,57 @@
+"""Run under ``accelerate launch --num_processes N``: each process writes the row indices of the training batches
+it receives from CheXpertTrainer's dataloader in epochs 0 and 1, to OUTPUT/rank<R>.json.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml --num_processes 2 \
+        tests/scripts/sampler_draws.py OUTPUT ROWS BATCH SEED
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from chexpert_hf.configs import CheXpertTrainingArguments
+from chexpert_hf.trainer import CheXpertTrainer, sample_weights
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, targets: np.ndarray):
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"row_index": index, "labels": self.targets[index]}
+
+
+def collate(items: list[dict]) -> dict:
+    return {"row_index": torch.tensor([item["row_index"] for item in items]),
+            "labels": torch.tensor(np.stack([item["labels"] for item in items]))}
+
+
+def main(output: str, rows: int, batch: int, seed: int) -> None:
+    targets = (np.random.default_rng(0).random((rows, 3)) < [0.1, 0.3, 0.6]).astype(np.float32)
+    model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=8, image_size=8, patch_size=4, num_labels=3))
+    args = CheXpertTrainingArguments(output_dir=str(Path(output) / "run"), per_device_train_batch_size=batch,
+                                     use_cpu=True, seed=seed, report_to="none", dataloader_num_workers=0,
+                                     eval_strategy="no", save_strategy="no")
+    trainer = CheXpertTrainer(model=model, args=args, train_dataset=Rows(targets), data_collator=collate,
+                              family="vit", image_mean=[0.5], image_std=[0.5],
+                              sample_weights=sample_weights(targets, "inverse_frequency"))
+    loader = trainer.get_train_dataloader()
+    epochs = {}
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        epochs[epoch] = [batch["row_index"].tolist() for batch in loader]
+    rank = trainer.args.process_index
+    Path(output, f"rank{rank}.json").write_text(json.dumps({"world_size": trainer.args.world_size,
+                                                            "epochs": epochs}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

@@ -1,0 +1,145 @@
+"""Recipes: every file in recipes/ parses into the dataclasses, overrides and bad keys behave, the README lists them."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chexpert_hf.configs import RECIPES_DIR, available_recipes, parse_recipe
+from chexpert_hf.freeze import POLICIES
+from chexpert_hf.labels import UNCERTAINTY_POLICIES
+from chexpert_hf.train import main as train_main
+
+# recipe name -> (family, variant, freeze policy)
+RECIPES = {
+    f"{prefix}_{strategy}": (family, variant, strategy)
+    for prefix, family, variant in [("vit", "vit", "base"), ("vit_large", "vit", "large"), ("swin", "swin", "base"),
+                                    ("deit", "deit", "base"), ("resnet_vit", "resnet_vit", "base")]
+    for strategy in ("head", "last_block", "full")
+}
+RECIPES["densenet121_full"] = ("densenet121", "base", "full")
+EXPECTED = sorted([*RECIPES, "demo"])
+
+
+def test_the_recipe_set_is_complete():
+    assert available_recipes() == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_recipe_parses_into_consistent_dataclasses(name):
+    # GPU recipes ask for bf16 and tf32, which Transformers refuses on a machine without a GPU: parse as on CPU
+    recipe = parse_recipe(["--recipe", name, "--use_cpu", "true"])
+    model, data, policy, training = recipe.model, recipe.data, recipe.policy, recipe.training
+    assert recipe.name == name
+    assert training.output_dir == str(Path("outputs") / name)
+    assert training.weight_decay == 0.01
+    assert training.metric_for_best_model == "mean_auroc"
+    assert training.optim.value.startswith("adamw")
+    assert policy.uncertainty_policy == "u_mixed"
+    assert data.views == "frontal"
+    if name == "demo":
+        assert model.from_scratch and data.data_dir is None and training.use_cpu
+        return
+    family, variant, strategy = RECIPES[name]
+    assert (model.family, model.variant, policy.freeze_policy) == (family, variant, strategy)
+    assert not model.from_scratch and model.model_name_or_path is None  # the family's pretrained checkpoint
+    assert data.augmentation in ("none", "light")  # never a flip: no such option exists
+    assert training.lr_scheduler_type.value == "cosine" and 0 < training.warmup_steps < 1
+    if strategy == "full":
+        assert training.learning_rate <= 1e-4
+    else:
+        assert training.learning_rate > 1e-4  # head-only and last-block train fewer, newer weights: higher rates
+    assert training.bf16 and training.per_device_train_batch_size >= 32
+
+
+def test_recipes_readme_has_one_row_per_recipe_with_its_command():
+    text = (RECIPES_DIR / "README.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    named = [re.match(r"\| `([a-z0-9_]+)`", row).group(1) for row in rows]
+    assert sorted(named) == EXPECTED
+    for row, name in zip(rows, named, strict=True):
+        recipe = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
+        assert f"--recipe {name}" in row
+        assert f"`{recipe['freeze_policy']}`" in row and recipe["family"] in row.lower()
+
+
+def test_command_line_overrides_the_file_and_yaml_strings_are_typed(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("family: vit\nfrom_scratch: true\nlearning_rate: 1e-4\nnum_train_epochs: 2\nuse_cpu: true\n"
+                    "config_overrides:\n  hidden_size: 64\n")
+    recipe = parse_recipe(["--config", str(path), "--num_train_epochs", "5", "--freeze_policy", "head"])
+    assert recipe.training.learning_rate == pytest.approx(1e-4)  # YAML reads 1e-4 as a string
+    assert recipe.training.num_train_epochs == 5
+    assert recipe.policy.freeze_policy == "head"
+    assert recipe.model.config_overrides == {"hidden_size": 64}
+    assert recipe.training.output_dir == str(Path("outputs") / "mine")
+
+
+def test_resolved_recipe_reproduces_the_run(tmp_path):
+    recipe = parse_recipe(["--recipe", "demo", "--learning_rate", "0.003", "--output_dir", str(tmp_path / "o")])
+    written = tmp_path / "recipe.yaml"
+    written.write_text(recipe.to_yaml())
+    again = parse_recipe(["--config", str(written)])
+    for part in ("model", "data", "policy"):
+        assert getattr(again, part) == getattr(recipe, part)
+    assert again.training.to_dict() == recipe.training.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--recipe", "nope"], ["unknown recipe 'nope'", "vit_head", "demo"]),
+        (["--recipe", "demo", "--freeze_policy", "heads"], ["freeze policy 'heads'", *POLICIES]),
+        (["--recipe", "demo", "--uncertainty_policy", "u_maybe"], ["uncertainty policy 'u_maybe'",
+                                                                    *UNCERTAINTY_POLICIES]),
+        (["--recipe", "demo", "--family", "vgg"], ["model family 'vgg'", "swin", "densenet121"]),
+        (["--recipe", "demo", "--validation_split", "patients:2"], ["validation_split", "patients:<fraction"]),
+        (["--recipe", "demo", "--recipe", "demo", "--config", "x.yaml"], ["either --recipe NAME or --config"]),
+        (["--config", "missing.yaml"], ["missing.yaml does not exist"]),
+    ],
+)
+def test_bad_recipes_end_with_one_line_that_names_the_problem(argv, expected, capsys):
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chexpert-hf train: error: ") and err.count("\n") == 1
+    for text in expected:
+        assert text in err
+
+
+def test_an_unknown_key_in_a_file_is_named_with_a_hint(tmp_path, capsys):
+    path = tmp_path / "typo.yaml"
+    path.write_text("family: vit\nlearning_rte: 0.1\nfreeze: head\n")
+    assert train_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "'learning_rte' (did you mean 'learning_rate'?)" in err and "'freeze'" in err
+
+
+def test_nested_values_are_refused_except_for_mapping_fields(tmp_path):
+    path = tmp_path / "nested.yaml"
+    path.write_text("model:\n  family: vit\n")
+    with pytest.raises(ValueError, match="recipes are flat"):
+        parse_recipe(["--config", str(path)])
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_recipe(["--recipe", "demo", "--learning_rat", "3"])
+    assert "unrecognized arguments: --learning_rat" in capsys.readouterr().err
+
+
+def test_help_lists_recipes_and_fields(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_recipe(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for text in ("--recipe", "vit_head", "--freeze_policy", "--uncertainty_policy", "--sampling", "--data_dir"):
+        assert text in out
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "swin", "resnet_vit"])
+def test_transformer_families_attend_through_sdpa(family):
+    """The GPU recipes count on PyTorch's fused attention (their comment says so): it is the default here."""
+    from conftest import tiny_model
+
+    assert tiny_model(family).model.config._attn_implementation == "sdpa"
