@@ -32,7 +32,16 @@ from .labels import BLANK_POLICIES, CHEXPERT_LABELS, COMPETITION_LABELS, UNCERTA
 
 logger = logging.getLogger(__name__)
 
+# recipes/ sits beside the package in a source checkout (``pip install -e .``); elsewhere ./recipes is used
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipes_dir() -> Path:
+    """The folder ``--recipe NAME`` reads: the checkout's ``recipes/``, else ``recipes/`` in the current folder."""
+    for candidate in (RECIPES_DIR, Path.cwd() / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return RECIPES_DIR
 SAMPLING = ("none", "inverse_frequency", "sqrt_inverse_frequency")
 AUGMENTATIONS = ("none", "light")
 EVAL_LEVELS = ("study", "image")
@@ -279,8 +288,8 @@ class Recipe:
         return header + yaml.safe_dump(resolved, sort_keys=False)
 
 
-def available_recipes(directory: Path = RECIPES_DIR) -> list[str]:
-    return sorted(path.stem for path in directory.glob("*.yaml"))
+def available_recipes(directory: Path | None = None) -> list[str]:
+    return sorted(path.stem for path in (directory or recipes_dir()).glob("*.yaml"))
 
 
 def read_recipe_file(path: Path) -> dict[str, Any]:
@@ -338,9 +347,13 @@ def parse_recipe(argv: Sequence[str] | None = None) -> Recipe:
     values: dict[str, Any] = {}
     name, source = "defaults", "command line"
     if chosen.recipe:
-        if chosen.recipe not in available_recipes():
-            raise ValueError(f"unknown recipe {chosen.recipe!r}; available: {', '.join(available_recipes())}")
-        path = RECIPES_DIR / f"{chosen.recipe}.yaml"
+        known = available_recipes()
+        if not known:
+            raise ValueError(f"no recipes found in {recipes_dir()}: the recipes/ folder comes with the source "
+                             f"checkout (git clone, then pip install -e .); or give --config PATH")
+        if chosen.recipe not in known:
+            raise ValueError(f"unknown recipe {chosen.recipe!r}; available: {', '.join(known)}")
+        path = recipes_dir() / f"{chosen.recipe}.yaml"
         values, name, source = read_recipe_file(path), chosen.recipe, str(path)
     elif chosen.config:
         path = Path(chosen.config)

@@ -143,3 +143,16 @@ def test_transformer_families_attend_through_sdpa(family):
     from conftest import tiny_model
 
     assert tiny_model(family).model.config._attn_implementation == "sdpa"
+
+
+def test_without_a_checkout_the_recipes_folder_of_the_current_directory_is_used(tmp_path, monkeypatch):
+    import chexpert_hf.configs as configs
+
+    monkeypatch.setattr(configs, "RECIPES_DIR", tmp_path / "site-packages-has-none")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no recipes found .* source checkout"):
+        parse_recipe(["--recipe", "demo"])
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("family: deit\nuse_cpu: true\n")
+    assert available_recipes() == ["mine"]
+    assert parse_recipe(["--recipe", "mine"]).model.family == "deit"
