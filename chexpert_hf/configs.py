@@ -48,6 +48,10 @@ EVAL_LEVELS = ("study", "image")
 VIEWS = ("frontal", "all")
 
 
+class ConfigurationError(ValueError):
+    """A recipe asks for a combination that cannot work (reported in one line, without a traceback)."""
+
+
 def _choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
@@ -278,7 +282,9 @@ class Recipe:
         ours = {}
         for part in (self.model, self.data, self.policy):
             ours.update(dataclasses.asdict(part))
-        training = {key: value for key, value in self.values.items() if key not in ours}
+        # resume_from_checkpoint is how this run started, not what it is: run again, it would resume the result
+        training = {key: value for key, value in self.values.items()
+                    if key not in ours and key != "resume_from_checkpoint"}
         header = (
             f"# resolved recipe {self.name!r}: TrainingArguments not listed here were left at their defaults\n"
             f"# reproduce with: accelerate launch recipes/train.py --config recipe.yaml\n"
@@ -325,6 +331,8 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 def _coerce(key: str, value: Any, action: argparse.Action, source: str) -> Any:
     """A YAML value through the flag's own type (so ``lr: 1e-4``, which YAML reads as a string, is a float)."""
     convert = action.type
+    if convert is str and isinstance(value, bool | int | float):  # `resume_from_checkpoint: true`, `pos_weight: 3`
+        return str(value).lower() if isinstance(value, bool) else str(value)
     if not isinstance(value, str) or convert in (None, str) or not callable(convert):
         return value
     try:

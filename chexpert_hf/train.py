@@ -22,7 +22,7 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .configs import Recipe, parse_recipe
+from .configs import ConfigurationError, Recipe, parse_recipe
 from .data.training import DecodeCollator, load_training_splits, resolve_prepared
 from .freeze import apply_freeze_policy
 from .metrics import SplitScorer, scores_table
@@ -90,6 +90,8 @@ def run(recipe: Recipe) -> dict[str, float]:
     if threads is not None:
         logger.info("training on the CPU with %d thread(s) per process, %d process(es)", threads, args.world_size)
 
+    resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.do_train else None
+
     # --- seed ----------------------------------------------------------------------------------------------
     set_seed(args.seed, deterministic=args.full_determinism)
 
@@ -155,13 +157,15 @@ def run(recipe: Recipe) -> dict[str, float]:
         layer_decay=policy.layer_decay,
         augmentation=data_args.augmentation,
     )
+    if trainer.is_fsdp_enabled and model_args.family == "densenet121":
+        raise ConfigurationError("FSDP cannot wrap DenseNet-121 (timm's model has no block that FSDP can shard); "
+                                 "train it with DDP: accelerate_configs/multi_gpu.yaml")
     if trainer.is_world_process_zero():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "recipe.yaml").write_text(recipe.to_yaml())
 
     # --- train ---------------------------------------------------------------------------------------------
     if args.do_train:
-        resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
         if resume:
             logger.info("resuming from %s", resume)
             trainer.finite_guard.last_checkpoint = resume
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(recipe)
-    except (FileNotFoundError, CheXpertFormatError, NonFiniteLossError) as error:
+    except (ConfigurationError, FileNotFoundError, CheXpertFormatError, NonFiniteLossError) as error:
         print(f"chexpert-hf train: error: {error}", file=sys.stderr)
         return 2 if not isinstance(error, NonFiniteLossError) else 1
     return 0

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .configs import ConfigurationError
 from .data.transforms import to_float
 from .freeze import param_groups
 
@@ -203,7 +204,8 @@ class CheXpertTrainer(Trainer):
         self.pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
         self.layer_decay = layer_decay
         self.augmentation = augmentation
-        # our loss is a per-batch mean: let the Trainer divide it by the gradient-accumulation steps
+        # our loss is a per-batch mean: the Trainer divides it by the gradient-accumulation steps
+        self.loss_is_scaled_for_ga = False
         self.model_accepts_loss_kwargs = False
         self.label_names = ["labels", "row_index"]
         self._first_bad_step: torch.Tensor | None = None
@@ -260,9 +262,15 @@ class CheXpertTrainer(Trainer):
                                            self._first_bad_step)
 
     def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` when a loss was not finite on any process (every process calls this
+        at the same steps, so they stop together: a NaN on one rank reaches all weights through the all-reduce)."""
         if self._first_bad_step is None:
             return
-        first_bad = int(self._first_bad_step.item())
+        steps = self._first_bad_step.reshape(1)
+        if self.args.world_size > 1:
+            steps = self.accelerator.gather(steps)
+        bad = steps[steps > 0]
+        first_bad = int(bad.min().item()) if bad.numel() else 0
         if first_bad:
             last = self.finite_guard.last_checkpoint
             kept = f"the last good checkpoint is {last}" if last else "this run had saved no checkpoint yet"
@@ -285,7 +293,12 @@ class CheXpertTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         if not hasattr(model, "config") or not callable(getattr(type(model), "from_pretrained", None)):
             return False
-        loaded = type(model).from_pretrained(folder, config=model.config)
+        loaded, info = type(model).from_pretrained(folder, config=model.config, output_loading_info=True)
+        problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys",
+                                                                     "mismatched_keys")}
+        problems = {kind: keys for kind, keys in problems.items() if keys}
+        if problems:
+            raise ValueError(f"{folder} does not fit the model being trained: {problems}")
         model.load_state_dict(loaded.state_dict(), strict=True)
         logger.info("loaded the weights of %s", folder)
         return True
@@ -305,15 +318,33 @@ class CheXpertTrainer(Trainer):
     # --- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """AdamW over :func:`chexpert_hf.freeze.param_groups`: only trainable parameters, no weight decay on
-        biases, norms and position tables, and layer-wise learning-rate decay when ``layer_decay`` < 1."""
+        biases, norms and position tables, and layer-wise learning-rate decay when ``layer_decay`` < 1.
+
+        The groups go to the optimizer highest learning rate first, so the rate the Trainer logs (the first
+        group's) is the head's, the recipe's ``learning_rate``.
+        """
         if self.optimizer is None:
             opt_model = self.model if model is None else model
+            if self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
+                raise ConfigurationError("layer-wise parameter groups need FSDP2 (fsdp_version: 2, as in "
+                                         "accelerate_configs/fsdp.yaml): FSDP1 flattens the parameters they use")
+            if self.optimizer_cls_and_kwargs is not None:
+                optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            else:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+            is_class = isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
+            if not is_class or special:  # factories (Muon, Dion ...), GaLore, LOMO, layer-wise optimizers
+                raise ConfigurationError(
+                    f"optim={self.args.optim} builds its own parameter groups, which would drop the freeze policy's "
+                    f"groups and layer decay; use an AdamW variant (adamw_torch_fused)"
+                )
+            if "adamw" not in optimizer_cls.__name__.lower():
+                logger.warning("optim=%s is not AdamW; the recipes are tuned for AdamW", self.args.optim)
             groups = param_groups(
                 opt_model, self.family, self.args.learning_rate, self.args.weight_decay, self.layer_decay
             )
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            if "adamw" not in optimizer_cls.__name__.lower():
-                logger.warning("optim=%s is not AdamW; the recipes are tuned for AdamW", self.args.optim)
+            groups.sort(key=lambda group: -group["lr"])  # stable: the order is the same on every run
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             trainable = sum(p.numel() for group in groups for p in group["params"])
             total = sum(p.numel() for p in opt_model.parameters())

@@ -156,3 +156,12 @@ def test_without_a_checkout_the_recipes_folder_of_the_current_directory_is_used(
     (tmp_path / "recipes" / "mine.yaml").write_text("family: deit\nuse_cpu: true\n")
     assert available_recipes() == ["mine"]
     assert parse_recipe(["--recipe", "mine"]).model.family == "deit"
+
+
+def test_yaml_scalars_given_to_text_fields_become_text(tmp_path):
+    path = tmp_path / "scalars.yaml"
+    path.write_text("family: vit\nuse_cpu: true\nlabels: Edema\npos_weight: 3\nresume_from_checkpoint: true\n")
+    recipe = parse_recipe(["--config", str(path)])
+    assert recipe.policy.pos_weight == "3" and recipe.training.resume_from_checkpoint == "true"
+    # the resolved recipe describes the run, not how it was started: running it again must not resume it
+    assert "resume_from_checkpoint" not in recipe.to_yaml()

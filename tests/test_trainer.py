@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import free_port
+from scripts.tiny_rows import Rows
 
 from chexpert_hf.trainer import (
     WeightedEpochSampler,
@@ -82,25 +83,29 @@ def test_sampler_is_seeded_per_epoch():
 
 def test_two_processes_share_one_epoch_of_draws(tmp_path):
     """Under ``accelerate launch --num_processes 2`` every rank draws the same sequence and takes every other
-    batch, so together they see exactly the draws one process would."""
-    rows, batch, seed = 48, 4, 3
+    batch, so together they see exactly the draws one process would; when the draws do not fill the last pair of
+    batches, Accelerate completes it from the start of the same sequence."""
+    batch, seed = 4, 3
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(ROOT / "tests" / "scripts" / "sampler_draws.py"), str(tmp_path), str(rows),
-               str(batch), str(seed)]
+               str(free_port()), str(ROOT / "tests" / "scripts" / "sampler_draws.py"), str(tmp_path), str(batch),
+               str(seed), "48", "50"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
 
-    targets = (np.random.default_rng(0).random((rows, 3)) < [0.1, 0.3, 0.6]).astype(np.float32)
-    sampler = WeightedEpochSampler(sample_weights(targets, "inverse_frequency"), seed=seed)
-    for epoch in ("0", "1"):
-        batches_0, batches_1 = ranks[0]["epochs"][epoch], ranks[1]["epochs"][epoch]
-        assert len(batches_0) == len(batches_1) == rows // (2 * batch)
-        interleaved = [row for pair in zip(batches_0, batches_1, strict=True) for b in pair for row in b]
-        assert interleaved == sampler.draws(int(epoch))
-    assert ranks[0]["epochs"]["0"] != ranks[0]["epochs"]["1"]
+    for rows in (48, 50):
+        targets = (np.random.default_rng(0).random((rows, 3)) < [0.1, 0.3, 0.6]).astype(np.float32)
+        sampler = WeightedEpochSampler(sample_weights(targets, "inverse_frequency"), seed=seed)
+        for epoch in ("0", "1"):
+            batches_0, batches_1 = ranks[0]["rows"][str(rows)][epoch], ranks[1]["rows"][str(rows)][epoch]
+            assert len(batches_0) == len(batches_1) == math.ceil(rows / (2 * batch))
+            interleaved = [row for pair in zip(batches_0, batches_1, strict=True) for b in pair for row in b]
+            draws = sampler.draws(int(epoch))
+            assert interleaved[:rows] == draws  # every draw once, in order
+            assert interleaved[rows:] == draws[: len(interleaved) - rows]  # padding: 48 fill evenly, 50 need 6
+        assert ranks[0]["rows"][str(rows)]["0"] != ranks[0]["rows"][str(rows)]["1"]
 
 
 # --- loss ------------------------------------------------------------------------------------------------------
@@ -147,21 +152,6 @@ def test_light_augmentation_keeps_shape_and_laterality():
 # --- the Trainer: optimizer log line and the non-finite stop ------------------------------------------------------
 
 
-class Rows(torch.utils.data.Dataset):
-    """Random 16-px grey images with 2 labels, as the collator would deliver them (uint8 pixels)."""
-
-    def __init__(self, count: int = 32):
-        generator = torch.Generator().manual_seed(0)
-        self.pixels = torch.randint(0, 256, (count, 1, 16, 16), dtype=torch.uint8, generator=generator)
-        self.labels = (torch.rand(count, 2, generator=generator) < 0.4).float()
-
-    def __len__(self):
-        return len(self.pixels)
-
-    def __getitem__(self, index):
-        return {"pixel_values": self.pixels[index], "labels": self.labels[index], "row_index": index}
-
-
 def _trainer(tmp_path, **training):
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -194,14 +184,16 @@ def test_optimizer_is_adamw_over_trainable_groups_and_logs_the_counts(tmp_path, 
     decays = {group["weight_decay"] for group in optimizer.param_groups}
     assert decays == {0.0, 0.01}
     assert len({group["lr"] for group in optimizer.param_groups}) > 1  # layer decay: block and head differ
+    assert optimizer.param_groups[0]["lr"] == trainer.args.learning_rate  # the rate the Trainer logs: the head's
     frozen = sum(p.numel() for p in trainer.model.parameters() if not p.requires_grad)
     assert f"{frozen:,} frozen" in caplog.text and "layer_decay 0.8" in caplog.text
 
 
-def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("logging_steps", [1, 100])  # the check also runs at saves and epoch ends, not only logs
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, logging_steps):
     from chexpert_hf.trainer import NonFiniteLossError
 
-    trainer = _trainer(tmp_path)
+    trainer = _trainer(tmp_path, logging_steps=logging_steps)
     model = trainer.model
 
     def poison(module, inputs, output):  # from the 5th optimizer step on, the logits are NaN
@@ -218,3 +210,49 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     assert saved == ["checkpoint-2", "checkpoint-4"]  # checkpoint-6 would hold NaN weights: never written
     state = torch.load(tmp_path / "checkpoint-4" / "rng_state.pth", weights_only=False)  # a complete checkpoint
     assert state is not None
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "swin", "resnet_vit", "densenet121"])
+@pytest.mark.parametrize("policy", ["head", "last_block", "full"])
+def test_every_trainable_parameter_gets_a_gradient(family, policy):
+    """The GPU recipes set ``ddp_find_unused_parameters: false`` (DDP then skips a search through the graph every
+    step); that is only right if each trainable parameter takes part in the loss."""
+    from conftest import TINY_SIZE, tiny_model
+
+    from chexpert_hf.freeze import apply_freeze_policy
+
+    model = tiny_model(family).model
+    apply_freeze_policy(model, family, policy)
+    model.train()
+    logits = model(pixel_values=torch.randn(2, 3, TINY_SIZE, TINY_SIZE)).logits
+    masked_bce_with_logits(logits, torch.ones_like(logits)).backward()
+    idle = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not idle
+
+
+def test_a_nan_on_one_process_stops_every_process(tmp_path):
+    """Under DDP a NaN on one rank reaches every rank's weights through the gradient all-reduce: all ranks must
+    stop at the same check, name the same step, and write no checkpoint after it."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
+               str(free_port()), str(ROOT / "tests" / "scripts" / "nan_on_one_rank.py"), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
+    for message in messages:
+        assert "not finite" in message and "at step 3" in message, message
+        assert str(tmp_path / "run" / "checkpoint-2") in message
+    assert sorted(path.name for path in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_not_half_loaded(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    trainer = _trainer(tmp_path)
+    trainer.model.save_pretrained(tmp_path / "checkpoint-1")
+    weights = load_file(tmp_path / "checkpoint-1" / "model.safetensors")
+    assert trainer._load_weights_from(str(tmp_path / "checkpoint-1"))  # a complete checkpoint loads
+    del weights["classifier.weight"]
+    save_file(weights, tmp_path / "checkpoint-1" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="classifier.weight"):
+        trainer._load_weights_from(str(tmp_path / "checkpoint-1"))

@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from ..labels import apply_uncertainty_policy, reorder_labels
@@ -58,10 +59,18 @@ def _source_key(data_root: Path, image_size: int) -> str:
 def synthetic_root(cache: Path, patients: int, valid_patients: int, seed: int, num_proc: int = 1) -> Path:
     """A synthetic CheXpert tree in the cache, generated the first time it is asked for."""
     folder = cache / "synthetic" / f"p{patients}-v{valid_patients}-s{seed}"
-    if not (folder / DATASET_FOLDER / "valid.csv").is_file():
-        logger.info("generating a synthetic CheXpert (%d + %d patients) in %s", patients, valid_patients, folder)
-        synthesize(folder, patients, valid_patients=valid_patients, seed=seed, num_proc=num_proc, overwrite=True)
+    with _cache_lock(folder):
+        if not (folder / DATASET_FOLDER / "valid.csv").is_file():
+            logger.info("generating a synthetic CheXpert (%d + %d patients) in %s", patients, valid_patients, folder)
+            synthesize(folder, patients, valid_patients=valid_patients, seed=seed, num_proc=num_proc, overwrite=True)
     return folder / DATASET_FOLDER
+
+
+def _cache_lock(folder: Path) -> FileLock:
+    """One writer per cache entry, also across the nodes of a run that share the cache folder (where its file
+    system supports locks)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder) + ".lock")
 
 
 def resolve_prepared(
@@ -87,11 +96,12 @@ def resolve_prepared(
                                     f"(no train.csv or valid.csv in it). {MISSING_DATA}")
         data_root = path
     prepared = cache / "prepared" / _source_key(data_root, image_size)
-    if not (prepared / "dataset_dict.json").is_file():
-        logger.info("preparing %s into %s (once; later runs reuse it)", data_root, prepared)
-        summary = prepare(data_root, prepared, image_size=image_size, num_proc=num_proc, overwrite=True)
-        for line in summary.lines():
-            logger.info("  %s", line)
+    with _cache_lock(prepared):
+        if not (prepared / "dataset_dict.json").is_file():
+            logger.info("preparing %s into %s (once; later runs reuse it)", data_root, prepared)
+            summary = prepare(data_root, prepared, image_size=image_size, num_proc=num_proc, overwrite=True)
+            for line in summary.lines():
+                logger.info("  %s", line)
     return prepared
 
 

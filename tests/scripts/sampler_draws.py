@@ -1,8 +1,9 @@
 """Run under ``accelerate launch --num_processes N``: each process writes the row indices of the training batches
-it receives from CheXpertTrainer's dataloader in epochs 0 and 1, to OUTPUT/rank<R>.json.
+it receives from CheXpertTrainer's dataloader in epochs 0 and 1, for datasets of each ROWS count, to
+OUTPUT/rank<R>.json.
 
     accelerate launch --config_file accelerate_configs/cpu.yaml --num_processes 2 \
-        tests/scripts/sampler_draws.py OUTPUT ROWS BATCH SEED
+        tests/scripts/sampler_draws.py OUTPUT BATCH SEED ROWS [ROWS ...]
 """
 
 import json
@@ -33,8 +34,12 @@ def collate(items: list[dict]) -> dict:
             "labels": torch.tensor(np.stack([item["labels"] for item in items]))}
 
 
-def main(output: str, rows: int, batch: int, seed: int) -> None:
-    targets = (np.random.default_rng(0).random((rows, 3)) < [0.1, 0.3, 0.6]).astype(np.float32)
+def targets_for(rows: int) -> np.ndarray:
+    return (np.random.default_rng(0).random((rows, 3)) < [0.1, 0.3, 0.6]).astype(np.float32)
+
+
+def epochs_seen(rows: int, batch: int, seed: int, output: str) -> tuple[dict, object]:
+    targets = targets_for(rows)
     model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                                 intermediate_size=8, image_size=8, patch_size=4, num_labels=3))
     args = CheXpertTrainingArguments(output_dir=str(Path(output) / "run"), per_device_train_batch_size=batch,
@@ -48,10 +53,16 @@ def main(output: str, rows: int, batch: int, seed: int) -> None:
     for epoch in (0, 1):
         loader.set_epoch(epoch)
         epochs[epoch] = [batch["row_index"].tolist() for batch in loader]
-    rank = trainer.args.process_index
-    Path(output, f"rank{rank}.json").write_text(json.dumps({"world_size": trainer.args.world_size,
-                                                            "epochs": epochs}))
+    return epochs, trainer.args
+
+
+def main(output: str, batch: int, seed: int, row_counts: list[int]) -> None:
+    seen = {}
+    for rows in row_counts:
+        seen[rows], args = epochs_seen(rows, batch, seed, output)
+    Path(output, f"rank{args.process_index}.json").write_text(json.dumps({"world_size": args.world_size,
+                                                                         "rows": seen}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [int(rows) for rows in sys.argv[4:]])

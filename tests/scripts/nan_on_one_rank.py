@@ -1,0 +1,47 @@
+"""Run under ``accelerate launch --num_processes 2``: train a tiny model whose loss turns NaN on rank 1 only, from
+optimizer step 3 on; each rank writes the error it stopped with (or "finished") to OUTPUT/rank<R>.txt.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml --num_processes 2 \
+        tests/scripts/nan_on_one_rank.py OUTPUT
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from tiny_rows import Rows  # beside this script
+from transformers import ViTConfig, ViTForImageClassification
+
+from chexpert_hf.configs import CheXpertTrainingArguments
+from chexpert_hf.trainer import CheXpertTrainer, NonFiniteLossError
+
+
+def main(output: str) -> None:
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                intermediate_size=16, image_size=16, patch_size=8, num_channels=1,
+                                                num_labels=2))
+    args = CheXpertTrainingArguments(output_dir=str(Path(output) / "run"), per_device_train_batch_size=4,
+                                     use_cpu=True, report_to="none", eval_strategy="no", save_strategy="steps",
+                                     save_steps=2, max_steps=6, logging_steps=100, dataloader_num_workers=0,
+                                     disable_tqdm=True)
+    trainer = CheXpertTrainer(model=model, args=args, train_dataset=Rows(64), family="vit", image_mean=[0.5],
+                              image_std=[0.5], num_channels=1)
+    rank = trainer.args.process_index
+
+    def poison(module, inputs, result):
+        if rank == 1 and trainer.state.global_step >= 2 and module.training:
+            result.logits = result.logits * float("nan")
+        return result
+
+    model.register_forward_hook(poison)
+    try:
+        trainer.train()
+        outcome = "finished"
+    except NonFiniteLossError as error:
+        outcome = str(error)
+    Path(output, f"rank{rank}.txt").write_text(outcome)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
