@@ -211,16 +211,22 @@ class PolicyArguments:
         _choice("sampling", self.sampling, SAMPLING)
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.pos_weight not in ("none", "balanced"):
-            try:
-                values = [float(value) for value in self.pos_weight.split(",")]
-            except ValueError:
-                values = [-1.0]
-            if any(value <= 0 for value in values):
-                raise ValueError(
-                    f"pos_weight must be 'none', 'balanced' or positive numbers separated by commas, "
-                    f"got {self.pos_weight!r}"
-                )
+        self.pos_weight_values()
+
+    def pos_weight_values(self) -> list[float] | None:
+        """The numbers of ``pos_weight``; None for 'none' and 'balanced' (computed from the training targets)."""
+        if self.pos_weight in ("none", "balanced"):
+            return None
+        try:
+            values = [float(value) for value in self.pos_weight.split(",")]
+        except ValueError:
+            values = [-1.0]
+        if any(value <= 0 for value in values):
+            raise ValueError(
+                f"pos_weight must be 'none', 'balanced' or positive numbers separated by commas, "
+                f"got {self.pos_weight!r}"
+            )
+        return values
 
 
 _TRAINING_FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments)}

@@ -22,7 +22,7 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .configs import ConfigurationError, Recipe, parse_recipe
+from .configs import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from .data.training import DecodeCollator, load_training_splits, resolve_prepared
 from .freeze import apply_freeze_policy
 from .metrics import SplitScorer, scores_table
@@ -69,14 +69,13 @@ def _resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-def _pos_weight(setting: str, targets: np.ndarray, labels: list[str]) -> list[float] | None:
-    if setting == "none":
-        return None
-    if setting == "balanced":
+def _pos_weight(policy: PolicyArguments, targets: np.ndarray, labels: list[str]) -> list[float] | None:
+    if policy.pos_weight == "balanced":
         return balanced_pos_weight(targets).tolist()
-    values = [float(value) for value in setting.split(",")]
-    if len(values) != len(labels):
-        raise ValueError(f"pos_weight has {len(values)} values but the model has {len(labels)} labels: {labels}")
+    values = policy.pos_weight_values()
+    if values is not None and len(values) != len(labels):
+        raise ConfigurationError(f"pos_weight has {len(values)} values but the model has {len(labels)} labels: "
+                                 f"{labels}")
     return values
 
 
@@ -153,7 +152,7 @@ def run(recipe: Recipe) -> dict[str, float]:
         image_std=built.processor.image_std,
         num_channels=input_channels(built.model),
         sample_weights=None if policy.sampling == "none" else sample_weights(splits.train.targets, policy.sampling),
-        pos_weight=_pos_weight(policy.pos_weight, splits.train.targets, labels),
+        pos_weight=_pos_weight(policy, splits.train.targets, labels),
         layer_decay=policy.layer_decay,
         augmentation=data_args.augmentation,
     )

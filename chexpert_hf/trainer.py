@@ -233,8 +233,9 @@ class CheXpertTrainer(Trainer):
     def _loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(pixel_values=inputs["pixel_values"]).logits
         targets = inputs["labels"]
-        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-        return masked_bce_with_logits(logits, targets, pos_weight), logits
+        if self.pos_weight is not None and self.pos_weight.device != logits.device:
+            self.pos_weight = self.pos_weight.to(logits.device)  # once, not a copy every step
+        return masked_bce_with_logits(logits, targets, self.pos_weight), logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, logits = self._loss(model, inputs)

@@ -109,8 +109,8 @@ class LabelledImages(torch.utils.data.Dataset):
     """Rows of a prepared split with their targets; a batch is fetched from Arrow in one read.
 
     ``targets`` are the training targets (the uncertainty policy applied, NaN = left out of the loss) and
-    ``raw`` the labels as prepared (1 / 0 / -1 / NaN), both in the model's label order; ``study_ids`` and
-    ``paths`` identify each row for study-level scoring.
+    ``raw`` the labels as prepared (1 / 0 / -1 / NaN), both in the model's label order; ``study_ids`` group
+    the rows for study-level scoring.
     """
 
     def __init__(self, dataset: datasets.Dataset, targets: np.ndarray, raw: np.ndarray, label_names: list[str]):
@@ -119,8 +119,6 @@ class LabelledImages(torch.utils.data.Dataset):
         self.raw = np.asarray(raw, dtype=np.float32)
         self.label_names = list(label_names)
         self.study_ids = np.asarray(dataset["study_id"][:])
-        self.patient_ids = np.asarray(dataset["patient_id"][:])
-        self.paths = np.asarray(dataset["path"][:])
         self.decoded: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -174,7 +172,6 @@ class DecodeCollator:
 class TrainingSplits:
     train: LabelledImages
     validation: LabelledImages
-    dataset_label_names: list[str]
 
 
 def load_training_splits(
@@ -218,4 +215,4 @@ def load_training_splits(
         targets = apply_uncertainty_policy(raw, labels, uncertainty_policy, blank=blank_policy, rng=rng)
         return LabelledImages(split, targets, raw, labels)
 
-    return TrainingSplits(labelled(train), labelled(validation), names)
+    return TrainingSplits(labelled(train), labelled(validation))
