@@ -32,6 +32,11 @@ def _synthesize(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
 
+    if args.push_to_hub:  # before hours of decoding, not after
+        from .publish import check_hub_access
+
+        user = check_hub_access()
+        print(f"will push to the Hub as {user}: dataset {args.push_to_hub} (private)")
     summary = prepare(
         args.data_dir,
         args.output,
@@ -44,6 +49,84 @@ def _prepare(args: argparse.Namespace) -> int:
     print(f"prepared {summary.output} in {summary.seconds:.0f} s")
     for line in summary.lines():
         print("  " + line)
+    if args.push_to_hub:
+        from .publish import push_prepared_dataset
+
+        url = push_prepared_dataset(summary.output, args.push_to_hub)
+        print(f"pushed {summary.output} to {url} (private)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_model, recipe_settings, score_predictions, write_evaluation
+    from .reports import scores_table
+
+    model_mode = args.model is not None
+    if model_mode == (args.predictions is not None):
+        raise ValueError("give either --model (with --data) or --predictions (with --groundtruth)")
+    if model_mode and args.data is None:
+        raise ValueError("--model needs --data: a prepared dataset folder or a CheXpert root")
+    if not model_mode and args.groundtruth is None:
+        raise ValueError("--predictions needs --groundtruth: CheXpert's valid.csv or the test set's groundtruth.csv")
+    level = "-image" if args.per_image else ""
+    if model_mode:
+        trained = recipe_settings(args.model)
+        scored, predictions, summary = evaluate_model(
+            args.model, args.data, split=args.split, per_image=args.per_image,
+            views=args.views or trained.get("views", "all"), batch_size=args.batch_size, device=args.device,
+            trust_remote_code=args.trust_remote_code, n_bootstrap=args.bootstrap, seed=args.seed,
+            prepare_image_size=args.prepare_image_size or trained.get("prepare_image_size", 320),
+        )
+        local = Path(args.model).is_dir()
+        output = args.output or (Path(args.model) / f"eval-{args.split}{level}" if local
+                                 else Path(f"eval-{args.model.rstrip('/').split('/')[-1]}-{args.split}{level}"))
+        title = f"CheXpert evaluation: {summary['model']}, {args.split} split"
+    else:
+        scored, summary = score_predictions(args.predictions, args.groundtruth, per_image=args.per_image,
+                                            n_bootstrap=args.bootstrap, seed=args.seed)
+        predictions = None
+        output = args.output or Path(f"eval-{Path(args.predictions).stem}{level}")
+        title = f"CheXpert evaluation: {summary['predictions']} against {summary['groundtruth']}"
+        if summary["unscored_predictions"]:
+            print(f"note: {summary['unscored_predictions']} {summary['level']}(ies) of {args.predictions} are not in "
+                  f"{args.groundtruth} and were not scored")
+    paths = write_evaluation(output, scored, summary, title=title, predictions=predictions)
+    print(scores_table(scored.scores))
+    print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .evaluation import predictions_frame, write_predictions_csv
+    from .inference import load_classifier, predict_files
+
+    loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    probabilities = predict_files(loaded, args.images, batch_size=args.batch_size)
+    frame = predictions_frame([str(path) for path in args.images], probabilities, loaded.labels)
+    if args.output:
+        write_predictions_csv(args.output, frame)
+    print(predictions_text(frame))
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def predictions_text(frame) -> str:
+    """Per-image probabilities as an aligned table (labels across, images down)."""
+    labels = list(frame.columns[1:])
+    width = max(12, *(len(str(path)) for path in frame["Path"]))
+    lines = ["image".ljust(width) + "".join(f"  {label:>{max(6, len(label))}}" for label in labels)]
+    for row in frame.itertuples(index=False):
+        cells = "".join(f"  {value:>{max(6, len(label))}.3f}" for label, value in zip(labels, row[1:], strict=True))
+        lines.append(str(row[0]).ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .publish import push_output_folder
+
+    url = push_output_folder(args.output_dir, args.repo_id, private=args.private)
+    print(f"pushed {args.output_dir} to {url}" + (" (private)" if args.private else ""))
     return 0
 
 
@@ -73,6 +156,15 @@ def models_text(rows: list[dict], policies: tuple[str, ...]) -> str:
         cells = [row["family"].ljust(widths[0]), row["variant"].ljust(widths[1]), row["checkpoint"].ljust(widths[2])]
         lines.append(" ".join(cells) + "".join(f"{row[p]:>14,}" for p in policies))
     return "\n".join(lines)
+
+
+def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """The options of every command that runs a model."""
+    parser.add_argument("--batch-size", type=int, default=batch_size,
+                        help=f"images per forward pass (default: {batch_size})")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow a model whose code ships with it (the ResNet+ViT hybrid) to run that code")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +211,68 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--strict", action="store_true", help="stop with an error at the first unreadable image")
     prep.add_argument("--frontal-only", action="store_true", help="leave lateral views out")
     prep.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    prep.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                      help="then publish the prepared dataset to this Hub dataset repository, always private: "
+                      "CheXpert's Research Use Agreement does not allow public redistribution. The Hub login "
+                      "(HF_TOKEN or `hf auth login`) is checked before preparing starts")
     prep.set_defaults(handler=_prepare)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="score a model on a prepared split, or a predictions CSV against CheXpert ground truth",
+        description="Two ways: --model PATH_OR_HUB_ID --data PREPARED_DIR runs the model over a split and scores "
+        "it; --predictions PRED.csv --groundtruth GT.csv scores a predictions file as the CheXpert leaderboard "
+        "did (PRED: a Study or Path column and one probability column per label, any subset and order; GT: "
+        "valid.csv or the test set's groundtruth.csv). Scoring is per study (maximum over its images) unless "
+        "--per-image. Writes OUTPUT/metrics.json, metrics.md, roc.png (and predictions.csv for a model), with "
+        "95%% confidence intervals from a seeded bootstrap over studies, and prints the table.",
+    )
+    ev.add_argument("--model", help="a trained output folder or a Hub model id")
+    ev.add_argument("--data", help="a prepared dataset folder (chexpert-hf prepare) or a CheXpert root")
+    ev.add_argument("--split", choices=("validation", "test"), default="validation",
+                    help="split to score (default: validation)")
+    ev.add_argument("--views", choices=("all", "frontal"), default=None,
+                    help="images to run the model on (default: the views of the model's recipe.yaml, else all)")
+    ev.add_argument("--prepare-image-size", type=int, default=None,
+                    help="when --data is a CheXpert root: the size it is prepared at, once, into the cache "
+                    "(default: the model's recipe.yaml, else 320)")
+    ev.add_argument("--predictions", type=Path, help="a predictions CSV to score instead of running a model")
+    ev.add_argument("--groundtruth", type=Path, help="CheXpert's valid.csv or the test set's groundtruth.csv")
+    ev.add_argument("--per-image", action="store_true", help="score images instead of studies")
+    ev.add_argument("--output", type=Path, default=None,
+                    help="folder for the reports (default: MODEL/eval-SPLIT for a local model, else ./eval-NAME)")
+    ev.add_argument("--bootstrap", type=int, default=1000,
+                    help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0: none)")
+    ev.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    _add_model_options(ev, batch_size=64)
+    ev.set_defaults(handler=_evaluate)
+
+    pred = commands.add_parser(
+        "predict",
+        help="per-label probabilities (sigmoid) for image files",
+        description="Run a trained model on image files (JPEG, PNG including 16-bit, grayscale, RGB, RGBA ...), "
+        "with the model's own image processor after decoding each file to 8-bit grey, and print one row of "
+        "independent per-label probabilities per image. Only safetensors weights are loaded.",
+    )
+    pred.add_argument("--model", required=True, help="a trained output folder or a Hub model id")
+    pred.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    pred.add_argument("--output", type=Path, default=None, help="also write the table as CSV (Path + one column per "
+                      "label), the format `chexpert-hf evaluate --predictions` reads")
+    _add_model_options(pred, batch_size=32)
+    pred.set_defaults(handler=_predict)
+
+    push = commands.add_parser(
+        "push",
+        help="publish a training output folder (model, card, ROC figure, metrics) to the Hub",
+        description="Publish OUTPUT_DIR to a Hub model repository: the weights (safetensors), config, image "
+        "processor, model card (README.md), roc.png, metrics and a recipe.yaml with local paths removed. Never "
+        "published: training_args.bin, TensorBoard logs, predictions (patient ids), checkpoints. The login "
+        "(HF_TOKEN or `hf auth login`) is checked first.",
+    )
+    push.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a training output folder")
+    push.add_argument("--repo-id", required=True, help="the Hub repository, e.g. user/vit-base-chexpert")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.set_defaults(handler=_push)
 
     models = commands.add_parser(
         "models",
@@ -148,11 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .data.builder import StrictSkipError
+    from .data.images import UnreadableImage
     from .data.tables import CheXpertFormatError
+    from .publish import HubAccessError, PublishError
 
     try:
         return args.handler(args)
-    except (CheXpertFormatError, StrictSkipError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (CheXpertFormatError, StrictSkipError, FileExistsError, FileNotFoundError, ValueError, UnreadableImage,
+            HubAccessError, PublishError) as error:
         print(f"chexpert-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
 

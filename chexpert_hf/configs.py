@@ -288,9 +288,10 @@ class Recipe:
         ours = {}
         for part in (self.model, self.data, self.policy):
             ours.update(dataclasses.asdict(part))
-        # resume_from_checkpoint is how this run started, not what it is: run again, it would resume the result
+        # resume_from_checkpoint is how this run started, not what it is: run again, it would resume the result.
+        # Tokens (hub_token) never reach a file.
         training = {key: value for key, value in self.values.items()
-                    if key not in ours and key != "resume_from_checkpoint"}
+                    if key not in ours and key != "resume_from_checkpoint" and not key.endswith("_token")}
         header = (
             f"# resolved recipe {self.name!r}: TrainingArguments not listed here were left at their defaults\n"
             f"# reproduce with: accelerate launch recipes/train.py --config recipe.yaml\n"

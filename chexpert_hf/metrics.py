@@ -24,6 +24,15 @@ CheXpert scores studies, not images: with ``study_ids`` the probability of a stu
 A label whose targets hold one class only (the official validation set has no Fracture positive, for example) has
 no AUROC; it is listed in ``skipped_labels`` and counts in neither mean.
 
+Confidence intervals
+--------------------
+With ``n_bootstrap`` resamples, :func:`score` adds 95% percentile intervals (``auroc_ci95`` per label,
+``mean_auroc_ci95``) from a bootstrap over studies (images at image level): each resample draws the studies with
+replacement, once for all labels, so the interval of the mean accounts for the labels' correlation. Studies are put
+in the order of their ids first, so the interval depends on the seed and the data, not on the row order. A resample
+in which a label has one class only has no AUROC for that label and is left out of its interval (counted in
+``bootstrap.undefined``).
+
 The metrics are rank-based, so any score that is monotone in the probability (logits, for example) gives the same
 numbers; only finiteness is checked.
 """
@@ -47,6 +56,10 @@ logger = logging.getLogger(__name__)
 EVALUATE_MODULE: Path = Path(__file__).resolve().parent / "chexpert_auroc"
 
 _RAW_VALUES = (-1.0, 0.0, 1.0)
+
+#: Confidence level of the bootstrap intervals, and the resamples the reports use.
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def evaluation_targets(raw: np.ndarray) -> np.ndarray:
@@ -87,6 +100,15 @@ def aggregate_studies(
     return study_probabilities, study_targets, ids[first_rows]
 
 
+def scored_rows(probabilities: np.ndarray, targets: np.ndarray,
+                study_ids: Sequence[Any] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows :func:`score` scores: per study (aggregated) with ``study_ids``, else as given."""
+    if study_ids is None:
+        return _check_pair(probabilities, targets)
+    study_probabilities, study_targets, _ = aggregate_studies(probabilities, targets, study_ids)
+    return study_probabilities, study_targets
+
+
 def _study_index(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each row the index of its study, studies numbered by first appearance; and each study's first row."""
     _, first_rows, inverse = np.unique(ids, return_index=True, return_inverse=True)
@@ -101,6 +123,11 @@ def score(
     targets: np.ndarray,
     label_names: Sequence[str],
     study_ids: Sequence[Any] | np.ndarray | None = None,
+    *,
+    row_ids: Sequence[Any] | np.ndarray | None = None,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """AUROC and AUPRC per label, their means, and the labels that could not be scored.
 
@@ -111,6 +138,10 @@ def score(
     Returns ``{"mean_auroc", "mean_auroc_all", "n_studies" | "n_images", "per_label", "skipped_labels"}``:
     ``mean_auroc`` averages the competition labels that were scored, ``mean_auroc_all`` every scored label (NaN
     when there are none); ``per_label`` maps each scored label to its auroc, auprc, positives and negatives.
+    With ``n_bootstrap > 0`` each scored label also gets ``auroc_ci95`` (``[low, high]``), the result gets
+    ``mean_auroc_ci95`` and ``mean_auroc_all_ci95``, and ``bootstrap`` records the settings. The bootstrap
+    resamples studies in the order of their ids (rows in the order of ``row_ids``, when given, at image level), so
+    the same data in another row order gets the same intervals.
     """
     names = check_label_names(label_names)
     probabilities, targets = _check_pair(probabilities, targets)
@@ -123,8 +154,11 @@ def score(
         found = sorted(set(targets[bad].tolist()))[:5]
         raise ValueError(f"targets must be 0, 1 or NaN; found {found} (use evaluation_targets on raw labels)")
     count_key = "n_images"
+    ids = np.arange(len(probabilities)) if row_ids is None else np.asarray(row_ids)
+    if ids.shape != (len(probabilities),):
+        raise ValueError(f"row_ids has shape {ids.shape}; expected one id per row, ({len(probabilities)},)")
     if study_ids is not None:
-        probabilities, targets, _ = aggregate_studies(probabilities, targets, study_ids)
+        probabilities, targets, ids = aggregate_studies(probabilities, targets, study_ids)
         count_key = "n_studies"
 
     per_label = {}
@@ -133,13 +167,90 @@ def score(
         if result is not None:
             per_label[name] = result
     competition = [per_label[name]["auroc"] for name in COMPETITION_LABELS if name in per_label]
-    return {
+    result = {
         "mean_auroc": _mean(competition),
         "mean_auroc_all": _mean([result["auroc"] for result in per_label.values()]),
         count_key: len(probabilities),
         "per_label": per_label,
         "skipped_labels": [name for name in names if name not in per_label],
     }
+    if n_bootstrap > 0 and per_label:
+        order = np.argsort(ids, kind="stable")  # resample in id order: the interval ignores the row order
+        scored = [names.index(name) for name in per_label]
+        draws = bootstrap_auroc(probabilities[order][:, scored], targets[order][:, scored], n_bootstrap, seed)
+        low, high = 50.0 * (1.0 - confidence), 50.0 * (1.0 + confidence)
+        undefined = {}
+        for column, name in enumerate(per_label):
+            values = draws[:, column]
+            finite = values[np.isfinite(values)]
+            per_label[name]["auroc_ci95"] = _interval(finite, low, high)
+            if len(finite) < len(values):
+                undefined[name] = int(len(values) - len(finite))
+        competition_columns = [column for column, name in enumerate(per_label) if name in COMPETITION_LABELS]
+        result["mean_auroc_ci95"] = _mean_interval(draws[:, competition_columns], low, high)
+        result["mean_auroc_all_ci95"] = _mean_interval(draws, low, high)
+        result["bootstrap"] = {"resamples": int(n_bootstrap), "seed": int(seed), "confidence": float(confidence),
+                               "unit": "study" if count_key == "n_studies" else "image", "undefined": undefined}
+    return result
+
+
+def bootstrap_auroc(probabilities: np.ndarray, targets: np.ndarray, n_resamples: int, seed: int = 0,
+                    chunk: int = 200) -> np.ndarray:
+    """AUROC of every column over ``n_resamples`` bootstrap resamples of the rows: an ``(n_resamples, L)`` array.
+
+    Every resample draws ``N`` rows with replacement (one draw shared by all columns) from
+    ``numpy.random.default_rng(seed)``; a column's AUROC on a resample is the Mann-Whitney statistic with each row
+    weighted by how often it was drawn (ties count one half), which is what ``sklearn.metrics.roc_auc_score``
+    gives on the resampled rows, computed for all resamples at once. Rows whose target is NaN are left out of
+    their column; a resample without both classes in a column gives NaN there.
+    """
+    probabilities, targets = _check_pair(probabilities, targets)
+    rows = len(probabilities)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_resamples, probabilities.shape[1]))
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        drawn = rng.integers(0, rows, size=(size, rows))
+        flat = (drawn + rows * np.arange(size)[:, None]).ravel()
+        # float32 holds draw counts and their partial sums exactly (below 2**24) at half the memory traffic
+        counts = np.bincount(flat, minlength=size * rows).reshape(size, rows).astype(np.float32)
+        for column in range(probabilities.shape[1]):
+            out[start:start + size, column] = _weighted_auroc(probabilities[:, column], targets[:, column], counts)
+    return out
+
+
+def _weighted_auroc(scores: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC of one column under each row of ``weights`` (``(B, N)`` draw counts); NaN where a class is absent."""
+    order = np.flatnonzero(~np.isnan(truth))
+    order = order[np.argsort(scores[order], kind="stable")]
+    if len(order) == 0:
+        return np.full(len(weights), np.nan)
+    drawn = weights[:, order]  # one gather: kept rows, by increasing score
+    pos = drawn * (truth[order] == 1.0)  # drawn positives per row
+    neg = drawn - pos
+    starts = np.flatnonzero(np.diff(scores[order], prepend=-np.inf))  # first row of each group of tied scores
+    if len(starts) < len(order):  # ties: a positive and a negative with the same score count one half
+        pos = np.add.reduceat(pos, starts, axis=1)
+        neg = np.add.reduceat(neg, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # drawn negatives with a strictly lower score
+    pairs = pos.sum(axis=1, dtype=np.float64) * neg.sum(axis=1, dtype=np.float64)
+    wins = (pos * (below + 0.5 * neg)).sum(axis=1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, wins / pairs, np.nan)
+
+
+def _interval(values: np.ndarray, low: float, high: float) -> list[float]:
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(values, low)), float(np.percentile(values, high))]
+
+
+def _mean_interval(draws: np.ndarray, low: float, high: float) -> list[float] | None:
+    """Interval of the per-resample mean over the columns (resamples with an undefined column left out)."""
+    if draws.shape[1] == 0:
+        return None
+    means = draws.mean(axis=1)
+    return _interval(means[np.isfinite(means)], low, high)
 
 
 def _check_pair(probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,18 +310,24 @@ class SplitScorer:
 
     The Trainer hands over ``label_ids = (targets, row_index)``; ``row_index`` says which dataset row each
     prediction belongs to, so the score is right whatever order a multi-process gather produced, and a row that
-    arrives twice (padding to equal batches) counts once. ``last_scores`` keeps the full :func:`score` result.
+    arrives twice (padding to equal batches) counts once. ``last_scores`` keeps the full :func:`score` result and
+    ``last_scored`` the rows it scored (probabilities, targets: per study at study level), for the ROC figure.
+    Set ``n_bootstrap`` before an evaluation to get confidence intervals (left at 0 during training: they are
+    only wanted for the final report).
     """
 
     def __init__(self, raw_labels: np.ndarray, study_ids: Sequence[str], label_names: Sequence[str],
-                 level: str = "study"):
+                 level: str = "study", n_bootstrap: int = 0, seed: int = 0):
         if level not in ("study", "image"):
             raise ValueError(f"unknown evaluation level {level!r}; choose study or image")
         self.targets = evaluation_targets(raw_labels)
         self.study_ids = np.asarray(study_ids)
         self.label_names = list(label_names)
         self.level = level
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
         self.last_scores: dict[str, Any] | None = None
+        self.last_scored: tuple[np.ndarray, np.ndarray] | None = None
         self._reported_skips: list[str] = []
 
     def __call__(self, prediction: Any) -> dict[str, float]:
@@ -221,23 +338,11 @@ class SplitScorer:
             raise ValueError(f"scored {len(rows)} distinct rows, the split has {len(self.targets)}")
         probabilities = 1.0 / (1.0 + np.exp(-logits[first]))  # sigmoid: labels are independent
         studies = self.study_ids[rows] if self.level == "study" else None
-        self.last_scores = score(probabilities, self.targets[rows], self.label_names, study_ids=studies)
+        self.last_scores = score(probabilities, self.targets[rows], self.label_names, study_ids=studies,
+                                 n_bootstrap=self.n_bootstrap, seed=self.seed)
+        self.last_scored = scored_rows(probabilities, self.targets[rows], studies)
         skipped = self.last_scores["skipped_labels"]
         if skipped and skipped != self._reported_skips:
             logger.warning("not scored (one class only in this split): %s", ", ".join(skipped))
             self._reported_skips = skipped
         return flat_metrics(self.last_scores)
-
-
-def scores_table(scores: dict[str, Any]) -> str:
-    """The per-label scores as a plain-text table."""
-    level = "studies" if "n_studies" in scores else "images"
-    lines = [f"{'label':<28}{'AUROC':>8}{'AUPRC':>8}{'pos':>7}{'neg':>7}"]
-    for label, entry in scores["per_label"].items():
-        lines.append(f"{label:<28}{entry['auroc']:>8.4f}{entry['auprc']:>8.4f}"
-                     f"{entry['positives']:>7}{entry['negatives']:>7}")
-    for label in scores["skipped_labels"]:
-        lines.append(f"{label:<28}{'skipped: one class only':>30}")
-    lines.append(f"mean AUROC, competition labels: {scores['mean_auroc']:.4f}; all scored labels: "
-                 f"{scores['mean_auroc_all']:.4f} ({scores.get('n_' + level)} {level})")
-    return "\n".join(lines)

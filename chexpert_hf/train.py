@@ -1,17 +1,21 @@
-"""The training job, top to bottom: seed, data, model, freeze, trainer, train, evaluate, save, push.
+"""The training job, top to bottom: seed, data, model, freeze, trainer, train, evaluate, save, card, push.
 
     accelerate launch [--config_file accelerate_configs/X.yaml] recipes/train.py --recipe NAME [--field value ...]
     chexpert-hf train --recipe NAME [--field value ...]          # the same, without accelerate launch
 
 ``OUTPUT_DIR`` (``output_dir``, default ``outputs/<recipe>``) receives the model (safetensors, ``config.json``
 with ``id2label`` and ``problem_type``), the image processor, ``recipe.yaml``, ``train_results.json``,
-``eval_results.json``, ``all_results.json``, ``trainer_state.json`` and the checkpoints.
+``eval_results.json``, ``all_results.json``, ``trainer_state.json``, the checkpoints, the final validation
+report (``metrics.json`` with 95% bootstrap intervals, ``metrics.md``, ``roc.png``) and the model card
+(``README.md``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +29,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from .configs import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from .data.training import DecodeCollator, load_training_splits, resolve_prepared
 from .freeze import apply_freeze_policy
-from .metrics import SplitScorer, scores_table
+from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
+from .model_card import CardInfo, write_model_card
 from .models import build_model, input_channels
+from .reports import scores_table, write_reports
 from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights
 
 logger = logging.getLogger("chexpert_hf")
@@ -79,6 +85,87 @@ def _pos_weight(policy: PolicyArguments, targets: np.ndarray, labels: list[str])
     return values
 
 
+def _hardware(args, threads: int | None) -> str:
+    """What the run trained on, for the card: GPU model and count, or the CPU and its threads."""
+    if args.device.type == "cuda":
+        return f"{args.world_size} × {torch.cuda.get_device_name(args.device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"CPU ({cpu}), {args.world_size} process(es) × {threads or torch.get_num_threads()} thread(s)"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _base_model(source: str) -> str | None:
+    """The Hub id the weights started from; None for random weights or a local folder (no local path in a card)."""
+    candidate = source.split(" + ")[-1]  # the hybrid built from two checkpoints: its ViT encoder's
+    if source == "config" or Path(candidate).exists() or not _HUB_ID.match(candidate):
+        return None
+    return candidate
+
+
+def _card_info(recipe: Recipe, built, summary, splits, scores: dict, train_seconds: float | None,
+               threads: int | None) -> CardInfo:
+    model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
+    synthetic = not data_args.data_dir
+    if synthetic:
+        described = (f"synthetic CheXpert from chexpert_hf's generator ({data_args.synthetic_patients:,} training "
+                     f"and {data_args.synthetic_valid_patients:,} validation patients, seed {data_args.synthetic_seed})"
+                     f", prepared at {data_args.prepare_image_size} px")
+    else:
+        described = f"{Path(data_args.data_dir).name}, prepared at {data_args.prepare_image_size} px"
+    fraction = data_args.validation_fraction()
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    hyperparameters = {
+        "optimizer": f"{args.optim.value if hasattr(args.optim, 'value') else args.optim}",
+        "learning_rate": args.learning_rate,
+        "layer_decay": policy.layer_decay,
+        "weight_decay": args.weight_decay,
+        "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+        "warmup_steps": args.warmup_steps,
+        "epochs": args.num_train_epochs,
+        "per_device_batch_size": args.per_device_train_batch_size,
+        "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+        "augmentation": data_args.augmentation,
+        "precision": precision,
+        "seed": args.seed,
+    }
+    return CardInfo(
+        model_name=(args.hub_model_id or Path(args.output_dir).resolve().name).split("/")[-1],
+        family=model_args.family,
+        variant=built.variant,
+        base_model=_base_model(built.source),
+        freeze_policy=policy.freeze_policy,
+        trainable_parameters=summary.trainable_params,
+        total_parameters=summary.trainable_params + summary.frozen_params,
+        image_size=built.image_size,
+        labels=list(splits.validation.label_names),
+        uncertainty_policy=policy.uncertainty_policy,
+        blank_policy=policy.blank_policy,
+        sampling=policy.sampling,
+        pos_weight=policy.pos_weight,
+        hyperparameters=hyperparameters,
+        hardware=_hardware(args, threads),
+        wall_time_seconds=train_seconds,
+        synthetic_data=synthetic,
+        dataset_id="chexpert-synthetic" if synthetic else "chexpert",
+        dataset_description=described,
+        views=data_args.views,
+        split_sizes={"train": len(splits.train), "validation": len(splits.validation)},
+        evaluated_split="validation" if fraction is None else f"validation (held-out {fraction:g} of patients)",
+        eval_level=data_args.eval_level,
+        metrics=scores,
+        repo_id=args.hub_model_id if args.push_to_hub else None,
+        trust_remote_code=model_args.family == "resnet_vit",
+    )
+
+
 def run(recipe: Recipe) -> dict[str, float]:
     """Train and evaluate as ``recipe`` says; returns the final evaluation metrics."""
     model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
@@ -90,6 +177,12 @@ def run(recipe: Recipe) -> dict[str, float]:
         logger.info("training on the CPU with %d thread(s) per process, %d process(es)", threads, args.world_size)
 
     resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.do_train else None
+    if args.push_to_hub:  # fail now, not after hours of training
+        from .publish import check_hub_access
+
+        user = check_hub_access(args.hub_token)
+        logger.info("will push to the Hub as %s: %s (hub_strategy %s)", user, args.hub_model_id or
+                    Path(args.output_dir).resolve().name, getattr(args.hub_strategy, "value", args.hub_strategy))
 
     # --- seed ----------------------------------------------------------------------------------------------
     set_seed(args.seed, deterministic=args.full_determinism)
@@ -164,35 +257,49 @@ def run(recipe: Recipe) -> dict[str, float]:
         (Path(args.output_dir) / "recipe.yaml").write_text(recipe.to_yaml())
 
     # --- train ---------------------------------------------------------------------------------------------
+    train_seconds = None
     if args.do_train:
         if resume:
             logger.info("resuming from %s", resume)
             trainer.finite_guard.last_checkpoint = resume
         result = trainer.train(resume_from_checkpoint=resume)
+        train_seconds = result.metrics.get("train_runtime")
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
 
-    # --- evaluate ------------------------------------------------------------------------------------------
+    # --- evaluate (with bootstrap confidence intervals) ------------------------------------------------------
+    scorer.n_bootstrap, scorer.seed = BOOTSTRAP_RESAMPLES, args.seed
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
-    if trainer.is_world_process_zero() and scorer.last_scores is not None:
-        print(scores_table(scorer.last_scores), flush=True)
+    scores = scorer.last_scores
+    if trainer.is_world_process_zero() and scores is not None:
+        print(scores_table(scores), flush=True)
 
-    # --- save ----------------------------------------------------------------------------------------------
+    # --- report and card (first: a save with push_to_hub publishes the card) -------------------------------
+    if trainer.is_world_process_zero() and scores is not None:
+        write_reports(args.output_dir, scores, *scorer.last_scored, labels,
+                      title=f"CheXpert validation: {recipe.name}",
+                      details=[f"model: {model_args.family} ({built.variant}), freeze policy {policy.freeze_policy}",
+                               f"validation: {data_args.validation_split}, {data_args.views} views"],
+                      extra={"split": "validation", "level": data_args.eval_level})
+        if args.do_train:
+            info = _card_info(recipe, built, summary, splits, scores, train_seconds, threads)
+            write_model_card(args.output_dir, info)
+
+    # --- save and push ---------------------------------------------------------------------------------------
+    # The model (safetensors, config.json) and the image processor. With push_to_hub, Trainer.save_model also
+    # publishes the folder (staged: see CheXpertTrainer.push_to_hub), which is why the card is written first.
     if args.do_train:
-        trainer.save_model()  # the model (safetensors, config.json) and the image processor
-
-    # --- push ----------------------------------------------------------------------------------------------
-    if args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.save_model()
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the recipe and run it; a bad recipe or data folder ends with a one-line error and status 2."""
     from .data.tables import CheXpertFormatError
+    from .publish import HubAccessError, PublishError
 
     try:
         recipe = parse_recipe(argv)
@@ -201,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(recipe)
-    except (ConfigurationError, FileNotFoundError, CheXpertFormatError, NonFiniteLossError) as error:
+    except (ConfigurationError, FileNotFoundError, CheXpertFormatError, NonFiniteLossError, HubAccessError,
+            PublishError) as error:
         print(f"chexpert-hf train: error: {error}", file=sys.stderr)
         return 2 if not isinstance(error, NonFiniteLossError) else 1
     return 0

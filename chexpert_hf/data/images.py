@@ -105,25 +105,14 @@ def _read(path: str) -> bytes:
     return data
 
 
-def load_radiograph(path: str, short_side: int) -> bytes:
-    """JPEG bytes of the radiograph at ``path``: grayscale, shorter side ``short_side``; raises UnreadableImage."""
+@contextmanager
+def _decoding(path: str):
+    """Open ``path`` as an image for the duration; every decoding failure becomes :class:`UnreadableImage`."""
     data = _read(path)
     try:
         with _size_checked_by_caller(), Image.open(io.BytesIO(data)) as image:
             _check_size(image)
-            original = (image.format, image.mode, image.size)
-            if image.format == "JPEG":
-                image.draft("L", (short_side, short_side))  # decode at 1/2, 1/4 or 1/8 scale when possible
-            image.load()
-            decoded_size = image.size
-            rotated = image.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1)
-            image = to_grayscale(ImageOps.exif_transpose(image) if rotated else image)
-            unchanged = decoded_size == original[2] and not rotated and min(original[2]) == short_side
-            if original[:2] == ("JPEG", "L") and unchanged:
-                return data  # already what we would write: keep the original bytes, no second JPEG generation
-            buffer = io.BytesIO()
-            resize_short_side(image, short_side).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-            return buffer.getvalue()
+            yield data, image
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
@@ -132,3 +121,36 @@ def load_radiograph(path: str, short_side: int) -> bytes:
         raise UnreadableImage(f"truncated or corrupt image: {error}") from None
     except Exception as error:  # a decoder failing in an unforeseen way must not abort a 224k-image run
         raise UnreadableImage(f"cannot decode: {type(error).__name__}: {error}") from None
+
+
+def _upright_grayscale(image: Image.Image) -> tuple[Image.Image, bool]:
+    """The decoded image as 8-bit grey with its EXIF rotation applied, and whether it was rotated."""
+    image.load()
+    rotated = image.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1)
+    return to_grayscale(ImageOps.exif_transpose(image) if rotated else image), rotated
+
+
+def load_radiograph(path: str, short_side: int) -> bytes:
+    """JPEG bytes of the radiograph at ``path``: grayscale, shorter side ``short_side``; raises UnreadableImage."""
+    with _decoding(path) as (data, image):
+        original = (image.format, image.mode, image.size)
+        if image.format == "JPEG":
+            image.draft("L", (short_side, short_side))  # decode at 1/2, 1/4 or 1/8 scale when possible
+        image, rotated = _upright_grayscale(image)
+        unchanged = image.size == original[2] and not rotated and min(original[2]) == short_side
+        if original[:2] == ("JPEG", "L") and unchanged:
+            return data  # already what we would write: keep the original bytes, no second JPEG generation
+        buffer = io.BytesIO()
+        resize_short_side(image, short_side).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return buffer.getvalue()
+
+
+def open_radiograph(path: str) -> Image.Image:
+    """The image at ``path`` as an 8-bit grayscale PIL image at full size (for inference on files); raises
+    :class:`UnreadableImage` with a message that names the file."""
+    try:
+        with _decoding(path) as (_, image):
+            grey, _ = _upright_grayscale(image)
+            return grey.copy() if grey is image else grey
+    except UnreadableImage as error:
+        raise UnreadableImage(f"{path}: {error}") from None

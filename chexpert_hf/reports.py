@@ -1,0 +1,168 @@
+"""The files an evaluation leaves: ``metrics.json``, ``metrics.md``, ``roc.png`` (and the same table as text).
+
+``metrics.json`` holds :func:`chexpert_hf.metrics.score`'s result as it is (means, their intervals, per-label
+AUROC/AUPRC/counts with ``auroc_ci95``, skipped labels, bootstrap settings), plus what was scored (``split``,
+``level``, ``source``). Every file is written to a temporary name and renamed, so a failed evaluation leaves the
+previous files or none, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .labels import COMPETITION_LABELS
+
+METRICS_JSON = "metrics.json"
+METRICS_MD = "metrics.md"
+ROC_PNG = "roc.png"
+
+
+def _ci(entry: dict[str, Any], key: str) -> str:
+    interval = entry.get(key)
+    if not interval or any(value is None or math.isnan(value) for value in interval):
+        return ""
+    return f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _count(scores: dict[str, Any]) -> tuple[int, str]:
+    return (scores["n_studies"], "studies") if "n_studies" in scores else (scores["n_images"], "images")
+
+
+def scores_table(scores: dict[str, Any]) -> str:
+    """The scores as a plain-text table (the one printed at the end of training and evaluation)."""
+    with_ci = "bootstrap" in scores
+    ci_header = f"{'95% CI':>15}" if with_ci else ""
+    lines = [f"{'label':<28}{'AUROC':>8}{ci_header}{'AUPRC':>8}{'pos':>7}{'neg':>7}"]
+    for label, entry in scores["per_label"].items():
+        ci = f"{_ci(entry, 'auroc_ci95'):>15}" if with_ci else ""
+        lines.append(f"{label:<28}{entry['auroc']:>8.4f}{ci}{entry['auprc']:>8.4f}"
+                     f"{entry['positives']:>7}{entry['negatives']:>7}")
+    for label in scores["skipped_labels"]:
+        lines.append(f"{label:<28}{'skipped: one class only':>30}")
+    count, unit = _count(scores)
+    mean_ci = f" (95% CI {_ci(scores, 'mean_auroc_ci95')})" if _ci(scores, "mean_auroc_ci95") else ""
+    lines.append(f"mean AUROC, competition labels: {_number(scores['mean_auroc'])}{mean_ci}; all scored labels: "
+                 f"{_number(scores['mean_auroc_all'])} ({count} {unit})")
+    return "\n".join(lines)
+
+
+def metrics_markdown(scores: dict[str, Any], title: str, details: Sequence[str] = ()) -> str:
+    """``metrics.md``: a heading, what was scored, the per-label table with intervals, the means, the figure."""
+    count, unit = _count(scores)
+    bootstrap = scores.get("bootstrap")
+    lines = [f"# {title}", ""]
+    lines += [f"- {detail}" for detail in details]
+    lines.append(f"- scored: {count:,} {unit}" + (" (a study's probability is the maximum over its images, its "
+                                                    "label the maximum over its images' labels)"
+                                                    if unit == "studies" else ""))
+    if bootstrap:
+        units = "studies" if bootstrap["unit"] == "study" else "images"
+        lines.append(f"- 95% confidence intervals: percentile bootstrap over {units}, "
+                     f"{bootstrap['resamples']:,} resamples, seed {bootstrap['seed']}")
+    lines += ["", "| label | AUROC | 95% CI | AUPRC | positives | negatives |", "|---|---:|---:|---:|---:|---:|"]
+    for label, entry in scores["per_label"].items():
+        name = f"{label} ★" if label in COMPETITION_LABELS else label
+        lines.append(f"| {name} | {entry['auroc']:.4f} | {_ci(entry, 'auroc_ci95')} | {entry['auprc']:.4f} | "
+                     f"{entry['positives']:,} | {entry['negatives']:,} |")
+    lines.append(f"| **mean, competition labels ★** | **{_number(scores['mean_auroc'])}** | "
+                 f"{_ci(scores, 'mean_auroc_ci95')} | | | |")
+    lines.append(f"| mean, all scored labels | {_number(scores['mean_auroc_all'])} | "
+                 f"{_ci(scores, 'mean_auroc_all_ci95')} | | | |")
+    lines.append("")
+    lines.append("★ the five CheXpert competition labels; their mean AUROC is the headline number.")
+    if scores["skipped_labels"]:
+        lines += ["", "Not scored (one class only in this split, so AUROC is undefined): "
+                  + ", ".join(scores["skipped_labels"]) + "."]
+    undefined = (bootstrap or {}).get("undefined") or {}
+    if undefined:
+        listed = ", ".join(f"{label} {n}" for label, n in undefined.items())
+        lines += ["", f"Resamples left out of an interval because the label had one class only there: {listed}."]
+    lines += ["", f"![ROC curves]({ROC_PNG})", ""]
+    return "\n".join(lines)
+
+
+def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str], scores: dict[str, Any]):
+    """One ROC curve per scored label (AUROC in the legend; competition labels drawn solid), as a Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from sklearn.metrics import RocCurveDisplay, roc_curve
+
+    figure = Figure(figsize=(7.5, 6.5), dpi=120)
+    axes = figure.add_subplot()
+    for column, label in enumerate(label_names):
+        entry = scores["per_label"].get(label)
+        if entry is None:
+            continue
+        kept = ~np.isnan(targets[:, column])
+        fpr, tpr, _ = roc_curve(targets[kept, column], probabilities[kept, column])
+        RocCurveDisplay(fpr=fpr, tpr=tpr, name=f"{label} ({entry['auroc']:.3f})").plot(
+            ax=axes, curve_kwargs={"linestyle": "-" if label in COMPETITION_LABELS else "--", "linewidth": 1.4},
+        )
+    axes.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":", label="chance (0.500)")
+    count, unit = _count(scores)
+    axes.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
+             xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    axes.set_title(f"ROC per label, {count:,} {unit}; mean AUROC (competition) {_number(scores['mean_auroc'])}",
+                   fontsize=10)
+    axes.legend(loc="lower right", fontsize=7, title="label (AUROC)", title_fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a mean over no label) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_reports(folder: str | os.PathLike, scores: dict[str, Any], probabilities: np.ndarray,
+                  targets: np.ndarray, label_names: Sequence[str], *, title: str,
+                  details: Sequence[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``metrics.json``, ``metrics.md`` and ``roc.png`` into ``folder``; returns their paths.
+
+    ``probabilities``/``targets`` are the scored rows (study-level when scoring studies) in ``label_names``
+    order; ``extra`` adds keys to ``metrics.json`` (what was scored).
+    """
+    folder = Path(folder)
+    paths = {name: folder / name for name in (METRICS_JSON, METRICS_MD, ROC_PNG)}
+    figure = roc_figure(np.asarray(probabilities), np.asarray(targets), list(label_names), scores)
+    _atomic_write(paths[ROC_PNG], lambda name: figure.savefig(name, format="png"))
+    write_text(paths[METRICS_MD], metrics_markdown(scores, title, details))
+    payload = _json_safe({**scores, **(extra or {})})
+    write_text(paths[METRICS_JSON], json.dumps(payload, indent=2) + "\n")
+    return paths
