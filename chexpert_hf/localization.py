@@ -1,0 +1,241 @@
+"""Do the maps mean something? The pointing game against known lesion boxes, and the model-randomization check.
+
+* Pointing game (Zhang et al., 2016): a map hits when its maximum falls inside a box of that finding, grown by a
+  tolerance (15 px by default, as in the original). Coarse maps upsampled from a few tokens have flat maxima; the
+  peak is then the maximal pixel nearest to the centroid of all maximal pixels.
+* A uniform-random map's maximum falls on a uniformly random pixel, so its expected hit rate is exactly the share
+  of the image that the grown boxes cover: the chance level every method must clearly beat.
+* Model randomization (Adebayo et al., 2018): maps of the same images and labels from the model with its weights
+  re-initialised must differ clearly from the trained model's; the difference is measured by the rank (Spearman)
+  correlation of the two maps, near 1 for a method that ignores the weights.
+
+``lesions.csv`` (``path,label,x0,y0,x1,y1``, written by ``chexpert-hf synthesize``) gives each box in the pixels
+of the image file named by ``path``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .data.tables import CheXpertFormatError
+from .labels import canonical_label
+
+LESION_COLUMNS = ("path", "label", "x0", "y0", "x1", "y1")
+DEFAULT_TOLERANCE = 15.0  # pixels of the original image, as in the pointing game's original definition
+_PATIENT = re.compile(r"patient\d+$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def contains(self, x: float, y: float, tolerance: float) -> bool:
+        return (self.x0 - tolerance <= x <= self.x1 + tolerance) and (self.y0 - tolerance <= y <= self.y1 + tolerance)
+
+
+def image_key(path: str | os.PathLike) -> str:
+    """How an image is matched to ``lesions.csv``: ``split/patientN/studyN/file`` for a CheXpert path (with or
+    without the dataset folder, absolute or not), else the file name."""
+    parts = PurePosixPath(str(path).replace("\\", "/")).parts
+    for index in range(len(parts) - 1, -1, -1):
+        if _PATIENT.match(parts[index]):
+            return "/".join(parts[max(0, index - 1):]).lower()
+    return parts[-1].lower() if parts else ""
+
+
+@dataclass
+class Lesions:
+    """Boxes by image key and label, and where each image's file is (to scale boxes to a resized copy)."""
+
+    path: Path
+    boxes: dict[str, dict[str, list[Box]]]
+    files: dict[str, str]  # image key → the path column as written
+
+    def for_image(self, key: str, label: str) -> list[Box]:
+        return self.boxes.get(key, {}).get(label, [])
+
+    def original_size(self, key: str) -> tuple[int, int] | None:
+        """``(width, height)`` of the image file the boxes were drawn on, when it can be found next to the CSV
+        (``lesions.csv`` sits in ``CheXpert-v1.0-small``, and its paths start with that folder)."""
+        from PIL import Image
+
+        relative = self.files.get(key)
+        if relative is None:
+            return None
+        for base in (self.path.parent.parent, self.path.parent):
+            candidate = base / relative
+            if candidate.is_file():
+                with Image.open(candidate) as image:
+                    return image.size
+        stripped = PurePosixPath(relative).parts[1:]
+        candidate = self.path.parent.joinpath(*stripped) if stripped else None
+        if candidate is not None and candidate.is_file():
+            with Image.open(candidate) as image:
+                return image.size
+        return None
+
+
+def read_lesions(path: str | os.PathLike) -> Lesions:
+    """Parse ``lesions.csv``; a missing column, unknown label or bad coordinate is an error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lesion boxes file not found: {path}")
+    boxes: dict[str, dict[str, list[Box]]] = defaultdict(lambda: defaultdict(list))
+    files: dict[str, str] = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in LESION_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise CheXpertFormatError(f"{path}: missing column(s) {missing}; the header must hold "
+                                      f"{', '.join(LESION_COLUMNS)} (it is {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            label = canonical_label(row["label"] or "")
+            if label is None:
+                raise CheXpertFormatError(f"{path}, line {line}: unknown label {row['label']!r}")
+            try:
+                x0, y0, x1, y1 = (float(row[column]) for column in ("x0", "y0", "x1", "y1"))
+            except (TypeError, ValueError):
+                raise CheXpertFormatError(f"{path}, line {line}: box coordinates must be numbers, got "
+                                          f"{[row[c] for c in ('x0', 'y0', 'x1', 'y1')]}") from None
+            if not all(np.isfinite([x0, y0, x1, y1])) or x1 < x0 or y1 < y0:
+                raise CheXpertFormatError(f"{path}, line {line}: not a box (x0 <= x1, y0 <= y1): "
+                                          f"{(x0, y0, x1, y1)}")
+            key = image_key(row["path"])
+            boxes[key][label].append(Box(x0, y0, x1, y1))
+            files[key] = row["path"]
+    return Lesions(path, {key: dict(value) for key, value in boxes.items()}, files)
+
+
+def peak(heatmap: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` of the map's maximum: of all maximal pixels, the one nearest their centroid."""
+    rows, cols = np.nonzero(heatmap >= heatmap.max())
+    if len(rows) == 1:
+        return float(cols[0]), float(rows[0])
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return float(cols[nearest]), float(rows[nearest])
+
+
+def pointing_hit(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = DEFAULT_TOLERANCE,
+                 scale: tuple[float, float] = (1.0, 1.0)) -> bool:
+    """Whether the map's maximum is inside any of the boxes grown by ``tolerance`` pixels. Boxes and tolerance are
+    in the pixels of the image the boxes were drawn on; ``scale`` is (map width / that width, map height / that
+    height) when the map is of a resized copy."""
+    x, y = peak(heatmap)
+    x, y = (x + 0.5) / scale[0] - 0.5, (y + 0.5) / scale[1] - 0.5  # pixel centres map to pixel centres
+    return any(box.contains(x, y, tolerance) for box in boxes)
+
+
+def chance_hit_rate(boxes: Iterable[Box], width: int, height: int, tolerance: float = DEFAULT_TOLERANCE) -> float:
+    """Expected hit rate of a map whose maximum is a uniformly random pixel: the share of pixels inside the grown
+    boxes (their union)."""
+    inside = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        x0, y0 = max(0, int(np.ceil(box.x0 - tolerance))), max(0, int(np.ceil(box.y0 - tolerance)))
+        x1, y1 = min(width - 1, int(np.floor(box.x1 + tolerance))), min(height - 1, int(np.floor(box.y1 + tolerance)))
+        if x1 >= x0 and y1 >= y0:
+            inside[y0:y1 + 1, x0:x1 + 1] = True
+    return float(inside.mean())
+
+
+def rank_correlations(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each pair of maps (leading axes paired, the last two flattened); NaN where either
+    map is constant (no ranking to compare)."""
+    a = first.reshape(-1, first.shape[-2] * first.shape[-1]).astype(np.float64)
+    b = second.reshape(-1, second.shape[-2] * second.shape[-1]).astype(np.float64)
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(axis=1) / denominator, np.nan)
+
+
+@dataclass
+class LabelTally:
+    positives: int = 0
+    hits: int = 0
+    randomized_hits: int = 0
+    chance: float = 0.0  # summed expected hits of a uniform-random map
+
+    def add(self, hit: bool, chance: float, randomized_hit: bool | None) -> None:
+        self.positives += 1
+        self.hits += int(hit)
+        self.chance += chance
+        self.randomized_hits += int(bool(randomized_hit))
+
+
+@dataclass
+class MethodTally:
+    """Pointing-game counts per label, and the rank correlations with the randomized model, for one method."""
+
+    labels: dict[str, LabelTally] = field(default_factory=lambda: defaultdict(LabelTally))
+    correlations: list[np.ndarray] = field(default_factory=list)
+    randomized: bool = False
+
+    def summary(self, label_order: Sequence[str]) -> dict:
+        per_label = {}
+        for label in label_order:
+            tally = self.labels.get(label)
+            if tally is None or not tally.positives:
+                continue
+            entry = {"positives": tally.positives, "hits": tally.hits, "hit_rate": tally.hits / tally.positives,
+                     "uniform_random_hit_rate": tally.chance / tally.positives}
+            if self.randomized:
+                entry["randomized_model_hit_rate"] = tally.randomized_hits / tally.positives
+            per_label[label] = entry
+        out: dict = {"per_label": per_label}
+        if per_label:
+            positives = sum(entry["positives"] for entry in per_label.values())
+            out["positives"] = positives
+            out["hit_rate"] = sum(entry["hits"] for entry in per_label.values()) / positives
+            out["mean_hit_rate"] = float(np.mean([entry["hit_rate"] for entry in per_label.values()]))
+            out["uniform_random_hit_rate"] = sum(self.labels[k].chance for k in per_label) / positives
+            if self.randomized:
+                out["randomized_model_hit_rate"] = sum(self.labels[k].randomized_hits for k in per_label) / positives
+        if self.randomized:
+            values = np.concatenate(self.correlations) if self.correlations else np.empty(0)
+            finite = values[np.isfinite(values)]
+            out["randomization"] = {
+                "maps": int(values.size),
+                "constant_maps": int(values.size - finite.size),
+                "spearman_mean": float(finite.mean()) if finite.size else None,
+                "spearman_median": float(np.median(finite)) if finite.size else None,
+            }
+        return out
+
+
+def localization_text(summary: dict) -> str:
+    """The pointing game and randomization results as a table a person reads."""
+    lines = []
+    for method, result in summary["methods"].items():
+        lines.append(f"{method}: pointing game (tolerance {summary['tolerance_px']:g} px)")
+        lines.append(f"  {'label':<28}{'positives':>10}{'hit rate':>10}{'random map':>12}{'random model':>14}")
+        rows = list(result["per_label"].items())
+        if "hit_rate" in result:
+            rows.append(("all positives", result))
+        for label, entry in rows:
+            randomized = entry.get("randomized_model_hit_rate")
+            lines.append(f"  {label:<28}{entry['positives']:>10}{entry['hit_rate']:>10.3f}"
+                         f"{entry['uniform_random_hit_rate']:>12.3f}"
+                         + (f"{randomized:>14.3f}" if randomized is not None else f"{'-':>14}"))
+        if not rows:
+            lines.append("  no positive image with a lesion box among the explained images")
+        check = result.get("randomization")
+        if check:
+            mean = "n/a" if check["spearman_mean"] is None else f"{check['spearman_mean']:.3f}"
+            median = "n/a" if check["spearman_median"] is None else f"{check['spearman_median']:.3f}"
+            lines.append(f"  randomized model: Spearman correlation with the trained model's maps mean {mean}, "
+                         f"median {median} over {check['maps']} maps ({check['constant_maps']} constant)")
+    return "\n".join(lines)
