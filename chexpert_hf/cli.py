@@ -122,6 +122,48 @@ def predictions_text(frame) -> str:
     return "\n".join(lines)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain, read_image_files, read_split
+    from .inference import load_classifier
+    from .interpret import METHODS
+    from .localization import localization_text, read_lesions
+
+    if (args.images is None) == (args.data is None):
+        raise ValueError("give either --images IMG [IMG ...] or --data PREPARED_DIR (with --split and --num-images)")
+    methods = [name.strip() for name in args.method.split(",") if name.strip()]
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or args.method!r}; methods: {', '.join(METHODS)}")
+    labels = [name.strip() for name in args.labels.split(",") if name.strip()] if args.labels else None
+    lesions = read_lesions(args.lesions) if args.lesions else None
+    loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    if args.images is not None:
+        radiographs, skipped = read_image_files(args.images)
+        for message in skipped:
+            print(f"skipped unreadable image {message}", file=sys.stderr)
+        if skipped:
+            print(f"skipped {len(skipped)} of {len(args.images)} images (unreadable)", file=sys.stderr)
+        if not radiographs:
+            raise ValueError("none of the images could be read")
+    else:
+        from .evaluation import recipe_settings
+
+        trained = recipe_settings(args.model)
+        radiographs = read_split(args.data, loaded.labels, split=args.split, num_images=args.num_images,
+                                 views=args.views,
+                                 prepare_image_size=args.prepare_image_size or trained.get("prepare_image_size", 320))
+    result = explain(loaded, radiographs, args.output, methods=methods, labels=labels, top_k=args.top_k,
+                     layer=args.target_layer, lesions=lesions, tolerance=args.tolerance,
+                     sanity_check=args.sanity_check, batch_size=args.batch_size, seed=args.seed,
+                     overwrite=args.overwrite)
+    if result.localization is not None:
+        print(localization_text(result.localization))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {result.maps} maps of {result.images} images to {result.output}")
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from .publish import push_output_folder
 
@@ -260,6 +302,54 @@ def build_parser() -> argparse.ArgumentParser:
                       "label), the format `chexpert-hf evaluate --predictions` reads")
     _add_model_options(pred, batch_size=32)
     pred.set_defaults(handler=_predict)
+
+    ex = commands.add_parser(
+        "explain",
+        help="Grad-CAM, Grad-CAM++ or attention-rollout heatmaps, and a check that they point at the findings",
+        description="Heatmaps of where a model looks, one per image and label (each map targets that label's "
+        "logit). Writes OUTPUT/<image-stem>__<label>.png (the radiograph with the heatmap on top, label and "
+        "probability in the corner), OUTPUT/<image-stem>__sheet.png (all requested labels side by side) and "
+        "OUTPUT/heatmaps.npz (the maps keyed <image-stem>/<Label>, float32 at the original image size in [0, 1]); "
+        "several methods write one folder each. With --lesions (the synthetic data's lesions.csv) it also plays "
+        "the pointing game (does the map's maximum fall in the finding's box?) against a uniform-random map, and "
+        "re-runs the maps on the model with re-initialised weights (a map that does not change does not depend "
+        "on what the model learned), and writes OUTPUT/localization.json.",
+    )
+    ex.add_argument("--model", required=True, help="a trained output folder or a Hub model id")
+    ex.add_argument("--images", nargs="+", type=Path, metavar="IMG", default=None,
+                    help="image files to explain (unreadable ones are skipped and named)")
+    ex.add_argument("--data", help="or: a prepared dataset folder (chexpert-hf prepare) or a CheXpert root")
+    ex.add_argument("--split", choices=("train", "validation", "test"), default="validation",
+                    help="with --data: the split to take images from (default: validation)")
+    ex.add_argument("--num-images", type=int, default=16,
+                    help="with --data: the first N images of the split (default: 16; 0: all)")
+    ex.add_argument("--views", choices=("frontal", "all"), default="frontal",
+                    help="with --data: which views (default: frontal, the views lesion boxes are drawn on)")
+    ex.add_argument("--prepare-image-size", type=int, default=None,
+                    help="when --data is a CheXpert root: the size it is prepared at (default: the model's "
+                    "recipe.yaml, else 320)")
+    ex.add_argument("--labels", default=None,
+                    help="comma-separated labels to explain, e.g. 'Cardiomegaly,Pleural Effusion' (default: all "
+                    "the model's labels)")
+    ex.add_argument("--top-k", type=int, default=None, help="instead: each image's K most probable labels")
+    ex.add_argument("--method", default="gradcam",
+                    help="gradcam, gradcam++ or attention_rollout (ViT, DeiT and the hybrid), or several separated "
+                    "by commas (default: gradcam)")
+    ex.add_argument("--target-layer", default=None,
+                    help="the layer Grad-CAM reads; only the hybrid has a choice: tokens (default) or cnn")
+    ex.add_argument("--lesions", type=Path, default=None,
+                    help="lesions.csv (path,label,x0,y0,x1,y1): score the maps with the pointing game and the "
+                    "model-randomization check")
+    ex.add_argument("--tolerance", type=float, default=15.0,
+                    help="pointing-game tolerance in pixels of the original image (default: 15)")
+    ex.add_argument("--sanity-check", action="store_true",
+                    help="run the model-randomization check even without --lesions")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the randomized model's weights (default: 0)")
+    ex.add_argument("--output", type=Path, required=True, help="folder to write (it must not exist, unless "
+                    "--overwrite)")
+    ex.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _add_model_options(ex, batch_size=8)
+    ex.set_defaults(handler=_explain)
 
     push = commands.add_parser(
         "push",

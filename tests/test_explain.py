@@ -1,0 +1,179 @@
+"""``chexpert-hf explain`` end to end on tiny saved models and the synthetic tree: the documented files, the
+pointing game recomputed by hand from the written maps, and the errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_model
+from PIL import Image
+
+from chexpert_hf import explain as explain_module
+from chexpert_hf.cli import main
+from chexpert_hf.data.builder import label_names
+from chexpert_hf.data.prepare import load_prepared
+from chexpert_hf.labels import COMPETITION_LABELS, reorder_labels
+from chexpert_hf.localization import DEFAULT_TOLERANCE, pointing_hit, read_lesions
+
+SNAKE = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
+         "Edema": "edema", "Pleural Effusion": "pleural_effusion"}
+
+
+def saved(tmp_path_factory, family: str, image_size: int = 32) -> Path:
+    folder = tmp_path_factory.mktemp(family) / "model"
+    built = tiny_model(family, image_size=image_size)
+    built.model.save_pretrained(folder)
+    built.processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory) -> Path:
+    return saved(tmp_path_factory, "vit")
+
+
+def frontal_validation(prepared_dir: Path):
+    dataset = load_prepared(prepared_dir)
+    rows = dataset["validation"]
+    keep = [i for i, view in enumerate(rows["view"]) if view == "frontal"]
+    rows = rows.select(keep)
+    raw = reorder_labels(np.asarray(rows["labels"], dtype=np.float32), label_names(dataset), COMPETITION_LABELS)
+    return rows, raw
+
+
+def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(vit_dir, prepared_dir, synthetic_root,
+                                                                              tmp_path, capsys):
+    output = tmp_path / "explained"
+    lesions_csv = synthetic_root / "lesions.csv"
+    assert main(["explain", "--model", str(vit_dir), "--data", str(prepared_dir), "--num-images", "0",
+                 "--lesions", str(lesions_csv), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "gradcam: pointing game (tolerance 15 px)" in printed and "randomized model: Spearman" in printed
+
+    rows, raw = frontal_validation(prepared_dir)
+    stems = [f"{p.split('/')[-3]}_{p.split('/')[-2]}_{Path(p).stem}" for p in rows["path"]]
+    assert len(set(stems)) == len(stems) == len(rows)
+    expected = {f"{stem}__{SNAKE[label]}.png" for stem in stems for label in COMPETITION_LABELS}
+    expected |= {f"{stem}__sheet.png" for stem in stems} | {"heatmaps.npz", "localization.json"}
+    assert {path.name for path in output.iterdir()} == expected
+    assert not list(tmp_path.glob(".explained.partial-*"))
+
+    lesions = read_lesions(lesions_csv)
+    localization = json.loads((output / "localization.json").read_text())
+    assert localization["images"] == len(rows) and localization["tolerance_px"] == DEFAULT_TOLERANCE
+    assert localization["lesions"] == "lesions.csv"  # a name, never a local path
+    result = localization["methods"]["gradcam"]
+    assert result["randomization"]["maps"] == len(rows) * len(COMPETITION_LABELS)
+    with np.load(output / "heatmaps.npz") as maps:
+        assert set(maps.files) == {f"{stem}/{label}" for stem in stems for label in COMPETITION_LABELS}
+        counted = {}
+        for index, (stem, path, image) in enumerate(zip(stems, rows["path"], rows["image"], strict=True)):
+            original = Image.open(synthetic_root.parent / path)
+            for column, label in enumerate(COMPETITION_LABELS):
+                heatmap = maps[f"{stem}/{label}"]
+                # the map is at the size of the image explained (the 160 px prepared copy), in [0, 1]
+                assert heatmap.shape == (image.height, image.width) and heatmap.dtype == np.float32
+                assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+                boxes = lesions.for_image(path.split("/", 1)[1].lower(), label)
+                if raw[index, column] == 1 and boxes:  # a positive with a box: one pointing-game trial
+                    scale = (image.width / original.width, image.height / original.height)
+                    assert scale[0] == pytest.approx(0.5, abs=0.01)  # 320 px originals, prepared at 160
+                    hits, trials = counted.get(label, (0, 0))
+                    counted[label] = (hits + pointing_hit(heatmap, boxes, DEFAULT_TOLERANCE, scale), trials + 1)
+    assert counted, "the synthetic validation set has positives with lesion boxes"
+    assert {label: (entry["hits"], entry["positives"]) for label, entry in result["per_label"].items()} == counted
+    for entry in result["per_label"].values():
+        assert 0.0 < entry["uniform_random_hit_rate"] < 1.0
+        assert entry["hit_rate"] == pytest.approx(entry["hits"] / entry["positives"])
+
+
+def test_explain_image_files_skips_unreadable_ones_and_writes_one_folder_per_method(vit_dir, synthetic_root, tmp_path,
+                                                                                    capsys):
+    images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:3]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    output = tmp_path / "files"
+    assert main(["explain", "--model", str(vit_dir), "--images", *map(str, images), str(broken), "--top-k", "2",
+                 "--method", "gradcam,gradcam++,attention_rollout", "--output", str(output)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped unreadable image {broken}" in err and "skipped 1 of 4 images" in err
+    assert sorted(path.name for path in output.iterdir()) == ["attention_rollout", "gradcam", "gradcam++"]
+    for method in ("gradcam", "gradcam++", "attention_rollout"):
+        overlays = [path for path in (output / method).glob("*.png") if not path.name.endswith("__sheet.png")]
+        assert len(overlays) == 3 * 2  # each image's two most probable labels
+        with np.load(output / method / "heatmaps.npz") as maps:
+            assert len(maps.files) == 6
+            assert all(maps[key].shape == (390, 320) for key in maps.files)  # the files' own size
+        sheet = Image.open(next((output / method).glob("*__sheet.png")))
+        assert sheet.width > 3 * 256  # the radiograph and two overlays
+
+
+def test_explain_the_hybrid_at_its_cnn_stage_needs_trust_remote_code(tmp_path_factory, synthetic_root, tmp_path,
+                                                                     capsys):
+    model_dir = saved(tmp_path_factory, "resnet_vit")
+    image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
+    args = ["explain", "--model", str(model_dir), "--images", image, "--labels", "Edema", "--output"]
+    assert main([*args, str(tmp_path / "refused"), "--target-layer", "cnn"]) == 2
+    assert "--trust-remote-code" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, str(tmp_path / "cnn"), "--target-layer", "cnn", "--trust-remote-code"]) == 0
+    assert len(list((tmp_path / "cnn").glob("patient*_study1_view1_frontal__edema.png"))) == 1
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--labels", "Edema,Fracture"], "the model has no label 'Fracture'; its labels: Atelectasis, Cardiomegaly, "
+                                     "Consolidation, Edema, Pleural Effusion"),
+    (["--method", "attention_rollout"], None),  # ViT supports it: no error
+    (["--method", "lime"], "unknown method"),
+    (["--top-k", "9"], "--top-k must be between 1 and 5"),
+    (["--target-layer", "cnn"], "vit has no target layer 'cnn'; its layers: tokens"),
+])
+def test_explain_errors_name_what_is_allowed(vit_dir, synthetic_root, tmp_path, capsys, extra, message):
+    image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
+    code = main(["explain", "--model", str(vit_dir), "--images", image, "--output", str(tmp_path / "out"), *extra])
+    if message is None:
+        assert code == 0
+    else:
+        assert code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+
+
+def test_rollout_on_swin_lists_the_methods_swin_supports(tmp_path_factory, synthetic_root, tmp_path, capsys):
+    model_dir = saved(tmp_path_factory, "swin")
+    image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
+    assert main(["explain", "--model", str(model_dir), "--images", image, "--method", "attention_rollout",
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "swin supports: gradcam, gradcam++" in capsys.readouterr().err
+
+
+def test_explain_refuses_bad_combinations_before_any_work(vit_dir, prepared_dir, synthetic_root, tmp_path, capsys):
+    image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
+    base = ["explain", "--model", str(vit_dir), "--output", str(tmp_path / "out")]
+    assert main(base) == 2 and "give either --images" in capsys.readouterr().err
+    assert main([*base, "--images", image, "--data", str(prepared_dir)]) == 2
+    assert main([*base, "--images", image, "--top-k", "2", "--lesions", str(synthetic_root / "lesions.csv")]) == 2
+    assert "instead of --top-k" in capsys.readouterr().err
+    assert main([*base, "--images", str(tmp_path / "missing.png")]) == 2
+    assert "none of the images could be read" in capsys.readouterr().err
+    assert main([*base, "--data", str(prepared_dir), "--split", "test", "--views", "all", "--num-images", "1"]) == 0
+    assert main([*base, "--images", image]) == 2  # the output exists now
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main([*base, "--images", image, "--overwrite"]) == 0
+
+
+def test_a_failed_run_leaves_no_output_behind(vit_dir, synthetic_root, tmp_path, monkeypatch):
+    images = [str(p) for p in sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:3]]
+    calls = []
+
+    def failing_sheet(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(explain_module, "write_sheet", failing_sheet)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["explain", "--model", str(vit_dir), "--images", *images, "--output", str(tmp_path / "out")])
+    assert list(tmp_path.iterdir()) == []
