@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from .data.transforms import image_bytes
 from .interpret import (
     ROLLOUT,
     check_method,
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 HEATMAPS_NPZ = "heatmaps.npz"
 LOCALIZATION_JSON = "localization.json"
+PNG_COMPRESSION = 1  # zlib level: PNG encoding was most of a run's time at the default (6); files grow ~1.3x
 
 
 @dataclass
@@ -80,12 +82,17 @@ def output_stem(path: str) -> str:
 
 
 def unique_stems(paths: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """An output stem per path; a repeated one gets ``-2``, ``-3`` ... (never a name another path already has)."""
+    used: set[str] = set()
     names = []
     for path in paths:
         stem = output_stem(path)
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        name, number = stem, 1
+        while name in used:
+            number += 1
+            name = f"{stem}-{number}"
+        used.add(name)
+        names.append(name)
     return names
 
 
@@ -106,7 +113,7 @@ def read_image_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Radiograp
 
 
 def read_split(data: str | os.PathLike, model_labels: Sequence[str], *, split: str = "validation",
-               num_images: int = 16, views: str = "frontal", prepare_image_size: int = 320) -> list[Radiograph]:
+               num_images: int = 16, views: str = "frontal", prepare_image_size: int = 320) -> SplitImages:
     """The first ``num_images`` (0: all) images of a prepared split, with their raw labels."""
     from .data.builder import label_names
     from .data.prepare import load_prepared
@@ -127,13 +134,34 @@ def read_split(data: str | os.PathLike, model_labels: Sequence[str], *, split: s
     if not len(rows):
         raise ValueError(f"the {split} split of {data} has no {'frontal ' if views == 'frontal' else ''}images")
     raw = reorder_labels(np.asarray(rows["labels"][:], dtype=np.float32), label_names(dataset), model_labels)
-    paths = rows["path"][:]
-    encoded = rows.with_format("arrow")[:].column("image").combine_chunks().field("bytes").to_pylist()
-    out = []
-    for name, path, data_bytes, labels in zip(unique_stems(paths), paths, encoded, raw, strict=True):
-        with Image.open(io.BytesIO(data_bytes)) as image:
-            out.append(Radiograph(name, image_key(path), image.convert("L"), labels))
-    return out
+    return SplitImages(rows, raw)
+
+
+class SplitImages(Sequence):
+    """The images of a prepared split as :class:`Radiograph` items, decoded only when a slice is taken (a whole
+    split is never held in memory at once)."""
+
+    def __init__(self, rows, raw: np.ndarray):
+        self.rows, self.raw = rows, raw
+        self.paths = rows["path"][:]
+        self.names = unique_stems(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return self[index:index + 1][0]
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError("only contiguous slices of a split are read")
+        encoded = image_bytes(self.rows, start, stop) if stop > start else []
+        out = []
+        for position, data_bytes in zip(range(start, stop), encoded, strict=True):
+            with Image.open(io.BytesIO(data_bytes)) as image:
+                out.append(Radiograph(self.names[position], image_key(self.paths[position]), image.convert("L"),
+                                      self.raw[position]))
+        return out
 
 
 def resolve_labels(model_labels: Sequence[str], requested: Sequence[str] | None) -> list[int]:
@@ -191,11 +219,12 @@ def render_overlay(image: Image.Image, heatmap: np.ndarray, caption: str) -> Ima
 
 
 SHEET_PANEL_WIDTH = 256  # small (prepared) images are enlarged in the contact sheet so that it can be read
+SHEET_PANEL_MAX_WIDTH = 512  # and large ones shrunk: 14 panels of a 2,500 px radiograph would be 100+ Mpx
 
 
 def write_sheet(path: Path, image: Image.Image, overlays: Sequence[Image.Image], titles: Sequence[str]) -> None:
     """One PNG: the radiograph, then each label's overlay, side by side under their titles."""
-    width = max(image.width, SHEET_PANEL_WIDTH)
+    width = min(max(image.width, SHEET_PANEL_WIDTH), SHEET_PANEL_MAX_WIDTH)  # full-size radiographs shrink
     height = round(image.height * width / image.width)
     font = _font(max(11, width // 20))
     title_height = 2 * (font.getbbox("Ag")[3] + 4)
@@ -209,7 +238,7 @@ def write_sheet(path: Path, image: Image.Image, overlays: Sequence[Image.Image],
         if panel.size != (width, height):
             panel = panel.resize((width, height), Image.BILINEAR)
         sheet.paste(panel, (left, title_height))
-    sheet.save(path)
+    sheet.save(path, compress_level=PNG_COMPRESSION)
 
 
 class NpzWriter:
@@ -227,7 +256,7 @@ class NpzWriter:
             np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
     def close(self) -> None:
-        self.archive.close()
+        self.archive.close()  # closing twice is harmless
 
 
 @dataclass
@@ -243,27 +272,74 @@ def _pixels(loaded, images: Sequence[Image.Image]) -> torch.Tensor:
     return loaded.processor(images=list(images), return_tensors="pt")["pixel_values"].to(loaded.device)
 
 
-def _staging(output: Path, overwrite: bool) -> Path:
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+def _is_replaceable(folder: Path) -> bool:
+    """What ``--overwrite`` may delete: an empty folder or an earlier ``explain`` output, nothing else."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    markers = (HEATMAPS_NPZ, LOCALIZATION_JSON)
+    return any((folder / name).is_file() for name in markers) or any(
+        entry.is_dir() and (entry / HEATMAPS_NPZ).is_file() for entry in entries)
+
+
+def check_output(output: str | os.PathLike, overwrite: bool, keep: Sequence[str | os.PathLike] = ()) -> Path:
+    """The output folder, resolved, once it is safe to write (and with ``overwrite``, to replace): never the
+    working directory or a folder above it, never a folder holding one of ``keep`` (the model, the data), and
+    ``--overwrite`` replaces only an earlier explain output."""
+    output = Path(output).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if output == here or output in here.parents:
+        raise ValueError(f"--output {output} is the working directory or above it; name a new folder")
+    for path in keep:
+        kept = Path(path).expanduser().resolve()
+        if kept == output or output in kept.parents:
+            raise ValueError(f"--output {output} holds {kept}, which explain reads; name a new folder")
+    if output.exists():
+        if not output.is_dir():
+            raise FileExistsError(f"--output {output} is a file")
+        if not overwrite:
+            raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+        if not _is_replaceable(output):
+            raise FileExistsError(f"--overwrite replaces an earlier explain output only, and {output} is not one "
+                                  f"(no {HEATMAPS_NPZ}); name a new folder")
+    return output
+
+
+def _staging(output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+    return staging
+
+
+def _check_processor(loaded) -> None:
+    """Maps are put back over the image by squashing them to its size: that is right only for a processor that
+    resizes the whole image to a square (every model this project trains), not for one that crops."""
+    if loaded.square_resize() is None:
+        raise ValueError(f"{loaded.source}'s image processor does not resize the whole image to a square (it crops, "
+                         "pads or keeps the aspect ratio), so a map could not be placed back on the image; explain "
+                         "supports squash-resizing processors such as those chexpert-hf saves")
 
 
 def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike, *,
             methods: Sequence[str] = ("gradcam",), labels: Sequence[str] | None = None, top_k: int | None = None,
             layer: str | None = None, lesions: Lesions | None = None, tolerance: float = DEFAULT_TOLERANCE,
             sanity_check: bool = False, batch_size: int = 8, seed: int = 0, overwrite: bool = False,
-            progress: bool = True) -> ExplainResult:
+            progress: bool = True, keep: Sequence[str | os.PathLike] = ()) -> ExplainResult:
     """Explain ``radiographs`` with ``loaded`` (:func:`chexpert_hf.inference.load_classifier`) and write the outputs
-    into ``output``. With ``lesions`` (or ``sanity_check``) also score the maps (see :mod:`chexpert_hf.localization`)
-    and write ``localization.json``."""
-    output = Path(output)
+    into ``output`` (see :func:`check_output`; ``keep``: paths the output must not hold). With ``lesions`` (or
+    ``sanity_check``) also score the maps (see :mod:`chexpert_hf.localization`) and write ``localization.json``."""
     family = model_family(loaded.model)
     methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("no method given")
     for method in methods:
         check_method(family, method)
     if layer is not None:
+        if all(method == ROLLOUT for method in methods):
+            raise ValueError("--target-layer applies to gradcam and gradcam++; attention_rollout uses every layer")
         target_layer(family, layer)  # the error that lists the family's layers
     selected = resolve_labels(loaded.labels, labels)
     if top_k is not None:
@@ -274,11 +350,18 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
         if lesions is not None:
             raise ValueError("--lesions scores every positive image of the requested labels; use --labels (or "
                              "nothing, for all labels) instead of --top-k")
-    if not radiographs:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if not tolerance >= 0:
+        raise ValueError(f"--tolerance must be 0 or more pixels, got {tolerance}")
+    if not len(radiographs):
         raise ValueError("no image to explain")
+    _check_processor(loaded)
+    output = check_output(output, overwrite, keep)
     sanity_check = sanity_check or lesions is not None
-    staging = _staging(output, overwrite)
+    staging = _staging(output)
     notes: list[str] = []
+    writers: dict[str, NpzWriter] = {}
     try:
         folders = {method: staging / method if len(methods) > 1 else staging for method in methods}
         for folder in folders.values():
@@ -295,16 +378,17 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
             with torch.no_grad():
                 probabilities = torch.sigmoid(loaded.model(pixel_values=pixels).logits.float()).cpu().numpy()
             if top_k is not None:
-                chosen = [list(np.argsort(-row, kind="stable")[:top_k]) for row in probabilities]
+                chosen = [[int(i) for i in np.argsort(-row, kind="stable")[:top_k]] for row in probabilities]
             else:
                 chosen = [selected] * len(batch)
-            needed = sorted({int(index) for indices in chosen for index in indices})
+            needed = sorted({index for indices in chosen for index in indices})
             column = {index: position for position, index in enumerate(needed)}
             for method in methods:
-                maps = explanation_maps(loaded.model, pixels, needed, method=method, layer=layer)
+                method_layer = None if method == ROLLOUT else layer
+                maps = explanation_maps(loaded.model, pixels, needed, method=method, layer=method_layer)
                 random_maps = None
                 if randomized is not None:
-                    random_maps = explanation_maps(randomized, pixels, needed, method=method, layer=layer)
+                    random_maps = explanation_maps(randomized, pixels, needed, method=method, layer=method_layer)
                 for b, item in enumerate(batch):
                     width, height = item.image.size
                     scale = original = None
@@ -316,18 +400,23 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                         maps_written += 1
                         caption = f"{label}  p={probabilities[b, index]:.2f}  {method}"
                         overlay = render_overlay(item.image, heatmap, caption)
-                        overlay.save(folders[method] / f"{item.name}__{label_file_name(label)}.png")
+                        overlay.save(folders[method] / f"{item.name}__{label_file_name(label)}.png",
+                                     compress_level=PNG_COMPRESSION)
                         overlays.append(overlay)
                         titles.append(f"{label}\np = {probabilities[b, index]:.2f}")
-                        if random_maps is not None:
+                        # rollout's map is one per image, whatever the label: compare it once
+                        if random_maps is not None and (method != ROLLOUT or index == chosen[b][0]):
                             tallies[method].correlations.append(
                                 rank_correlations(maps[b, column[index]], random_maps[b, column[index]]))
                         if lesions is None:
                             continue
                         boxes = lesions.for_image(item.key, label)
-                        positive = bool(boxes) if item.labels is None else item.labels[index] == 1
-                        if not (positive and boxes):
+                        if not boxes:
                             continue
+                        positive = item.labels[index] == 1 if item.labels is not None else \
+                            lesions.positive(item.key, label)
+                        if positive is False:
+                            continue  # a box of an uncertain (-1) finding, drawn fainter: not a positive
                         if scale is None:
                             original = lesions.original_size(item.key)
                             unscaled += original is None
@@ -339,7 +428,7 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                                                           boxes, tolerance, scale)
                         tallies[method].labels[label].add(pointing_hit(heatmap, boxes, tolerance, scale),
                                                           chance_hit_rate(boxes, *original, tolerance),
-                                                          randomized_hit)
+                                                          randomized_hit, flat=heatmap.max() <= heatmap.min())
                     write_sheet(folders[method] / f"{item.name}__sheet.png", item.image, overlays, titles)
             bar.update(len(batch))
         bar.close()
@@ -350,6 +439,8 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                          "boxes were taken to be in the explained image's pixels")
         localization = None
         if sanity_check:
+            if ROLLOUT in methods:
+                notes.append("attention_rollout maps do not depend on the label")
             localization = {
                 "model": _public_name(loaded.source),
                 "family": family,
@@ -359,13 +450,13 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                 "methods": {method: tallies[method].summary(loaded.labels) for method in methods},
                 "notes": notes,
             }
-            if ROLLOUT in methods:
-                localization["notes"] = notes + ["attention_rollout maps do not depend on the label"]
             (staging / LOCALIZATION_JSON).write_text(json.dumps(localization, indent=2) + "\n")
         if output.exists():
             shutil.rmtree(output)
         os.replace(staging, output)
     except BaseException:
+        for writer in writers.values():
+            writer.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExplainResult(output, len(radiographs), maps_written, localization, notes)
@@ -376,4 +467,5 @@ def _public_name(source: str) -> str:
     return path.resolve().name if path.exists() else source
 
 
-__all__ = ["ExplainResult", "Radiograph", "explain", "read_image_files", "read_split", "resolve_labels"]
+__all__ = ["ExplainResult", "Radiograph", "SplitImages", "check_output", "explain", "read_image_files", "read_split",
+           "resolve_labels"]

@@ -179,16 +179,26 @@ def cam_maps(model: PreTrainedModel, pixel_values: torch.Tensor, label_indices: 
         raise UnsupportedExplanation(f"cam_maps computes {', '.join(CAM_METHODS)}; use attention_rollout() for "
                                      f"{method}")
     target = target_layer(family, layer)
+    labels = model.config.num_labels
+    bad = [int(index) for index in label_indices if not 0 <= int(index) < labels]
+    if bad:
+        raise IndexError(f"label indices {bad} are out of range: the model has {labels} labels")
     cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
     reshape = None if target.prefix is None else tokens_to_grid(target.prefix)
     batch, height, width = pixel_values.shape[0], *pixel_values.shape[-2:]
-    out = np.empty((batch, len(label_indices), height, width), dtype=np.float32)
+    out = np.full((batch, len(label_indices), height, width), np.nan, dtype=np.float32)
     model.eval()
     inputs = pixel_values.detach().clone().requires_grad_(True)
-    with _gradients_to_input_only(model), cam_class(model=LogitsOnly(model), target_layers=[target.find(model)],
-                                                    reshape_transform=reshape) as cam:
-        for column, index in enumerate(label_indices):
-            out[:, column] = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(index))] * batch)
+    # Not grad-cam's `with` form: its __exit__ swallows IndexError and would hand back unfilled maps.
+    cam = cam_class(model=LogitsOnly(model), target_layers=[target.find(model)], reshape_transform=reshape)
+    try:
+        with _gradients_to_input_only(model):
+            for column, index in enumerate(label_indices):
+                out[:, column] = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(index))] * batch)
+    finally:
+        cam.activations_and_grads.release()
+    if not np.isfinite(out).all():
+        raise RuntimeError(f"{method} produced non-finite maps for labels {list(label_indices)}")
     return unit_scale(out)
 
 
@@ -238,11 +248,9 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor) -> np.
 
 def explanation_maps(model: PreTrainedModel, pixel_values: torch.Tensor, label_indices: Sequence[int], *,
                      method: str, layer: str | None = None) -> np.ndarray:
-    """``(B, len(label_indices), H, W)`` maps in [0, 1] at the input resolution, by any method."""
-    if method == ROLLOUT:
-        if layer is not None:
-            raise UnsupportedExplanation("attention_rollout uses every encoder layer; --target-layer applies to "
-                                         "gradcam and gradcam++")
+    """``(B, len(label_indices), H, W)`` maps in [0, 1] at the input resolution, by any method (``layer``: the CAM
+    methods' target layer, see :data:`TARGET_LAYERS`)."""
+    if method == ROLLOUT:  # every encoder layer: ``layer`` (which the CAM methods read) does not apply
         maps = attention_rollout(model, pixel_values)
         return np.repeat(maps[:, None], len(label_indices), axis=1)
     return cam_maps(model, pixel_values, label_indices, method=method, layer=layer)

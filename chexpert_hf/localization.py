@@ -62,9 +62,29 @@ class Lesions:
     path: Path
     boxes: dict[str, dict[str, list[Box]]]
     files: dict[str, str]  # image key → the path column as written
+    _labels: dict[str, dict[str, str]] | None = None
 
     def for_image(self, key: str, label: str) -> list[Box]:
         return self.boxes.get(key, {}).get(label, [])
+
+    def positive(self, key: str, label: str) -> bool | None:
+        """Whether the image's ``label`` is 1 in the split CSVs next to ``lesions.csv`` (``train.csv``,
+        ``valid.csv``; uncertain findings have boxes too, drawn fainter), or None when no CSV lists the image."""
+        if self._labels is None:
+            self._labels = {}
+            for name in ("train.csv", "valid.csv"):
+                if (self.path.parent / name).is_file():
+                    with (self.path.parent / name).open(newline="") as handle:
+                        for row in csv.DictReader(handle):
+                            if row.get("Path"):
+                                self._labels[image_key(row["Path"])] = row
+        row = self._labels.get(key)
+        if row is None:
+            return None
+        try:
+            return float(row.get(label) or "nan") == 1.0
+        except ValueError:
+            return False
 
     def original_size(self, key: str) -> tuple[int, int] | None:
         """``(width, height)`` of the image file the boxes were drawn on, when it can be found next to the CSV
@@ -129,9 +149,12 @@ def peak(heatmap: np.ndarray) -> tuple[float, float]:
 
 def pointing_hit(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = DEFAULT_TOLERANCE,
                  scale: tuple[float, float] = (1.0, 1.0)) -> bool:
-    """Whether the map's maximum is inside any of the boxes grown by ``tolerance`` pixels. Boxes and tolerance are
+    """Whether the map's maximum is inside any of the boxes grown by ``tolerance`` pixels (never for a flat map,
+    which has no maximum to point with). Boxes and tolerance are
     in the pixels of the image the boxes were drawn on; ``scale`` is (map width / that width, map height / that
     height) when the map is of a resized copy."""
+    if heatmap.max() <= heatmap.min():
+        return False  # a flat map (no evidence anywhere, e.g. Grad-CAM after its ReLU) points nowhere
     x, y = peak(heatmap)
     x, y = (x + 0.5) / scale[0] - 0.5, (y + 0.5) / scale[1] - 0.5  # pixel centres map to pixel centres
     return any(box.contains(x, y, tolerance) for box in boxes)
@@ -168,12 +191,14 @@ class LabelTally:
     hits: int = 0
     randomized_hits: int = 0
     chance: float = 0.0  # summed expected hits of a uniform-random map
+    flat: int = 0  # maps with no maximum (scored as misses)
 
-    def add(self, hit: bool, chance: float, randomized_hit: bool | None) -> None:
+    def add(self, hit: bool, chance: float, randomized_hit: bool | None, flat: bool = False) -> None:
         self.positives += 1
         self.hits += int(hit)
         self.chance += chance
         self.randomized_hits += int(bool(randomized_hit))
+        self.flat += int(flat)
 
 
 @dataclass
@@ -191,7 +216,7 @@ class MethodTally:
             if tally is None or not tally.positives:
                 continue
             entry = {"positives": tally.positives, "hits": tally.hits, "hit_rate": tally.hits / tally.positives,
-                     "uniform_random_hit_rate": tally.chance / tally.positives}
+                     "uniform_random_hit_rate": tally.chance / tally.positives, "flat_maps": tally.flat}
             if self.randomized:
                 entry["randomized_model_hit_rate"] = tally.randomized_hits / tally.positives
             per_label[label] = entry

@@ -87,6 +87,7 @@ def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(vi
     assert {label: (entry["hits"], entry["positives"]) for label, entry in result["per_label"].items()} == counted
     for entry in result["per_label"].values():
         assert 0.0 < entry["uniform_random_hit_rate"] < 1.0
+        assert 0.0 <= entry["randomized_model_hit_rate"] <= 1.0
         assert entry["hit_rate"] == pytest.approx(entry["hits"] / entry["positives"])
 
 
@@ -121,6 +122,10 @@ def test_explain_the_hybrid_at_its_cnn_stage_needs_trust_remote_code(tmp_path_fa
     assert not (tmp_path / "refused").exists()
     assert main([*args, str(tmp_path / "cnn"), "--target-layer", "cnn", "--trust-remote-code"]) == 0
     assert len(list((tmp_path / "cnn").glob("patient*_study1_view1_frontal__edema.png"))) == 1
+    assert main([*args, str(tmp_path / "tokens"), "--trust-remote-code"]) == 0
+    with np.load(tmp_path / "cnn" / "heatmaps.npz") as cnn, np.load(tmp_path / "tokens" / "heatmaps.npz") as tokens:
+        (key,) = cnn.files
+        assert not np.allclose(cnn[key], tokens[key])  # the two layers give two different maps
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -154,6 +159,7 @@ def test_explain_refuses_bad_combinations_before_any_work(vit_dir, prepared_dir,
     base = ["explain", "--model", str(vit_dir), "--output", str(tmp_path / "out")]
     assert main(base) == 2 and "give either --images" in capsys.readouterr().err
     assert main([*base, "--images", image, "--data", str(prepared_dir)]) == 2
+    assert "give either --images" in capsys.readouterr().err
     assert main([*base, "--images", image, "--top-k", "2", "--lesions", str(synthetic_root / "lesions.csv")]) == 2
     assert "instead of --top-k" in capsys.readouterr().err
     assert main([*base, "--images", str(tmp_path / "missing.png")]) == 2
@@ -177,3 +183,50 @@ def test_a_failed_run_leaves_no_output_behind(vit_dir, synthetic_root, tmp_path,
     with pytest.raises(RuntimeError, match="disk full"):
         main(["explain", "--model", str(vit_dir), "--images", *images, "--output", str(tmp_path / "out")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_image_files_with_lesions_count_only_label_one_as_positive(vit_dir, synthetic_root, tmp_path):
+    """Uncertain findings have boxes too; with files (no split labels) valid.csv next to lesions.csv decides."""
+    lesions = read_lesions(synthetic_root / "lesions.csv")
+    images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))
+    expected = {}
+    for image in images:
+        key = str(image.relative_to(synthetic_root)).lower()
+        for label in COMPETITION_LABELS:
+            if lesions.for_image(key, label) and lesions.positive(key, label):
+                expected[label] = expected.get(label, 0) + 1
+    assert main(["explain", "--model", str(vit_dir), "--images", *map(str, images), "--lesions",
+                 str(synthetic_root / "lesions.csv"), "--output", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "localization.json").read_text())["methods"]["gradcam"]
+    assert {label: entry["positives"] for label, entry in result["per_label"].items()} == expected
+
+
+def test_repeated_file_names_get_numbered_names_that_never_collide():
+    from chexpert_hf.explain import unique_stems
+
+    assert unique_stems(["x/a.png", "y/a.png", "a-2.png", "z/a.jpg"]) == ["a", "a-2", "a-2-2", "a-3"]
+
+
+def test_the_output_is_never_the_working_directory_nor_a_folder_that_is_not_an_earlier_output(
+        vit_dir, synthetic_root, tmp_path, monkeypatch, capsys):
+    image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("precious")
+    base = ["explain", "--model", str(vit_dir), "--images", image, "--overwrite", "--output"]
+    assert main([*base, "."]) == 2 and "working directory" in capsys.readouterr().err
+    assert main([*base, str(vit_dir.parent)]) == 2 and "which explain reads" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.md").write_text("mine")
+    assert main([*base, "notes"]) == 2 and "earlier explain output only" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "precious" and (tmp_path / "notes" / "todo.md").is_file()
+    assert main([*base, "maps"]) == 0 and main([*base, "maps"]) == 0  # an earlier output is replaced
+    assert (tmp_path / "maps").stat().st_mode & 0o777 == 0o777 & ~_umask()  # an ordinary folder, not mkdtemp's 700
+    assert main([*base, "x", "--batch-size", "0"]) == 2 and "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

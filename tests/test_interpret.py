@@ -189,6 +189,12 @@ def test_unknown_methods_and_layers_are_listed():
         explanation_maps(model, torch.zeros(1, 3, 32, 32), [0], method="gradcam", layer="stage4")
 
 
+def test_a_label_index_out_of_range_is_an_error_not_empty_maps():
+    model = tiny_model("vit").model  # 5 labels
+    with pytest.raises(IndexError, match=r"label indices \[9\] are out of range: the model has 5 labels"):
+        explanation_maps(model, torch.zeros(1, 3, 32, 32), [0, 9], method="gradcam")
+
+
 def test_rollout_switches_to_eager_attention_only_while_it_runs():
     model = tiny_model("vit").model
     before = model.config._attn_implementation

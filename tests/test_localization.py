@@ -41,6 +41,12 @@ def test_a_hit_is_a_peak_inside_a_box_grown_by_the_tolerance():
     assert not pointing_hit(heatmap, [], tolerance=100)
 
 
+def test_a_flat_map_points_nowhere():
+    box = Box(0, 0, 99, 99)  # the whole image: any peak would hit
+    assert not pointing_hit(np.zeros((100, 100)), [box], tolerance=0)
+    assert not pointing_hit(np.full((100, 100), 0.7), [box], tolerance=0)
+
+
 def test_a_map_of_a_resized_copy_is_compared_in_the_original_pixels():
     """A map of a half-size copy peaking at x=35, y=25 points at x=70.5, y=50.5 of the original (pixel centres)."""
     small = np.zeros((50, 50))
@@ -93,6 +99,13 @@ def test_lesions_csv_is_read_and_its_errors_name_the_line(tmp_path):
     assert lesions.for_image(key, "Edema") == [] and lesions.for_image("other.jpg", "Cardiomegaly") == []
     assert lesions.original_size(key) is None  # the image file is not there
 
+    # positives come from the split CSV next to lesions.csv: boxes are drawn for uncertain findings too
+    header = ["Path", "Cardiomegaly", "Pleural Effusion"]
+    write_csv(tmp_path / "valid.csv", header, [[rows[0][0], "-1.0", "1.0"]])
+    assert lesions.positive(key, "Pleural Effusion") is True
+    assert lesions.positive(key, "Cardiomegaly") is False
+    assert lesions.positive("valid/patient00009/study1/view1_frontal.jpg", "Cardiomegaly") is None
+
     bad = [rows[0], (rows[1][0], "Pneumonitis", 1, 2, 3, 4)]
     with pytest.raises(CheXpertFormatError, match="lesions.csv, line 3: unknown label 'Pneumonitis'"):
         read_lesions(write_csv(tmp_path / "bad1" / "lesions.csv", LESION_COLUMNS, bad))
@@ -110,15 +123,17 @@ def test_lesions_csv_is_read_and_its_errors_name_the_line(tmp_path):
 
 def test_the_tally_summarises_hits_chance_and_randomization():
     tally = MethodTally(randomized=True)
-    for hit, chance, randomized in [(True, 0.1, False), (True, 0.2, True), (False, 0.3, False)]:
-        tally.labels["Edema"].add(hit, chance, randomized)
+    for hit, chance, randomized, flat in [(True, 0.1, False, False), (True, 0.2, True, False),
+                                          (False, 0.3, False, True)]:
+        tally.labels["Edema"].add(hit, chance, randomized, flat)
     tally.labels["Cardiomegaly"].add(True, 0.4, False)
     tally.correlations += [np.array([0.1, np.nan]), np.array([0.3])]
     summary = tally.summary(["Cardiomegaly", "Edema", "Atelectasis"])
     assert list(summary["per_label"]) == ["Cardiomegaly", "Edema"]  # labels without positives are left out
     edema = summary["per_label"]["Edema"]
     assert edema == {"positives": 3, "hits": 2, "hit_rate": pytest.approx(2 / 3),
-                     "uniform_random_hit_rate": pytest.approx(0.2), "randomized_model_hit_rate": pytest.approx(1 / 3)}
+                     "uniform_random_hit_rate": pytest.approx(0.2), "randomized_model_hit_rate": pytest.approx(1 / 3),
+                     "flat_maps": 1}
     assert summary["hit_rate"] == pytest.approx(3 / 4)
     assert summary["mean_hit_rate"] == pytest.approx((1 + 2 / 3) / 2)
     assert summary["uniform_random_hit_rate"] == pytest.approx(1.0 / 4)
