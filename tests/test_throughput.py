@@ -68,3 +68,12 @@ def test_the_input_pipeline_is_measured_on_a_prepared_dataset(throughput, prepar
     assert 0.0 < row.data_wait_share < 1.0
     text = throughput.table([row])
     assert "| vit | base | full | no | cpu | fp32 | 32 | 4 | 100% |" in text and "%" in text.splitlines()[-1]
+
+
+def test_the_trainer_overhead_benchmark_runs_and_reports_a_ratio():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trainer_overhead.py"), "--steps", "4",
+                           "--warmup", "1", "--repeats", "1", "--batch-size", "8"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [text for text in done.stdout.splitlines() if text.startswith("bare loop")]
+    assert "CheXpertTrainer" in line and "ms/step" in line and line.rstrip().endswith("%")
