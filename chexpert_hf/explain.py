@@ -3,10 +3,11 @@
 
 For each image and requested label (one method):
 
-* ``<image-stem>__<label_snake_case>.png`` — the radiograph at its original size with the heatmap blended on top,
-  the label, the model's probability and the method in the corner;
+* ``<image-stem>__<label_snake_case>.png`` — the radiograph with the heatmap blended on top, the label, the
+  model's probability and the method in the corner (at least 256 px wide: small prepared images are enlarged);
 * ``<image-stem>__sheet.png`` — the radiograph and every requested label's overlay side by side;
-* ``heatmaps.npz`` — the maps keyed ``<image-stem>/<Label>``, float32 at the original image size, scaled to [0, 1].
+* ``heatmaps.npz`` — the maps keyed ``<image-stem>/<Label>``, float32 at the size of the image explained (an image
+  file's own size, or a prepared split's stored size), scaled to [0, 1].
 
 ``<image-stem>`` is the file name without its extension, prefixed with patient and study for CheXpert paths
 (``patient00001_study1_view1_frontal``) so that names stay unique; a repeated name gets ``-2``, ``-3`` ...
@@ -64,7 +65,7 @@ PNG_COMPRESSION = 1  # zlib level: PNG encoding was most of a run's time at the 
 class Radiograph:
     name: str  # unique file-name stem for the outputs
     key: str  # how it is matched to lesions.csv
-    image: Image.Image  # 8-bit grey, at its original size
+    image: Image.Image  # 8-bit grey, as read (a file at its own size, a prepared image at its stored size)
     labels: np.ndarray | None = None  # raw labels (1/0/-1/NaN) in the model's label order, when known
 
 
