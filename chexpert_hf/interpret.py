@@ -39,6 +39,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
+from .models import FAMILIES
+
 CAM_METHODS = ("gradcam", "gradcam++")
 ROLLOUT = "attention_rollout"
 METHODS = (*CAM_METHODS, ROLLOUT)
@@ -66,19 +68,21 @@ def _hybrid_cnn_stage(model: PreTrainedModel) -> nn.Module:
 
 
 TARGET_LAYERS: dict[str, dict[str, TargetLayer]] = {  # family → named layers, the first is the default
-    "vit": {"tokens": TargetLayer(lambda m: m.vit.layers[-1].layernorm_before, 1,
+    "vit": {"tokens": TargetLayer(lambda m: m.vit.layers[-1].layernorm_before, FAMILIES["vit"].position_prefix,
                                   "the last encoder block's input tokens, [CLS] dropped")},
-    "deit": {"tokens": TargetLayer(lambda m: m.deit.layers[-1].layernorm_before, 2,
+    "deit": {"tokens": TargetLayer(lambda m: m.deit.layers[-1].layernorm_before, FAMILIES["deit"].position_prefix,
                                    "the last encoder block's input tokens, [CLS] and distillation tokens dropped")},
     "swin": {"tokens": TargetLayer(lambda m: m.swin.layernorm, 0, "the last stage's tokens after the final norm")},
     "resnet_vit": {
-        "tokens": TargetLayer(lambda m: m.resnet_vit.layers[-1].layernorm_before, 1,
+        "tokens": TargetLayer(lambda m: m.resnet_vit.layers[-1].layernorm_before,
+                              FAMILIES["resnet_vit"].position_prefix,
                               "the last encoder block's input tokens, [CLS] dropped"),
         "cnn": TargetLayer(_hybrid_cnn_stage, None, "the ResNet stage whose feature map becomes the tokens"),
     },
     "densenet121": {"cnn": TargetLayer(lambda m: m.timm_model.features.denseblock4, None, "the last dense block")},
 }
-ROLLOUT_PREFIX = {"vit": 1, "deit": 2, "resnet_vit": 1}  # tokens before the patch grid; [CLS] is token 0
+# Rollout reads [CLS] (token 0) over the patch grid: the families with tokens before the grid ([CLS], distillation).
+ROLLOUT_PREFIX = {name: family.position_prefix for name, family in FAMILIES.items() if family.position_prefix}
 
 
 def model_family(model: PreTrainedModel) -> str:
