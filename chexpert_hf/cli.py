@@ -137,8 +137,10 @@ def _explain(args: argparse.Namespace) -> int:
     labels = [name.strip() for name in args.labels.split(",") if name.strip()] if args.labels else None
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    keep = [path for path in (args.model, args.data, args.lesions, *(args.images or ())) if path]
-    check_output(args.output, args.overwrite, [path for path in keep if Path(path).exists()])
+    # what the output folder must not hold (the model folder, the data): checked before the model loads
+    keep = [path for path in (args.model, args.data, args.lesions, *(args.images or ()))
+            if path and Path(path).exists()]
+    check_output(args.output, args.overwrite, keep)
     lesions = read_lesions(args.lesions) if args.lesions else None
     loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     if args.images is not None:
@@ -159,7 +161,7 @@ def _explain(args: argparse.Namespace) -> int:
     result = explain(loaded, radiographs, args.output, methods=methods, labels=labels, top_k=args.top_k,
                      layer=args.target_layer, lesions=lesions, tolerance=args.tolerance,
                      sanity_check=args.sanity_check, batch_size=args.batch_size, seed=args.seed,
-                     overwrite=args.overwrite, keep=[path for path in keep if Path(path).exists()])
+                     overwrite=args.overwrite, keep=keep)
     if result.localization is not None:
         print(localization_text(result.localization))
     for note in result.notes:

@@ -219,13 +219,12 @@ def render_overlay(image: Image.Image, heatmap: np.ndarray, caption: str) -> Ima
     return overlay
 
 
-SHEET_PANEL_WIDTH = 256  # small (prepared) images are enlarged in the contact sheet so that it can be read
-SHEET_PANEL_MAX_WIDTH = 512  # and large ones shrunk: 14 panels of a 2,500 px radiograph would be 100+ Mpx
+SHEET_PANEL_MAX_WIDTH = 512  # sheet panels shrink to this: 14 panels of a 2,500 px radiograph would be 100+ Mpx
 
 
 def write_sheet(path: Path, image: Image.Image, overlays: Sequence[Image.Image], titles: Sequence[str]) -> None:
     """One PNG: the radiograph, then each label's overlay, side by side under their titles."""
-    width = min(max(image.width, SHEET_PANEL_WIDTH), SHEET_PANEL_MAX_WIDTH)  # full-size radiographs shrink
+    width = min(max(image.width, MIN_DISPLAY_WIDTH), SHEET_PANEL_MAX_WIDTH)
     height = round(image.height * width / image.width)
     font = _font(max(11, width // 20))
     title_height = 2 * (font.getbbox("Ag")[3] + 4)
@@ -281,6 +280,18 @@ def _is_replaceable(folder: Path) -> bool:
     markers = (HEATMAPS_NPZ, LOCALIZATION_JSON)
     return any((folder / name).is_file() for name in markers) or any(
         entry.is_dir() and (entry / HEATMAPS_NPZ).is_file() for entry in entries)
+
+
+def _box_geometry(lesions: Lesions, item: Radiograph) -> tuple[tuple[int, int], tuple[float, float], bool] | None:
+    """``(original size, scale to the explained image, whether the original was missing)`` for an image with lesion
+    boxes; None for one without. Without its original file the boxes are taken to be in the explained pixels."""
+    if item.key not in lesions.boxes:
+        return None
+    width, height = item.image.size
+    original = lesions.original_size(item.key)
+    missing = original is None
+    original = original or (width, height)
+    return original, (width / original[0], height / original[1]), missing
 
 
 def check_output(output: str | os.PathLike, overwrite: bool, keep: Sequence[str | os.PathLike] = ()) -> Path:
@@ -384,6 +395,9 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                 chosen = [selected] * len(batch)
             needed = sorted({index for indices in chosen for index in indices})
             column = {index: position for position, index in enumerate(needed)}
+            # where each image's boxes were drawn: looked up once per image, whatever the number of methods
+            geometry = [_box_geometry(lesions, item) for item in batch] if lesions is not None else [None] * len(batch)
+            unscaled += sum(1 for entry in geometry if entry is not None and entry[2])
             for method in methods:
                 method_layer = None if method == ROLLOUT else layer
                 maps = explanation_maps(loaded.model, pixels, needed, method=method, layer=method_layer)
@@ -392,7 +406,6 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                     random_maps = explanation_maps(randomized, pixels, needed, method=method, layer=method_layer)
                 for b, item in enumerate(batch):
                     width, height = item.image.size
-                    scale = original = None
                     overlays, titles = [], []
                     for index in chosen[b]:
                         label = loaded.labels[index]
@@ -418,11 +431,7 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
                             lesions.positive(item.key, label)
                         if positive is False:
                             continue  # a box of an uncertain (-1) finding, drawn fainter: not a positive
-                        if scale is None:
-                            original = lesions.original_size(item.key)
-                            unscaled += original is None
-                            original = original or (width, height)
-                            scale = (width / original[0], height / original[1])
+                        original, scale, _ = geometry[b]
                         randomized_hit = None
                         if random_maps is not None:
                             randomized_hit = pointing_hit(to_size(random_maps[b, column[index]], width, height),
@@ -442,6 +451,8 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
         if sanity_check:
             if ROLLOUT in methods:
                 notes.append("attention_rollout maps do not depend on the label")
+            from .evaluation import _public_name
+
             localization = {
                 "model": _public_name(loaded.source),
                 "family": family,
@@ -461,11 +472,6 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExplainResult(output, len(radiographs), maps_written, localization, notes)
-
-
-def _public_name(source: str) -> str:
-    path = Path(source)
-    return path.resolve().name if path.exists() else source
 
 
 __all__ = ["ExplainResult", "Radiograph", "SplitImages", "check_output", "explain", "read_image_files", "read_split",

@@ -230,3 +230,20 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_images_whose_original_is_missing_are_counted_once_whatever_the_methods(vit_dir, synthetic_root, tmp_path,
+                                                                                 capsys):
+    """lesions.csv copied away from its images: each image with boxes is noted once, not once per method."""
+    import shutil
+
+    lonely = tmp_path / "elsewhere" / "lesions.csv"
+    lonely.parent.mkdir()
+    shutil.copy(synthetic_root / "lesions.csv", lonely)
+    lesions = read_lesions(lonely)
+    images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:4]
+    with_boxes = sum(1 for image in images if str(image.relative_to(synthetic_root)).lower() in lesions.boxes)
+    assert with_boxes > 0
+    assert main(["explain", "--model", str(vit_dir), "--images", *map(str, images), "--lesions", str(lonely),
+                 "--method", "gradcam,gradcam++", "--output", str(tmp_path / "out")]) == 0
+    assert f"note: {with_boxes} image(s) whose original file was not found" in capsys.readouterr().out
