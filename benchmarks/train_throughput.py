@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from chexpert_hf.freeze import POLICIES, apply_freeze_policy
+from chexpert_hf.labels import CHEXPERT_LABELS
 from chexpert_hf.models import FAMILIES, build_model
 
 # Tiny configurations for --quick (seconds on a CPU; the code path is the full-size one).
@@ -63,7 +64,6 @@ SETS = {
         ("densenet121", "base", "full", False),
     ],
 }
-LABELS = 14
 
 
 @dataclass
@@ -131,17 +131,11 @@ def peak_memory_gib(device: torch.device) -> float:
 def build(family: str, size: str, strategy: str, image_size: int, quick: bool, device: torch.device):
     built = build_model(family, variant=size, from_scratch=True, image_size=image_size,
                         config_overrides=QUICK_CONFIGS[family] if quick else None,
-                        labels=_all_labels())
+                        labels=CHEXPERT_LABELS)
     model = built.model.to(device)
     summary = apply_freeze_policy(model, family, strategy)
     model.train()
     return model, summary
-
-
-def _all_labels() -> list[str]:
-    from chexpert_hf.labels import CHEXPERT_LABELS
-
-    return list(CHEXPERT_LABELS)
 
 
 def measure(family: str, size: str | None, strategy: str, *, compiled: bool = False, device: str | None = None,
@@ -162,7 +156,7 @@ def measure(family: str, size: str | None, strategy: str, *, compiled: bool = Fa
     generator = torch.Generator(device=device).manual_seed(0)
     pixels = torch.randint(0, 256, (batch_size, 1, image_size, image_size), dtype=torch.uint8, device=device,
                            generator=generator)
-    labels = torch.randint(0, 2, (batch_size, LABELS), device=device, generator=generator).float()
+    labels = torch.randint(0, 2, (batch_size, len(CHEXPERT_LABELS)), device=device, generator=generator).float()
     flops = flops_per_image(model, pixels, labels, channels, dtype)
     # --quick traces with dynamo but skips inductor's code generation (minutes on a CPU, and it needs a compiler)
     runner = torch.compile(model, backend="eager" if quick else "inductor") if compiled else model
@@ -189,7 +183,6 @@ def measure_pipeline(step, data: str, image_size: int, batch_size: int, steps: i
                      device: torch.device) -> tuple[float, float]:
     """Images/s and the share of step time spent waiting for data, through the project's training input path."""
     from chexpert_hf.data.training import DecodeCollator, load_training_splits, resolve_prepared
-    from chexpert_hf.labels import CHEXPERT_LABELS
 
     splits = load_training_splits(resolve_prepared(data, image_size=max(image_size, 64)), list(CHEXPERT_LABELS))
     loader = torch.utils.data.DataLoader(

@@ -25,10 +25,11 @@ from transformers import TrainerCallback, ViTConfig, ViTForImageClassification, 
 from chexpert_hf.configs import CheXpertTrainingArguments
 from chexpert_hf.data.training import DecodeCollator
 from chexpert_hf.data.transforms import to_float
+from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models import label_config
 from chexpert_hf.trainer import CheXpertTrainer, masked_bce_with_logits
 
-SIZE, LABELS = 64, ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+SIZE, LABELS = 64, COMPETITION_LABELS  # the demo's image size and labels
 
 
 class InMemory(torch.utils.data.Dataset):
