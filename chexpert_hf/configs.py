@@ -147,6 +147,16 @@ class DataArguments:
         metadata={"help": "decode every image once into memory at the model's size (small datasets such as the demo; "
                   "CheXpert's 191k frontal images at 224 px take 9.6 GB)"},
     )
+    cache_features: bool = field(
+        default=False,
+        metadata={"help": "head strategy only: run the frozen backbone once over the training and validation images "
+                  "(no augmentation), store the pooled features next to the prepared dataset (keyed by the "
+                  "backbone's weights, image size and precision; later runs reuse them) and train the head on them; "
+                  "the output is a normal full checkpoint"},
+    )
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "where cached features go (default: <prepared dataset>.features)"}
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "use only the first N training images (quick checks)"}
     )

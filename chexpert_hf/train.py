@@ -6,12 +6,15 @@
 ``OUTPUT_DIR`` (``output_dir``, default ``outputs/<recipe>``) receives the model (safetensors, ``config.json``
 with ``id2label`` and ``problem_type``), the image processor, ``recipe.yaml``, ``train_results.json``,
 ``eval_results.json``, ``all_results.json``, ``trainer_state.json``, the checkpoints, the final validation
-report (``metrics.json`` with 95% bootstrap intervals, ``metrics.md``, ``roc.png``) and the model card
-(``README.md``).
+report (``metrics.json`` with 95% bootstrap intervals, ``metrics.md``, ``roc.png``), the model card
+(``README.md``) and, last, ``run_info.json``: what the run cost (trainable share, training time and images/s
+without the evaluations, peak memory, hardware), which ``chexpert-hf benchmark`` collects; a run without it did not
+finish.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -28,11 +31,12 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .configs import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from .data.training import DecodeCollator, load_training_splits, resolve_prepared
+from .features import FeatureHeadModel, attach_cached_features, default_root, feature_cache
 from .freeze import apply_freeze_policy
 from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from .model_card import CardInfo, write_model_card
 from .models import build_model, input_channels
-from .reports import scores_table, write_reports
+from .reports import scores_table, write_reports, write_text
 from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights
 
 logger = logging.getLogger("chexpert_hf")
@@ -97,6 +101,54 @@ def _hardware(args, threads: int | None) -> str:
     except OSError:
         pass
     return f"CPU ({cpu}), {args.world_size} process(es) × {threads or torch.get_num_threads()} thread(s)"
+
+
+RUN_INFO = "run_info.json"
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory of this process in MiB and what was measured: CUDA memory allocated by tensors since training
+    began, or on the CPU the peak resident set size of the whole process (data preparation included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"  # Linux reports KiB
+
+
+def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: list[dict], threads: int | None,
+              extraction_seconds: float | None) -> dict:
+    """What the run cost, for ``run_info.json``. Training images/s leaves out the evaluations inside training."""
+    args = recipe.training
+    runtime = float(train_metrics.get("train_runtime", 0.0))
+    eval_seconds = sum(float(entry.get("eval_runtime", 0.0)) for entry in log_history)
+    images = float(train_metrics.get("train_samples_per_second", 0.0)) * runtime
+    step_seconds = runtime - eval_seconds
+    peak, kind = _peak_memory(args.device)
+    total = summary.trainable_params + summary.frozen_params
+    return {
+        "recipe": recipe.name,
+        "family": recipe.model.family,
+        "variant": built.variant,
+        "freeze_policy": recipe.policy.freeze_policy,
+        "seed": args.seed,
+        "image_size": built.image_size,
+        "trainable_parameters": summary.trainable_params,
+        "total_parameters": total,
+        "trainable_share": summary.trainable_params / total if total else 0.0,
+        "train_seconds": runtime,
+        "eval_seconds_in_training": eval_seconds,
+        "train_images": round(images),
+        "train_images_per_second": images / step_seconds if step_seconds > 0 else None,
+        "feature_extraction_seconds": extraction_seconds,
+        "peak_memory_mib": peak,
+        "peak_memory_kind": kind,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "world_size": args.world_size,
+        "hardware": _hardware(args, threads),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -166,6 +218,33 @@ def _card_info(recipe: Recipe, built, summary, splits, scores: dict, train_secon
     )
 
 
+def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheXpertTrainer) -> float:
+    """Give the training and validation sets the frozen backbone's features (from the cache, or computed now by the
+    main process and stored); returns the seconds this process spent extracting."""
+    data_args, args = recipe.data, recipe.training
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        raise ConfigurationError("cache_features trains a head of a few thousand weights: run it with DDP or one "
+                                 "device (accelerate_configs/single_gpu.yaml), not FSDP or DeepSpeed")
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model = built.model.to(args.device)
+    cache = feature_cache(model, recipe.model.family, built.source, built.image_size, built.processor.image_mean,
+                          built.processor.image_std, precision,
+                          data_args.feature_cache_dir or default_root(prepared))
+    with args.main_process_first(desc="extracting features"):
+        result = attach_cached_features(
+            model, {"train": splits.train, "validation": splits.validation}, cache,
+            image_size=built.image_size, mean=built.processor.image_mean, std=built.processor.image_std,
+            device=args.device, batch_size=args.per_device_eval_batch_size,
+            num_workers=args.dataloader_num_workers, autocast_dtype=autocast,
+        )
+    logger.info("cached features in %s: %s%s", result.folder,
+                f"extracted {', '.join(result.extracted)} in {result.seconds:.1f} s" if result.extracted else "",
+                ("; " if result.extracted and result.reused else "")
+                + (f"reused {', '.join(result.reused)}" if result.reused else ""))
+    return result.seconds
+
+
 def run(recipe: Recipe) -> dict[str, float]:
     """Train and evaluate as ``recipe`` says; returns the final evaluation metrics."""
     model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
@@ -230,10 +309,18 @@ def run(recipe: Recipe) -> dict[str, float]:
         for split in (splits.train, splits.validation):
             split.decode_all(built.image_size)
 
+    if data_args.cache_features:
+        if policy.freeze_policy != "head":
+            raise ConfigurationError(f"cache_features needs freeze_policy: head (the features of a backbone that "
+                                     f"trains change every step); this recipe has {policy.freeze_policy!r}")
+        if data_args.augmentation != "none":
+            logger.warning("augmentation %r does not apply with cache_features: the features are computed once, "
+                           "from unaugmented images", data_args.augmentation)
+
     # --- trainer -------------------------------------------------------------------------------------------
     scorer = SplitScorer(splits.validation.raw, splits.validation.study_ids, labels, data_args.eval_level)
     trainer = CheXpertTrainer(
-        model=built.model,
+        model=FeatureHeadModel(built.model) if data_args.cache_features else built.model,
         args=args,
         train_dataset=splits.train,
         eval_dataset=splits.validation,
@@ -252,18 +339,21 @@ def run(recipe: Recipe) -> dict[str, float]:
     if trainer.is_fsdp_enabled and model_args.family == "densenet121":
         raise ConfigurationError("FSDP cannot wrap DenseNet-121 (timm's model has no block that FSDP can shard); "
                                  "train it with DDP: accelerate_configs/multi_gpu.yaml")
+    extraction_seconds = _cache_features(recipe, built, splits, prepared, trainer) if data_args.cache_features else None
     if trainer.is_world_process_zero():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "recipe.yaml").write_text(recipe.to_yaml())
 
     # --- train ---------------------------------------------------------------------------------------------
-    train_seconds = None
+    train_seconds, train_metrics = None, {}
+    if args.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(args.device)
     if args.do_train:
         if resume:
             logger.info("resuming from %s", resume)
             trainer.finite_guard.last_checkpoint = resume
         result = trainer.train(resume_from_checkpoint=resume)
-        train_seconds = result.metrics.get("train_runtime")
+        train_seconds, train_metrics = result.metrics.get("train_runtime"), dict(result.metrics)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -293,6 +383,10 @@ def run(recipe: Recipe) -> dict[str, float]:
     # publishes the folder (staged: see CheXpertTrainer.push_to_hub), which is why the card is written first.
     if args.do_train:
         trainer.save_model()
+        if trainer.is_world_process_zero():
+            info = _run_info(recipe, built, summary, train_metrics, trainer.state.log_history, threads,
+                             extraction_seconds)
+            write_text(Path(args.output_dir) / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return metrics
 
 

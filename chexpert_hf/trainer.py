@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
 from transformers.utils import PushInProgress, hf_api
 
@@ -296,7 +297,7 @@ class CheXpertTrainer(Trainer):
         """
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return False
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.full_model()
         if not hasattr(model, "config") or not callable(getattr(type(model), "from_pretrained", None)):
             return False
         loaded, info = type(model).from_pretrained(folder, config=model.config, output_loading_info=True)
@@ -308,6 +309,28 @@ class CheXpertTrainer(Trainer):
         model.load_state_dict(loaded.state_dict(), strict=True)
         logger.info("loaded the weights of %s", folder)
         return True
+
+    def full_model(self) -> nn.Module:
+        """The model a checkpoint holds: the trained model, or with cached features (a head-only model, see
+        :class:`chexpert_hf.features.FeatureHeadModel`) the full model whose head it trains."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        return getattr(model, "full_model", model)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """As the Trainer, except that a head trained on cached features is saved inside its full model, so every
+        checkpoint and the final folder load with ``from_pretrained`` like any other."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if getattr(model, "full_model", None) is None:
+            super()._save(output_dir, state_dict)
+            return
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model.full_model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if model is not None or not self._load_weights_from(resume_from_checkpoint):  # FSDP passes the wrapped model
@@ -353,7 +376,7 @@ class CheXpertTrainer(Trainer):
             groups.sort(key=lambda group: -group["lr"])  # stable: the order is the same on every run
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             trainable = sum(p.numel() for group in groups for p in group["params"])
-            total = sum(p.numel() for p in opt_model.parameters())
+            total = sum(p.numel() for p in getattr(opt_model, "full_model", opt_model).parameters())
             logger.info(
                 "optimizer %s: %d parameter groups, %s trainable / %s frozen parameters (%.2f%%), layer_decay %s",
                 optimizer_cls.__name__, len(groups), f"{trainable:,}", f"{total - trainable:,}",

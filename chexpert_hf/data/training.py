@@ -120,6 +120,7 @@ class LabelledImages(torch.utils.data.Dataset):
         self.label_names = list(label_names)
         self.study_ids = np.asarray(dataset["study_id"][:])
         self.decoded: torch.Tensor | None = None
+        self.features: np.ndarray | None = None  # pooled backbone features instead of images (cache_features)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -135,7 +136,9 @@ class LabelledImages(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> dict:
         rows = np.asarray(indices, dtype=np.int64)
         batch = {"labels": self.targets[rows], "row_index": rows}
-        if self.decoded is not None:
+        if self.features is not None:
+            batch["features"] = torch.from_numpy(self.features[rows])
+        elif self.decoded is not None:
             batch["pixels"] = self.decoded[torch.from_numpy(rows)]
         else:
             table = self.dataset.with_format("arrow")[indices]
@@ -149,14 +152,15 @@ class LabelledImages(torch.utils.data.Dataset):
 @dataclass
 class DecodeCollator:
     """The batch the model reads: ``pixel_values`` (``uint8``; the Trainer normalises on the device),
-    ``labels`` (float, NaN = masked) and ``row_index`` (to score per study after a multi-process gather)."""
+    ``labels`` (float, NaN = masked) and ``row_index`` (to score per study after a multi-process gather).
+    A split with cached features passes them as ``pixel_values`` (float32, what the head reads)."""
 
     image_size: int
 
     def __call__(self, batch: dict | list[dict]) -> dict[str, torch.Tensor]:
         if isinstance(batch, list):  # a sampler that fetched rows one by one
             batch = {key: [value for item in batch for value in item[key]] for key in batch[0]}
-        pixels = batch.get("pixels")
+        pixels = batch.get("features", batch.get("pixels"))
         if pixels is None:
             pixels = decode_batch(batch["images"], self.image_size)
         elif isinstance(pixels, list):

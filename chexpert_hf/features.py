@@ -1,0 +1,278 @@
+"""Feature caching for head-only training (``cache_features: true``).
+
+With the ``head`` freeze policy the backbone never changes, so its output for an image is the same in every
+epoch. :func:`attach_cached_features` runs the frozen model once over the training and validation images (in eval
+mode, without augmentation), keeps what enters the classification head (the pooled features: ViT/DeiT/hybrid
+[CLS] after the final norm, Swin's pooled output, DenseNet's global average pool), and stores it on disk; the
+Trainer then trains :class:`FeatureHeadModel` — the head alone, reading those features. The head is the full
+model's own module (the same tensors), so when training ends the full model holds the trained head and is saved
+as a normal checkpoint that ``from_pretrained``, ``chexpert-hf evaluate`` and ``explain`` accept.
+
+Where and under which key
+    ``<prepared dataset>.features/<family>-<source>-<size>px-<key>/<split>-<rows>.npy`` (``feature_cache_dir``
+    moves the root). ``<key>`` hashes the backbone's weights (every tensor but the head's, so a retrained
+    checkpoint at the same path gets a new key), the model class, the input size, the normalisation, the input
+    channels and the precision; ``<rows>`` hashes the image paths of the split in order (views, sample limits and
+    patient splits select other rows). A later run with the same backbone reuses the files: every seed of a
+    head-only grid after the first trains without touching an image. A JSON file next to each array says what
+    it holds. Arrays are float32, ``rows × features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .data.training import DecodeCollator, LabelledImages
+from .data.transforms import to_float
+from .models import classifier, input_channels
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def _head_name(model: PreTrainedModel) -> str:
+    head = classifier(model)
+    for name, module in model.named_modules():
+        if module is head:
+            return name
+    raise ValueError(f"{type(model).__name__}: its classification head is not one of its submodules")
+
+
+class FeatureHeadModel(nn.Module):
+    """The classification head of ``model`` alone, taking pooled features as ``pixel_values``.
+
+    The head module is registered under the same dotted name as in ``model`` (``classifier``,
+    ``timm_model.classifier``), so freeze-policy names, parameter groups and layer decay apply unchanged; the full
+    model is kept as ``full_model`` (not a submodule: it is not moved, trained or saved through this module).
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.head_name = _head_name(model)
+        parent: nn.Module = self
+        *path, leaf = self.head_name.split(".")
+        for part in path:
+            child = nn.Module()
+            parent.add_module(part, child)
+            parent = child
+        parent.add_module(leaf, model.get_submodule(self.head_name))
+        self.config = model.config
+        object.__setattr__(self, "full_model", model)
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> ImageClassifierOutput:
+        return ImageClassifierOutput(logits=self.get_submodule(self.head_name)(pixel_values))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def backbone_fingerprint(model: PreTrainedModel) -> str:
+    """SHA-256 over the name, dtype, shape and bytes of every parameter and buffer outside the head."""
+    head = _head_name(model) + "."
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(head):
+            continue
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rows_fingerprint(split: LabelledImages) -> str:
+    """A short hash of the split's image paths, in order."""
+    paths = split.dataset.with_format("arrow")["path"].to_pylist()
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def _source_tag(source: str) -> str:
+    """A readable name for where the weights came from: ``scratch``, a folder's name or a Hub id."""
+    if source == "config":
+        return "scratch"
+    tag = Path(source.split(" + ")[-1].rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
+
+
+@dataclass
+class FeatureCache:
+    """The cache folder of one model, input size and precision (see the module doc)."""
+
+    folder: Path
+    description: dict
+
+    def path(self, split_name: str, split: LabelledImages) -> Path:
+        return self.folder / f"{split_name}-{rows_fingerprint(split)}.npy"
+
+
+def feature_cache(model: PreTrainedModel, family: str, source: str, image_size: int, mean: Sequence[float],
+                  std: Sequence[float], precision: str, root: str | os.PathLike) -> FeatureCache:
+    description = {
+        "format": FORMAT_VERSION,
+        "model_class": type(model).__name__,
+        "family": family,
+        "source": source,
+        "backbone_sha256": backbone_fingerprint(model),
+        "image_size": int(image_size),
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+        "channels": input_channels(model),
+        "precision": precision,
+    }
+    keyed = {key: value for key, value in description.items() if key not in ("family", "source")}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(root) / f"{family}-{_source_tag(source)}-{image_size}px-{key}"
+    return FeatureCache(folder, description)
+
+
+def default_root(prepared: str | os.PathLike) -> Path:
+    """Next to the prepared dataset: ``<prepared>.features``."""
+    prepared = Path(prepared).resolve()
+    return prepared.parent / f"{prepared.name}.features"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Extraction
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def extract_features(
+    model: PreTrainedModel,
+    split: LabelledImages,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    desc: str = "extracting features",
+) -> np.ndarray:
+    """What enters ``model``'s head for every image of ``split``, in order: float32, ``len(split) × features``.
+
+    The model runs in eval mode (dropout off, BatchNorm on its running statistics) on unaugmented images
+    normalised as in training; its mode is restored afterwards.
+    """
+    device = torch.device(device)
+    channels = input_channels(model)
+    captured: list[torch.Tensor] = []
+    hook = classifier(model).register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    loader = torch.utils.data.DataLoader(
+        split, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=DecodeCollator(image_size),
+        pin_memory=device.type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    features: np.ndarray | None = None
+    start = 0
+    try:
+        for batch in tqdm(loader, desc=desc, unit=" batches"):
+            pixels = batch["pixel_values"].to(device, non_blocking=True).float()
+            pixels = to_float(pixels, mean, std, channels)
+            autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                        else nullcontext())
+            captured.clear()
+            with autocast:
+                model(pixel_values=pixels)
+            if len(captured) != 1:
+                raise RuntimeError(f"the head of {type(model).__name__} ran {len(captured)} times in one forward")
+            values = captured[0].float().flatten(1).cpu().numpy()
+            if features is None:
+                features = np.empty((len(split), values.shape[1]), dtype=np.float32)
+            features[start:start + len(values)] = values
+            start += len(values)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    if features is None or start != len(split):
+        raise RuntimeError(f"extracted {start} feature rows for a split of {len(split)} images")
+    return features
+
+
+def _save_array(path: Path, array: np.ndarray, description: dict) -> None:
+    """The array and its description, each written to a temporary name and renamed (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for target, write in ((path, lambda handle: np.save(handle, array)),
+                          (path.with_suffix(".json"),
+                           lambda handle: handle.write(json.dumps(description, indent=2).encode() + b"\n"))):
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                write(stream)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+@dataclass
+class CachedFeatures:
+    seconds: float  # time spent extracting in this run (0 when every split came from the cache)
+    reused: list[str]  # splits read from the cache
+    extracted: list[str]  # splits computed now
+    folder: Path
+
+
+def attach_cached_features(
+    model: PreTrainedModel,
+    splits: dict[str, LabelledImages],
+    cache: FeatureCache,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+) -> CachedFeatures:
+    """Give every split its features (``split.features``), from the cache or computed now and stored.
+
+    One writer per file, also across concurrent runs (a file lock); a file that does not match the split (rows)
+    is an error that names it, never silently used.
+    """
+    seconds, reused, extracted = 0.0, [], []
+    for name, split in splits.items():
+        path = cache.path(name, split)
+        with FileLock(str(path) + ".lock"):
+            if path.is_file():
+                features = np.load(path)
+                if features.ndim != 2 or len(features) != len(split):
+                    raise ValueError(f"{path} holds {features.shape} features for a split of {len(split)} images; "
+                                     f"delete it to extract again")
+                reused.append(name)
+            else:
+                began = time.perf_counter()
+                features = extract_features(model, split, image_size=image_size, mean=mean, std=std, device=device,
+                                            batch_size=batch_size, num_workers=num_workers,
+                                            autocast_dtype=autocast_dtype, desc=f"extracting {name} features")
+                seconds += time.perf_counter() - began
+                _save_array(path, features, {**cache.description, "split": name, "rows": len(split),
+                                             "features": int(features.shape[1]),
+                                             "seconds": round(time.perf_counter() - began, 3)})
+                extracted.append(name)
+        split.features = features
+        split.decoded = None  # the pixels are no longer read
+    return CachedFeatures(seconds, reused, extracted, cache.folder)
