@@ -19,7 +19,8 @@ RECIPES = {
     for strategy in ("head", "last_block", "full")
 }
 RECIPES["densenet121_full"] = ("densenet121", "base", "full")
-EXPECTED = sorted([*RECIPES, "demo"])
+DEMO_GRID = ("demo_head", "demo_last_block", "demo_full")
+EXPECTED = sorted([*RECIPES, "demo", "demo_pretrain", *DEMO_GRID])
 
 
 def test_the_recipe_set_is_complete():
@@ -38,13 +39,22 @@ def test_every_recipe_parses_into_consistent_dataclasses(name):
     assert training.optim.value.startswith("adamw")
     assert policy.uncertainty_policy == "u_mixed"
     assert data.views == "frontal"
-    if name == "demo":
+    if name in ("demo", "demo_pretrain"):
         assert model.from_scratch and data.data_dir is None and training.use_cpu
+        return
+    if name in DEMO_GRID:  # fine-tune demo_pretrain's output on another synthetic draw, for other labels
+        pretrain = parse_recipe(["--recipe", "demo_pretrain"])
+        assert model.model_name_or_path == pretrain.training.output_dir and not model.from_scratch
+        assert data.data_dir is None and data.synthetic_seed != pretrain.data.synthetic_seed and training.use_cpu
+        assert model.label_names() != pretrain.model.label_names()  # a new head
+        assert policy.freeze_policy == name.removeprefix("demo_")
+        assert data.cache_features == (policy.freeze_policy == "head")
         return
     family, variant, strategy = RECIPES[name]
     assert (model.family, model.variant, policy.freeze_policy) == (family, variant, strategy)
     assert not model.from_scratch and model.model_name_or_path is None  # the family's pretrained checkpoint
     assert data.augmentation in ("none", "light")  # never a flip: no such option exists
+    assert data.cache_features == (strategy == "head")  # a frozen backbone runs once, not once per epoch
     assert training.lr_scheduler_type.value == "cosine" and 0 < training.warmup_steps < 1
     if strategy == "full":
         assert training.learning_rate <= 1e-4
