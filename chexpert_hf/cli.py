@@ -206,6 +206,19 @@ def models_text(rows: list[dict], policies: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .benchmark import benchmark, parse_recipe_list, parse_seeds
+
+    recipes, seeds = parse_recipe_list(args.recipes), parse_seeds(args.seeds)
+    overrides = list(getattr(args, "overrides", []))
+    config = ["--accelerate-config", str(args.accelerate_config)] if args.accelerate_config else []
+    command = shlex.join(["chexpert-hf", "benchmark", "--recipes", args.recipes, "--seeds", args.seeds, "--output",
+                          str(args.output), *config, *overrides])
+    return benchmark(recipes, seeds, args.output, overrides, args.accelerate_config, command=command)
+
+
 def _add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """The options of every command that runs a model."""
     parser.add_argument("--batch-size", type=int, default=batch_size,
@@ -381,6 +394,40 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--markdown", action="store_true", help="print the Markdown table used in the README")
     models.set_defaults(handler=_models)
 
+    bench = commands.add_parser(
+        "benchmark",
+        help="train a grid of recipes × seeds, each under `accelerate launch`, and tabulate the results",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # an abbreviated flag must stay a recipe-field override, not become one of ours
+        usage="chexpert-hf benchmark --recipes R1,R2,... [--seeds 0,1,2] [--output DIR] "
+        "[--accelerate-config FILE] [--field value ...]",
+        description="Train every recipe with every seed, each run its own `accelerate launch -m chexpert_hf.train` "
+        "process\n(DIR/runs/RECIPE/seedS, its output in DIR/logs/RECIPE-seedS.log), then write DIR/results.csv (one "
+        "row per run),\nDIR/results.md (one row per recipe: mean ± std over seeds, ranks with ties) and "
+        "DIR/auroc_by_strategy.png.\n\n"
+        "Any other --field value pair overrides that recipe field in every run (e.g. --num_train_epochs 1); they "
+        "are\nchecked against every recipe before anything runs. --seed and --output_dir are set by the benchmark.\n"
+        "Runs go seed by seed (every recipe's first seed, then the next). A failed run does not stop the others; "
+        "the\nexit status is 1 when any run failed. Run the same command again to resume: runs that finished with "
+        "the\nsame settings (recipe file, seed, overrides, accelerate config) are skipped, the rest rerun from "
+        "scratch.\nA recipe that starts from another recipe's output_dir (model_name_or_path) gets that recipe "
+        "trained first,\nonce, when its output holds no finished model.",
+        epilog="example:\n  chexpert-hf benchmark --recipes demo_head,demo_last_block,demo_full --seeds 0,1,2 "
+        "--output outputs/benchmark_demo\n  chexpert-hf benchmark --recipes vit_head,vit_full --seeds 0,1 "
+        "--accelerate-config accelerate_configs/single_gpu.yaml \\\n      --data_dir data/CheXpert-v1.0-small "
+        "--output outputs/benchmark_vit",
+    )
+    bench.add_argument("--recipes", required=True, metavar="R1,R2,...",
+                       help="comma-separated recipe names (from recipes/) or paths to recipe .yaml files")
+    bench.add_argument("--seeds", default="0", metavar="S1,S2,...",
+                       help="comma-separated integer seeds, one run each (default: 0)")
+    bench.add_argument("--output", type=Path, default=Path("outputs/benchmark"), metavar="DIR",
+                       help="folder for the runs, logs and results (default: outputs/benchmark)")
+    bench.add_argument("--accelerate-config", type=Path, default=None, metavar="FILE",
+                       help="accelerate config file for every run (passed as --config_file; default: one process, "
+                       "no mixed precision, no dynamo)")
+    bench.set_defaults(handler=_benchmark)
+
     commands.add_parser(
         "train",
         help="train a recipe, as `accelerate launch recipes/train.py` does (`chexpert-hf train --help`: the fields)",
@@ -395,7 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv[:1] == ["benchmark"]:  # the flags it does not know are recipe-field overrides for every run
+        args, overrides = parser.parse_known_args(argv)
+        args.overrides = overrides
+    else:
+        args = parser.parse_args(argv)
     from .data.builder import StrictSkipError
     from .data.images import UnreadableImage
     from .data.tables import CheXpertFormatError

@@ -23,6 +23,7 @@ from .labels import COMPETITION_LABELS
 METRICS_JSON = "metrics.json"
 METRICS_MD = "metrics.md"
 ROC_PNG = "roc.png"
+RUN_INFO = "run_info.json"  # what a training run cost; written last by chexpert_hf.train, read by the benchmark
 
 
 def _ci(entry: dict[str, Any], key: str) -> str:
@@ -123,7 +124,8 @@ def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequ
     return figure
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(temporary_name)``, then rename the temporary file to ``path`` (never half a file at ``path``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
@@ -136,7 +138,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"))
 
 
 def _json_safe(value: Any) -> Any:
@@ -161,7 +163,7 @@ def write_reports(folder: str | os.PathLike, scores: dict[str, Any], probabiliti
     folder = Path(folder)
     paths = {name: folder / name for name in (METRICS_JSON, METRICS_MD, ROC_PNG)}
     figure = roc_figure(np.asarray(probabilities), np.asarray(targets), list(label_names), scores)
-    _atomic_write(paths[ROC_PNG], lambda name: figure.savefig(name, format="png"))
+    atomic_write(paths[ROC_PNG], lambda name: figure.savefig(name, format="png"))
     write_text(paths[METRICS_MD], metrics_markdown(scores, title, details))
     payload = _json_safe({**scores, **(extra or {})})
     write_text(paths[METRICS_JSON], json.dumps(payload, indent=2) + "\n")

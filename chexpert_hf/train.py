@@ -36,7 +36,7 @@ from .freeze import apply_freeze_policy
 from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from .model_card import CardInfo, write_model_card
 from .models import build_model, input_channels
-from .reports import scores_table, write_reports, write_text
+from .reports import RUN_INFO, scores_table, write_reports, write_text
 from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights
 
 logger = logging.getLogger("chexpert_hf")
@@ -101,9 +101,6 @@ def _hardware(args, threads: int | None) -> str:
     except OSError:
         pass
     return f"CPU ({cpu}), {args.world_size} process(es) × {threads or torch.get_num_threads()} thread(s)"
-
-
-RUN_INFO = "run_info.json"
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -345,7 +342,7 @@ def run(recipe: Recipe) -> dict[str, float]:
         (Path(args.output_dir) / "recipe.yaml").write_text(recipe.to_yaml())
 
     # --- train ---------------------------------------------------------------------------------------------
-    train_seconds, train_metrics = None, {}
+    train_seconds, train_metrics, training_history = None, {}, []
     if args.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(args.device)
     if args.do_train:
@@ -354,6 +351,7 @@ def run(recipe: Recipe) -> dict[str, float]:
             trainer.finite_guard.last_checkpoint = resume
         result = trainer.train(resume_from_checkpoint=resume)
         train_seconds, train_metrics = result.metrics.get("train_runtime"), dict(result.metrics)
+        training_history = list(trainer.state.log_history)  # before the final evaluation adds its own entry
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -384,7 +382,7 @@ def run(recipe: Recipe) -> dict[str, float]:
     if args.do_train:
         trainer.save_model()
         if trainer.is_world_process_zero():
-            info = _run_info(recipe, built, summary, train_metrics, trainer.state.log_history, threads,
+            info = _run_info(recipe, built, summary, train_metrics, training_history, threads,
                              extraction_seconds)
             write_text(Path(args.output_dir) / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return metrics

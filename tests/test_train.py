@@ -62,6 +62,13 @@ def test_a_run_writes_every_output_and_reuses_the_prepared_cache(tmp_path, raw_r
     assert resolved["max_steps"] == 6 and resolved["freeze_policy"] == "full"
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and any("eval_mean_auroc" in entry for entry in state["log_history"])
+    info = json.loads((out / "run_info.json").read_text())  # what the run cost, for chexpert-hf benchmark
+    assert info["train_images"] == 6 * 16 and info["trainable_share"] == 1.0 and info["freeze_policy"] == "full"
+    in_training = [entry["eval_runtime"] for entry in state["log_history"] if "eval_runtime" in entry][:2]
+    assert len(in_training) == 2  # steps 3 and 6; the final evaluation after training is not counted
+    assert info["eval_seconds_in_training"] == pytest.approx(sum(in_training))
+    assert info["train_images_per_second"] == pytest.approx(96 / (info["train_seconds"] - sum(in_training)), rel=0.02)
+    assert info["peak_memory_mib"] > 0 and info["peak_memory_kind"] == "cpu_peak_rss"
     assert "preparing" in caplog.text  # the raw tree was prepared into the cache ...
     prepared = [path for path in (tmp_path / "cache" / "prepared").iterdir() if path.is_dir()]
     assert len(prepared) == 1

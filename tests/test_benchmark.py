@@ -1,0 +1,294 @@
+"""``chexpert-hf benchmark``: aggregation, ties, resuming, prerequisite runs, bad input (with a fake launcher), and
+one real grid under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from chexpert_hf import benchmark as bench
+from chexpert_hf.cli import main
+from chexpert_hf.labels import COMPETITION_LABELS
+
+OFFSETS = np.array([-0.02, -0.01, 0.0, 0.01, 0.02])  # per label, around a run's mean: the mean stays exact
+# (recipe → mean AUROC per seed 0, 1, 2): full and last_block tie (0.83 vs 0.82, stds 0.03 and 0.005), head does not
+MEANS = {"tiny_full": [0.80, 0.83, 0.86], "tiny_last_block": [0.815, 0.82, 0.825], "tiny_head": [0.70, 0.71, 0.72]}
+PARAMETERS = {"head": 165, "last_block": 5000, "full": 15525}
+
+
+def write_recipe(folder: Path, name: str, **fields) -> Path:
+    values = {"family": "vit", "from_scratch": True, "freeze_policy": "full", "use_cpu": True, "report_to": "none"}
+    values.update(fields)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture
+def recipes(tmp_path) -> dict[str, Path]:
+    folder = tmp_path / "recipes"
+    return {name: write_recipe(folder, name, freeze_policy=name.removeprefix("tiny_")) for name in MEANS}
+
+
+def label_aurocs(run: bench.Run) -> np.ndarray:
+    """A run's per-label AUROC: its seed's mean plus a seed-dependent spread per label."""
+    mean = MEANS.get(run.recipe, [0.75] * 3)[run.seed]
+    return mean + OFFSETS * (1 + run.seed)
+
+
+class FakeLauncher:
+    """Writes what the training job would (metrics.json, run_info.json) with known numbers; ``fail`` runs exit 1
+    after leaving a partial folder."""
+
+    def __init__(self, fail=()):
+        self.calls: list[bench.Run] = []
+        self.fail = set(fail)
+
+    def __call__(self, run: bench.Run) -> int:
+        self.calls.append(run)
+        folder = run.output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        run.log.parent.mkdir(parents=True, exist_ok=True)
+        if (run.recipe, run.seed) in self.fail:
+            (folder / "checkpoint-1").mkdir(exist_ok=True)
+            run.log.write_text("".join(f"step {step}\n" for step in range(40)) + "RuntimeError: out of memory\n")
+            return 1
+        run.log.write_text("fake run\n")
+        policy = run.freeze_policy
+        info = {"recipe": run.recipe, "family": "vit", "variant": "base", "freeze_policy": policy, "seed": run.seed,
+                "trainable_parameters": PARAMETERS[policy], "total_parameters": 15525,
+                "trainable_share": PARAMETERS[policy] / 15525, "train_seconds": 12.5, "train_images_per_second": 400.0,
+                "feature_extraction_seconds": None, "peak_memory_mib": 900.0, "peak_memory_kind": "cpu_peak_rss",
+                "precision": "fp32", "world_size": 1, "hardware": "CPU (fake), 1 process(es) × 2 thread(s)"}
+        (folder / "run_info.json").write_text(json.dumps(info))
+        if run.prerequisite:
+            return 0
+        aurocs = label_aurocs(run)
+        metrics = {"mean_auroc": float(aurocs.mean()), "mean_auroc_ci95": [float(aurocs.mean()) - 0.05, 0.99],
+                   "mean_auroc_all": float(aurocs.mean()), "skipped_labels": [], "n_studies": 200,
+                   "per_label": {label: {"auroc": float(value), "auroc_ci95": [0.5, 1.0], "auprc": 0.5,
+                                         "positives": 10, "negatives": 190}
+                                 for label, value in zip(COMPETITION_LABELS, aurocs, strict=True)}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        return 0
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    """results.md's table: recipe → its cells."""
+    rows = {}
+    for line in markdown.splitlines():
+        match = re.match(r"\| [^|]* \| `([^`]+)` \|", line)
+        if match:
+            rows[match.group(1)] = [cell.strip() for cell in line.strip("|").split("|")]
+    return rows
+
+
+def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
+    fake = FakeLauncher()
+    output = tmp_path / "bench"
+    code = bench.benchmark([str(path) for path in recipes.values()], [0, 1, 2], output, ["--learning_rate", "0.01"],
+                           command="chexpert-hf benchmark --recipes ...", launcher=fake, echo=lambda line: None)
+    assert code == 0 and len(fake.calls) == 9
+    # each run got its own seed and folder, through --config and the overrides
+    first = fake.calls[0]
+    assert first.command[first.command.index("--seed") + 1] == "0"
+    assert first.command[-2:] == ["--learning_rate", "0.01"] and "--config" in first.command
+    assert first.command[first.command.index("-m", 3) + 1] == "chexpert_hf.train"
+
+    table = pd.read_csv(output / "results.csv")
+    assert len(table) == 9 and set(table["status"]) == {"finished"}
+    assert list(table["recipe"]) == [name for name in MEANS for _ in range(3)]  # recipe by recipe, seeds in order
+    for row in table.itertuples(index=False):
+        run = next(call for call in fake.calls if (call.recipe, call.seed) == (row.recipe, row.seed))
+        aurocs = label_aurocs(run)
+        assert row.mean_auroc == pytest.approx(aurocs.mean(), abs=1e-12)
+        assert row.mean_auroc_ci_low == pytest.approx(aurocs.mean() - 0.05, abs=1e-12)
+        assert row.mean_auroc_ci_high == 0.99
+        assert row.freeze_policy == row.recipe.removeprefix("tiny_")
+        assert row.trainable_parameters == PARAMETERS[row.freeze_policy]
+        assert row.run_dir == f"runs/{row.recipe}/seed{row.seed}" and row.log == f"logs/{row.recipe}-seed{row.seed}.log"
+        assert row.wall_seconds >= 0 and row.hardware.startswith("CPU (fake)")
+    edema = table[table["recipe"] == "tiny_full"]["auroc_Edema"].to_numpy()
+    assert np.allclose(edema, [MEANS["tiny_full"][seed] + 0.01 * (1 + seed) for seed in range(3)])
+
+    markdown = (output / "results.md").read_text()
+    rows = table_rows(markdown)
+    assert list(rows) == ["tiny_full", "tiny_last_block", "tiny_head"]  # best first
+    assert [rows[name][0] for name in rows] == ["=1", "=1", "3"]
+    for name in ("tiny_full", "tiny_head"):
+        means = np.array([label_aurocs(run).mean() for run in fake.calls if run.recipe == name])
+        assert f"{means.mean():.4f} ± {means.std(ddof=1):.4f}" == rows[name][4]
+        pleural = np.array([label_aurocs(run)[-1] for run in fake.calls if run.recipe == name])
+        assert f"{pleural.mean():.4f} ± {pleural.std(ddof=1):.4f}" == rows[name][4 + len(COMPETITION_LABELS)]
+    assert rows["tiny_head"][-1] == "3/3" and rows["tiny_head"][-2] == f"{165 / 15525 * 100:.3g} %"
+    assert "chexpert-hf benchmark --recipes ..." in markdown and "CPU (fake)" in markdown
+    assert "tie" in markdown and "ddof = 1" in markdown and "Failed runs" not in markdown
+
+    with Image.open(output / "auroc_by_strategy.png") as image:
+        assert image.format == "PNG" and image.width >= 600 and image.height >= 400
+        assert len(image.getcolors(1 << 16) or range(300)) > 20  # drawn, not blank
+
+
+def test_ranks_follow_competition_ranking_and_need_two_seeds():
+    ranked = bench.rank_recipes([("a", 0.90, 0.01), ("b", 0.85, 0.02), ("c", 0.84, 0.005), ("d", 0.70, 0.01),
+                                 ("e", None, None)])
+    assert ranked == [("a", "1"), ("b", "=2"), ("c", "=2"), ("d", "4"), ("e", "—")]
+    # 0.001 apart, but one seed each: no spread known, so no tie
+    assert bench.rank_recipes([("a", 0.801, None), ("b", 0.800, None)]) == [("a", "1"), ("b", "2")]
+    assert bench.mean_std_text([0.8]) == "0.8000" and bench.mean_std_text([]) == "—"
+    assert bench.human_seconds(125) == "2 min 5 s" and bench.human_seconds(3725) == "1 h 2 min"
+
+
+def test_one_seed_has_no_spread_and_says_so(tmp_path, recipes):
+    output = tmp_path / "bench"
+    assert bench.benchmark([str(recipes["tiny_full"]), str(recipes["tiny_head"])], [1], output,
+                           launcher=FakeLauncher(), echo=lambda line: None) == 0
+    markdown = (output / "results.md").read_text()
+    rows = table_rows(markdown)
+    assert "±" not in rows["tiny_full"][4] and rows["tiny_full"][4] == f"{MEANS['tiny_full'][1]:.4f}"
+    assert "no tie is judged" in markdown
+
+
+def test_resume_skips_finished_runs_and_reruns_failed_or_changed_ones(tmp_path, recipes, capsys):
+    grid = [str(recipes["tiny_full"]), str(recipes["tiny_head"])]
+    output = tmp_path / "bench"
+    failing = FakeLauncher(fail={("tiny_head", 1)})
+    assert bench.benchmark(grid, [0, 1], output, launcher=failing) == 1  # a failed run: status 1 ...
+    assert len(failing.calls) == 4  # ... after the other runs
+    out = capsys.readouterr().out
+    assert "[4/4] tiny_head seed 1" in out and "exit status 1" in out and "RuntimeError: out of memory" in out
+    assert "step 19" not in out  # only the log's last lines
+    table = pd.read_csv(output / "results.csv")
+    assert table.set_index(["recipe", "seed"]).loc[("tiny_head", 1), "status"] == "failed"
+    assert (table["status"] == "finished").sum() == 3
+    assert "`tiny_head` seed 1: log `logs/tiny_head-seed1.log`" in (output / "results.md").read_text()
+    assert (output / "runs" / "tiny_head" / "seed1" / "checkpoint-1").is_dir()
+
+    again = FakeLauncher()
+    assert bench.benchmark(grid, [0, 1], output, launcher=again) == 0
+    assert [(run.recipe, run.seed) for run in again.calls] == [("tiny_head", 1)]
+    assert not (output / "runs" / "tiny_head" / "seed1" / "checkpoint-1").exists()  # rerun from scratch
+    out = capsys.readouterr().out
+    assert "finished before, skipped" in out and "did not finish" in out
+    assert set(pd.read_csv(output / "results.csv")["status"]) == {"finished"}
+
+    (output / "runs" / "tiny_full" / "seed0" / "run_info.json").unlink()  # an interrupted run
+    with open(recipes["tiny_head"], "a") as handle:  # an edited recipe
+        handle.write("learning_rate: 0.5\n")
+    edited = FakeLauncher()
+    assert bench.benchmark(grid, [0, 1], output, launcher=edited) == 0
+    assert sorted((run.recipe, run.seed) for run in edited.calls) == [("tiny_full", 0), ("tiny_head", 0),
+                                                                     ("tiny_head", 1)]
+    assert "the recipe file changed" in capsys.readouterr().out
+
+    changed = FakeLauncher()  # other overrides: every run is another run
+    assert bench.benchmark(grid, [0, 1], output, ["--weight_decay", "0.1"], launcher=changed) == 0
+    assert len(changed.calls) == 4
+    assert "overrides [] → ['--weight_decay', '0.1']" in capsys.readouterr().out
+    record = json.loads((output / "runs" / "tiny_full" / "seed1" / "benchmark_run.json").read_text())
+    assert record["overrides"] == ["--weight_decay", "0.1"] and record["seed"] == 1
+    assert record["recipe_sha256"] == bench.sha256_file(recipes["tiny_full"]) and record["accelerate_config"] is None
+    assert record["wall_seconds"] >= 0
+
+
+def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "mine"
+    write_recipe(folder, "pretrain", output_dir="./made/../made/pretrain")  # another spelling of made/pretrain
+    finetune = write_recipe(folder, "finetune", from_scratch=False, model_name_or_path="made/pretrain",
+                            freeze_policy="head")
+    fake = FakeLauncher()
+    output = tmp_path / "bench"
+    assert bench.benchmark([str(finetune)], [0, 1], output, launcher=fake) == 0
+    assert [(run.recipe, run.prerequisite) for run in fake.calls] == [("pretrain", True), ("finetune", False),
+                                                                     ("finetune", False)]
+    first = fake.calls[0]
+    assert "--seed" not in first.command and "--output_dir" not in first.command
+    assert first.output_dir == tmp_path / "made" / "pretrain" and (first.output_dir / "run_info.json").is_file()
+    assert "finetune starts from made/pretrain, made by recipe pretrain: training it first" in capsys.readouterr().out
+    assert list(pd.read_csv(output / "results.csv")["recipe"]) == ["finetune", "finetune"]
+
+    again = FakeLauncher()  # the model exists now: neither it nor the finished runs run again
+    assert bench.benchmark([str(finetune)], [0, 1], output, launcher=again) == 0
+    assert again.calls == []
+
+
+def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    orphan = write_recipe(tmp_path / "mine", "orphan", from_scratch=False, model_name_or_path="./nowhere/model")
+    fake = FakeLauncher()
+    with pytest.raises(FileNotFoundError, match="nowhere/model"):
+        bench.benchmark([str(orphan)], [0], tmp_path / "bench", launcher=fake)
+    assert fake.calls == [] and not (tmp_path / "bench").exists()
+    assert main(["benchmark", "--recipes", str(orphan), "--output", str(tmp_path / "bench")]) == 2
+    assert "no recipe in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--recipes", "demo,no_such_recipe"], "unknown recipe 'no_such_recipe'; available in .*demo"),
+    (["--recipes", "demo,demo"], "names demo more than once"),
+    (["--recipes", "demo", "--seeds", "0,x"], "non-negative integers"),
+    (["--recipes", "demo", "--seeds", "1,2,1"], "seed\\(s\\) 1 more than once"),
+    (["--recipes", "demo", "--seeds", ""], "non-negative integers"),
+    (["--recipes", "demo", "--learning_rat", "0.1"], "--learning_rat .*did you mean --learning_rate"),
+    (["--recipes", "demo", "--num_train_epochs", "many"], "num_train_epochs.*invalid float value"),
+    (["--recipes", "demo", "--freeze_policy", "most"], "unknown freeze policy 'most'"),
+    (["--recipes", "demo", "--output_dir", "elsewhere"], "--output_dir cannot be overridden"),
+    (["--recipes", "demo", "--seed=3"], "--seed cannot be overridden"),
+    (["--recipes", "demo", "--accelerate-config", "missing.yaml"], "accelerate config missing.yaml does not exist"),
+    (["--recipes", "missing.yaml"], "recipe file missing.yaml does not exist"),
+])
+def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatch, capsys, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "launch_run", lambda run: pytest.fail("nothing may run"))
+    assert main(["benchmark", *arguments, "--output", str(tmp_path / "bench")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("chexpert-hf benchmark: error: ") and "\n" not in error
+    assert re.search(message, error), error
+    assert not (tmp_path / "bench").exists()
+
+
+TINY = ["--config_overrides", json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                          "intermediate_size": 64, "patch_size": 8}),
+        "--image_size", "32", "--prepare_image_size", "32", "--synthetic_patients", "40",
+        "--synthetic_valid_patients", "20", "--num_train_epochs", "1", "--save_strategy", "no", "--eval_strategy", "no",
+        "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true"]
+
+
+def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "bench"
+    arguments = ["benchmark", "--recipes", "demo", "--seeds", "0,1", "--output", str(output), *TINY,
+                 "--data_cache_dir", str(tmp_path / "cache")]
+    assert main(arguments) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "[1/2] demo seed 0" in out and "[2/2] demo seed 1: finished in" in out
+    table = pd.read_csv(output / "results.csv")
+    assert list(table["status"]) == ["finished", "finished"] and list(table["seed"]) == [0, 1]
+    for seed in (0, 1):
+        run = output / "runs" / "demo" / f"seed{seed}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        info = json.loads((run / "run_info.json").read_text())
+        row = table[table["seed"] == seed].iloc[0]
+        assert row["mean_auroc"] == pytest.approx(metrics["mean_auroc"], abs=1e-12)
+        assert 0.0 <= row["mean_auroc"] <= 1.0
+        assert row["auroc_Edema"] == pytest.approx(metrics["per_label"]["Edema"]["auroc"], abs=1e-12)
+        assert info["seed"] == seed and row["trainable_parameters"] == info["trainable_parameters"]
+        assert row["wall_seconds"] > 1 and row["peak_memory_kind"] == "cpu_peak_rss"
+        log = (output / "logs" / f"demo-seed{seed}.log").read_text()
+        assert shlex.join(["--seed", str(seed)]) in log.splitlines()[0]  # the command heads its log
+        assert "were not passed" not in log  # accelerate got explicit single-process settings
+    assert "demo" in (output / "results.md").read_text()
+
+    monkeypatch.setattr(bench, "launch_run", lambda run: pytest.fail(f"{run.title} ran again"))
+    assert main(arguments) == 0
+    assert capsys.readouterr().out.count("finished before, skipped") == 2
