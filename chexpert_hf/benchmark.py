@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,7 +57,8 @@ TAIL_LINES = 20
 # The fields the benchmark sets itself on every run (or, for --recipe/--config, chooses per run).
 RESERVED = ("seed", "output_dir", "recipe", "config")
 # The settings that make two runs the same run: a change in any of them reruns the run.
-SETTINGS = ("recipe", "recipe_sha256", "seed", "overrides", "accelerate_config", "accelerate_config_sha256")
+SETTINGS = ("recipe", "recipe_sha256", "seed", "overrides", "accelerate_config", "accelerate_config_sha256",
+            "starts_from_sha256")
 SINGLE_PROCESS = ("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -140,7 +142,25 @@ def _hints(reason: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_sha256(folder: Path | None) -> str | None:
+    """The hash of the weights a run starts from (``model.safetensors`` of a local folder); None when there are none
+    to compare (a Hub id, random weights, or a folder that is gone)."""
+    if folder is None:
+        return None
+    files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}:{sha256_file(path)}|".encode())
+    return digest.hexdigest()
 
 
 # --- plan -------------------------------------------------------------------------------------------------------
@@ -160,6 +180,7 @@ class Run:
     variant: str = ""
     freeze_policy: str = ""
     prerequisite: bool = False
+    starts_from: Path | None = None  # the local model folder the recipe starts from (model_name_or_path)
 
     @property
     def selector(self) -> list[str]:
@@ -182,6 +203,7 @@ class Run:
             "overrides": list(self.overrides),
             "accelerate_config": str(config) if config else None,
             "accelerate_config_sha256": sha256_file(config) if config else None,
+            "starts_from_sha256": _weights_sha256(self.starts_from),
         }
 
     @property
@@ -246,6 +268,10 @@ def _looks_local(value: str) -> bool:
     return "/" in value and Path(first).is_dir()  # outputs/x with an outputs/ folder here
 
 
+def _starting_folder(source: str | None) -> Path | None:
+    return _resolve(source) if source and _looks_local(source) else None
+
+
 def _recipe_outputs(folders: Sequence[Path]) -> dict[Path, Path]:
     """Resolved output_dir → recipe file, for the recipes in ``folders`` (output_dir cannot be overridden)."""
     made: dict[Path, Path] = {}
@@ -296,13 +322,11 @@ def plan(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike
         if source is None:
             return []
         target = _resolve(source)
-        if (target / RUN_INFO).is_file():
-            return []
         folders = [path.parent] + ([recipes_dir()] if path.parent != recipes_dir() else [])
         made = _recipe_outputs(folders)
         maker = made.get(target)
         if maker is None or maker == path:
-            if target.exists() or not _looks_local(source):
+            if (target / RUN_INFO).is_file() or target.exists() or not _looks_local(source):
                 return []  # a model folder made elsewhere, or a Hub id
             raise FileNotFoundError(f"recipe {name} starts from {source} (model_name_or_path), which does not exist "
                                     f"and which no recipe in {', '.join(map(str, folders))} writes (output_dir)")
@@ -316,7 +340,8 @@ def plan(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike
         deeper = require(maker.stem, maker, made_by, (*chain, maker.stem))
         run = Run(maker.stem, maker, None, _resolve(made_by.training.output_dir),
                   output / "logs" / f"prerequisite-{maker.stem}.log", overrides, config, made_by.model.family,
-                  made_by.model.variant or "", made_by.policy.freeze_policy, prerequisite=True)
+                  made_by.model.variant or "", made_by.policy.freeze_policy, prerequisite=True,
+                  starts_from=_starting_folder(made_by.model.model_name_or_path))
         prerequisites[target] = Prerequisite(run, source, [name])
         result.depends_on[maker.stem] = deeper
         return [target]
@@ -328,9 +353,11 @@ def plan(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike
     for seed in seeds:
         for name, path in zip(names, files, strict=True):
             recipe = parsed[name]
+            starts_from = _starting_folder(recipe.model.model_name_or_path)
             result.runs.append(Run(
                 name, path, seed, output / "runs" / name / f"seed{seed}", output / "logs" / f"{name}-seed{seed}.log",
                 overrides, config, recipe.model.family, recipe.model.variant or "", recipe.policy.freeze_policy,
+                starts_from=starts_from,
             ))
     return result
 
@@ -338,13 +365,37 @@ def plan(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike
 # --- run ----------------------------------------------------------------------------------------------------------
 
 def launch_run(run: Run) -> int:
-    """Run one training job under ``accelerate launch``, its stdout and stderr into ``run.log``; its exit status."""
+    """Run one training job under ``accelerate launch``, its stdout and stderr into ``run.log``; its exit status.
+
+    The job gets its own process group: an interrupted benchmark (Ctrl-C) stops the whole job — accelerate and the
+    training processes it started — instead of leaving workers running on the GPUs."""
     run.log.parent.mkdir(parents=True, exist_ok=True)
     with open(run.log, "w", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(run.command)}\n\n")
         log.flush()
-        done = subprocess.run(run.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return done.returncode
+        process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        try:
+            return process.wait()
+        except BaseException:
+            stop_process_group(process)
+            raise
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGINT to ``process``'s group (as Ctrl-C would), then SIGTERM, then SIGKILL, each after a wait."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, grace / 2), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):  # workers the leader left behind
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -363,14 +414,33 @@ def run_state(run: Run) -> tuple[str, str]:
     recorded = _read_json(folder / BENCHMARK_RUN)
     if not (folder / RUN_INFO).is_file() or recorded is None:
         return "stale", "its folder exists but the run did not finish"
-    current = run.settings()
-    changed = [key for key in SETTINGS if recorded.get(key) != current[key]]
-    if changed:
-        described = {"recipe_sha256": "the recipe file changed", "accelerate_config_sha256": "the accelerate config "
-                     "changed"}
-        reasons = [described.get(key, f"{key} {recorded.get(key)!r} → {current[key]!r}") for key in changed]
-        return "stale", "its settings changed: " + "; ".join(reasons)
+    changes = _changes(run, recorded)
+    if changes:
+        return "stale", "its settings changed: " + "; ".join(changes)
     return "finished", ""
+
+
+def _changes(run: Run, recorded: dict[str, Any]) -> list[str]:
+    """How ``run``'s settings now differ from the ``recorded`` ones (a starting folder that is gone is no change:
+    there is nothing to compare)."""
+    current = run.settings()
+    changed = [key for key in SETTINGS if recorded.get(key) != current[key]
+               and not (key == "starts_from_sha256" and current[key] is None)]
+    described = {"recipe_sha256": "the recipe file changed", "accelerate_config_sha256": "the accelerate config "
+                 "changed", "starts_from_sha256": f"the weights it starts from ({run.starts_from}) changed"}
+    return [described.get(key, f"{key} {recorded.get(key)!r} → {current[key]!r}") for key in changed]
+
+
+def prerequisite_state(run: Run) -> tuple[str, str]:
+    """``("ready", "")`` for a prerequisite folder with a finished model that the benchmark made with the current
+    settings, or that was made outside the benchmark (taken as it is); else ``("missing" | "stale", why)``."""
+    if not (run.output_dir / RUN_INFO).is_file():
+        return "missing", "it holds no finished model"
+    recorded = _read_json(run.output_dir / BENCHMARK_RUN)
+    if recorded is None:
+        return "ready", ""
+    changes = _changes(run, recorded)
+    return ("stale", "it was trained with other settings: " + "; ".join(changes)) if changes else ("ready", "")
 
 
 def human_seconds(seconds: float | None) -> str:
@@ -432,26 +502,47 @@ def _mean_auroc(folder: Path) -> str:
     return f"mean AUROC {value:.4f}" if isinstance(value, int | float) else "mean AUROC n/a"
 
 
+def _record(run: Run, settings: dict[str, Any], seconds: float) -> None:
+    """``benchmark_run.json`` in the run's folder: the settings it ran with, its wall time and command."""
+    record = {**settings, "wall_seconds": seconds, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "command": shlex.join(run.command)}
+    write_text(run.output_dir / BENCHMARK_RUN, json.dumps(record, indent=2) + "\n")
+
+
 def execute(the_plan: Plan, launcher: Launcher | None = None, echo: Echo = print) -> dict[tuple[str, int], str]:
     """Run the prerequisites that are missing, then every grid run that is not finished; returns
     ``(recipe, seed) → "finished" | "skipped" | "failed"``. A failed run does not stop the others."""
     launcher = launcher or launch_run
+    # a prerequisite is needed while a run that starts from it (directly or through another one) is not finished
+    needed = {run.recipe for run in the_plan.runs if run_state(run)[0] != "finished"}
+    for prerequisite in reversed(the_plan.prerequisites):  # dependents before what they start from
+        if needed.intersection(prerequisite.needed_by):
+            needed.add(prerequisite.run.recipe)
     blocked: set[Path] = set()  # prerequisite outputs that could not be made
     for prerequisite in the_plan.prerequisites:
         run = prerequisite.run
-        if (run.output_dir / RUN_INFO).is_file():
+        state, why = prerequisite_state(run)
+        if state == "ready":
+            continue
+        users = ", ".join(prerequisite.needed_by)
+        if run.recipe not in needed:
+            echo(f"{run.recipe} ({prerequisite.path}): {why}, but every run that starts from it has finished: "
+                 f"not trained")
             continue
         missing = [path for path in the_plan.depends_on.get(run.recipe, []) if path in blocked]
-        users = ", ".join(prerequisite.needed_by)
         if missing:
             echo(f"{run.recipe} is not trained: it starts from {missing[0]}, which failed")
             blocked.add(_resolve(prerequisite.path))
             continue
         verb = "starts" if len(prerequisite.needed_by) == 1 else "start"
-        echo(f"{users} {verb} from {prerequisite.path}, made by recipe {run.recipe}: training it first "
+        echo(f"{users} {verb} from {prerequisite.path}, made by recipe {run.recipe}; {why}: training it first "
              f"(log: {run.log})")
+        for stale in (RUN_INFO, BENCHMARK_RUN):  # a failed retraining must not leave the folder looking finished
+            (run.output_dir / stale).unlink(missing_ok=True)
+        settings = run.settings()
         finished, seconds = _launch(run, launcher, echo)
         if finished:
+            _record(run, settings, seconds)
             echo(f"    {run.recipe} finished in {human_seconds(seconds)}, {_mean_auroc(run.output_dir)}")
         else:
             blocked.add(_resolve(prerequisite.path))
@@ -474,12 +565,10 @@ def execute(the_plan: Plan, launcher: Launcher | None = None, echo: Echo = print
             echo(f"{head}: {why}: deleting {run.output_dir} and running it again")
             shutil.rmtree(run.output_dir)
         echo(f"{head} … (log: {run.log})")
+        settings = run.settings()  # as launched: a recipe edited while it runs makes the run stale next time
         finished, seconds = _launch(run, launcher, echo)
         if finished:
-            record = {**run.settings(), "wall_seconds": seconds,
-                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "command": shlex.join(run.command)}
-            write_text(run.output_dir / BENCHMARK_RUN, json.dumps(record, indent=2) + "\n")
+            _record(run, settings, seconds)
             statuses[run.recipe, run.seed] = "finished"
             echo(f"{head}: finished in {human_seconds(seconds)}, {_mean_auroc(run.output_dir)}")
         else:
@@ -554,23 +643,25 @@ def mean_std_text(values: Sequence[float]) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
+def _clearly_better(first: tuple[str, float, float | None], second: tuple[str, float, float | None]) -> bool:
+    """``first``'s mean beats ``second``'s by at least the larger of their seed standard deviations (by anything
+    when either spread is unknown)."""
+    gap = first[1] - second[1]
+    if first[2] is None or second[2] is None:
+        return gap > 0
+    return gap > 0 and gap >= max(first[2], second[2])
+
+
 def rank_recipes(stats: Sequence[tuple[str, float | None, float | None]]) -> list[tuple[str, str]]:
-    """``(recipe, mean, std)`` → ``(recipe, rank)`` best first. Recipes tie when their means differ by less than the
-    larger of their two standard deviations (both must be known); a recipe tied with the one above shares its rank
-    (competition ranking), and every recipe of a tie shows ``=`` (``=1``, ``=1``, ``3``). No mean: rank ``—``."""
+    """``(recipe, mean, std)`` → ``(recipe, rank)``, best mean first. A recipe's rank is 1 + the number of recipes
+    clearly better than it — ahead by at least the larger of the two seed standard deviations — so recipes whose
+    means differ by less than their seed spread tie, without chaining (0.90, 0.89, 0.88 with spread 0.015 rank
+    =1, =1, 2: the first and last differ by more than the spread). A shared rank shows ``=`` (``=1``); without a
+    known spread (one seed) any difference counts. No mean: rank ``—``."""
     ranked = sorted((item for item in stats if item[1] is not None), key=lambda item: -item[1])
-    ties = [False] * len(ranked)
-    ranks: list[int] = []
-    for index, (_, mean, std) in enumerate(ranked):
-        if index:
-            _, above_mean, above_std = ranked[index - 1]
-            if std is not None and above_std is not None and above_mean - mean < max(std, above_std):
-                ties[index] = ties[index - 1] = True
-                ranks.append(ranks[-1])
-                continue
-        ranks.append(index + 1)
-    result = [(name, f"={rank}" if tie else str(rank)) for (name, _, _), rank, tie in zip(ranked, ranks, ties,
-                                                                                          strict=True)]
+    ranks = [1 + sum(_clearly_better(other, item) for other in ranked) for item in ranked]
+    result = [(item[0], f"={rank}" if ranks.count(rank) > 1 else str(rank)) for item, rank in zip(ranked, ranks,
+                                                                                                 strict=True)]
     return result + [(item[0], "—") for item in stats if item[1] is None]
 
 
@@ -637,9 +728,9 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
     lines += [
         "",
         "± is the sample standard deviation (ddof = 1) over the finished seeds; without ± only one seed finished. "
-        "Recipes are ranked by their mean AUROC over seeds. Two neighbours tie when their means differ by less than "
-        "the larger of their two seed standard deviations: a recipe tied with the one above shares its rank, and "
-        "every tied recipe is marked `=` (ranks 1, =2, =2, 4). Wall time is per run (launch to exit, data "
+        "Rows are in order of mean AUROC over seeds; a recipe's rank is 1 + the number of recipes clearly better "
+        "than it, ahead by at least the larger of the two seed standard deviations, so recipes closer than their "
+        "seed spread tie: they share a rank, marked `=` (=1, =1, 3). Wall time is per run (launch to exit, data "
         "preparation and evaluation included); images/s counts training steps only.",
     ]
     unjudged = [entry["recipe"] for entry in entries if entry["mean"] is not None and entry["std"] is None]
@@ -732,11 +823,20 @@ def benchmark(recipes: Sequence[str], seeds: Sequence[int], output: str | os.Pat
     skipped = sum(run_state(run)[0] == "finished" for run in the_plan.runs)
     echo(f"benchmark: {len(the_plan.recipes)} recipe(s) × {len(the_plan.seeds)} seed(s) = {len(the_plan.runs)} "
          f"runs into {the_plan.output}" + (f" ({skipped} finished before)" if skipped else ""))
-    execute(the_plan, launcher=launcher, echo=echo)
+    interrupted = False
+    try:
+        execute(the_plan, launcher=launcher, echo=echo)
+    except KeyboardInterrupt:
+        interrupted = True
+        echo("benchmark: interrupted; the run in progress was stopped. Run the same command again to resume: "
+             "finished runs are skipped")
     rows = collect(the_plan)
     paths = write_results(the_plan.output, rows, recipes=the_plan.recipes, seeds=the_plan.seeds,
                           command=command or "chexpert-hf benchmark")
     failed = sum(row["status"] != "finished" for row in rows)
-    echo(f"benchmark: {len(rows) - failed} of {len(rows)} runs finished" + (f", {failed} failed" if failed else "")
+    echo(f"benchmark: {len(rows) - failed} of {len(rows)} runs finished"
+         + (f", {failed} {'not finished' if interrupted else 'failed'}" if failed else "")
          + f"; wrote {', '.join(str(path) for path in paths.values())}")
+    if interrupted:
+        return 130
     return 1 if failed else 0

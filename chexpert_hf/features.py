@@ -11,11 +11,19 @@ as a normal checkpoint that ``from_pretrained``, ``chexpert-hf evaluate`` and ``
 Where and under which key
     ``<prepared dataset>.features/<family>-<source>-<size>px-<key>/<split>-<rows>.npy`` (``feature_cache_dir``
     moves the root). ``<key>`` hashes the backbone's weights (every tensor but the head's, so a retrained
-    checkpoint at the same path gets a new key), the model class, the input size, the normalisation, the input
-    channels and the precision; ``<rows>`` hashes the image paths of the split in order (views, sample limits and
-    patient splits select other rows). A later run with the same backbone reuses the files: every seed of a
-    head-only grid after the first trains without touching an image. A JSON file next to each array says what
-    it holds. Arrays are float32, ``rows × features``.
+    checkpoint at the same path gets a new key), its configuration (label fields aside), the input size, the
+    normalisation, the input channels, the precision and the prepared dataset (its folder and
+    ``prepare_info.json``: the same paths prepared at another size are other pixels); ``<rows>`` hashes the image
+    paths of the split in order (views, sample limits and patient splits select other rows). A later run with
+    the same backbone reuses the files: every seed of a head-only grid after the first trains without touching
+    an image. A JSON file next to each array says what it holds. Arrays are float32, ``rows × features``,
+    memory-mapped when read.
+
+The same training?
+    The features come from the backbone in eval mode, as at evaluation. For ViT, DeiT and the hybrid (no dropout
+    in their configurations) and DenseNet (frozen BatchNorm is held in eval mode anyway) that is exactly what the
+    head sees on the fly; Swin's stochastic depth (``drop_path_rate`` 0.1) would perturb the frozen backbone's
+    output on the fly and does not here. Augmentation does not apply: every epoch sees the same features.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ class FeatureHeadModel(nn.Module):
     ``timm_model.classifier``), so freeze-policy names, parameter groups and layer decay apply unchanged; the full
     model is kept as ``full_model`` (not a submodule: it is not moved, trained or saved through this module).
     """
+
+    main_input_name = "pixel_values"
 
     def __init__(self, model: PreTrainedModel):
         super().__init__()
@@ -125,14 +135,38 @@ class FeatureCache:
         return self.folder / f"{split_name}-{rows_fingerprint(split)}.npy"
 
 
+# Configuration fields that do not change what the backbone computes.
+_UNKEYED_CONFIG = {"id2label", "label2id", "num_labels", "problem_type", "transformers_version", "architectures",
+                   "dtype", "torch_dtype", "output_attentions", "output_hidden_states", "return_dict"}
+
+
+def config_fingerprint(model: PreTrainedModel) -> str:
+    fields = {key: value for key, value in model.config.to_dict().items()
+              if not key.startswith("_") and key not in _UNKEYED_CONFIG}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dataset_fingerprint(prepared: str | os.PathLike) -> str:
+    """The prepared dataset: its folder and the contents of its ``prepare_info.json`` (source, size, counts)."""
+    prepared = Path(prepared).expanduser().resolve()
+    info = prepared / "prepare_info.json"
+    digest = hashlib.sha256(str(prepared).encode())
+    if info.is_file():
+        digest.update(info.read_bytes())
+    return digest.hexdigest()
+
+
 def feature_cache(model: PreTrainedModel, family: str, source: str, image_size: int, mean: Sequence[float],
-                  std: Sequence[float], precision: str, root: str | os.PathLike) -> FeatureCache:
+                  std: Sequence[float], precision: str, root: str | os.PathLike,
+                  prepared: str | os.PathLike | None = None) -> FeatureCache:
     description = {
         "format": FORMAT_VERSION,
         "model_class": type(model).__name__,
         "family": family,
         "source": source,
         "backbone_sha256": backbone_fingerprint(model),
+        "config_sha256": config_fingerprint(model),
+        "dataset_sha256": dataset_fingerprint(prepared) if prepared is not None else None,
         "image_size": int(image_size),
         "mean": [float(x) for x in mean],
         "std": [float(x) for x in std],
@@ -141,7 +175,7 @@ def feature_cache(model: PreTrainedModel, family: str, source: str, image_size: 
     }
     keyed = {key: value for key, value in description.items() if key not in ("family", "source")}
     key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(root) / f"{family}-{_source_tag(source)}-{image_size}px-{key}"
+    folder = Path(root).expanduser() / f"{family}-{_source_tag(source)}-{image_size}px-{key}"
     return FeatureCache(folder, description)
 
 
@@ -221,6 +255,8 @@ def _save_array(path: Path, array: np.ndarray, description: dict) -> None:
         try:
             with os.fdopen(handle, "wb") as stream:
                 write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())  # on disk before the name says it is complete
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -258,7 +294,7 @@ def attach_cached_features(
         path = cache.path(name, split)
         with FileLock(str(path) + ".lock"):
             if path.is_file():
-                features = np.load(path)
+                features = np.load(path, mmap_mode="r")  # rows are read as batches ask for them
                 if features.ndim != 2 or len(features) != len(split):
                     raise ValueError(f"{path} holds {features.shape} features for a split of {len(split)} images; "
                                      f"delete it to extract again")

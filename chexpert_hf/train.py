@@ -35,7 +35,7 @@ from .features import FeatureHeadModel, attach_cached_features, default_root, fe
 from .freeze import apply_freeze_policy
 from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from .model_card import CardInfo, write_model_card
-from .models import build_model, input_channels
+from .models import FAMILIES, build_model, input_channels
 from .reports import RUN_INFO, scores_table, write_reports, write_text
 from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights
 
@@ -113,9 +113,20 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"  # Linux reports KiB
 
 
+def _variant_label(recipe: Recipe, built) -> str:
+    """The variant as a table should name it: ``base``/``large`` for a family's own configuration or checkpoint;
+    ``custom`` for a configuration with overrides; the folder name or Hub id of any other checkpoint."""
+    if recipe.model.from_scratch:
+        return "custom" if recipe.model.config_overrides else built.variant
+    if built.source == FAMILIES[recipe.model.family].variants[built.variant].checkpoint:
+        return built.variant
+    return Path(built.source.split(" + ")[-1].rstrip("/")).name or built.variant
+
+
 def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: list[dict], threads: int | None,
-              extraction_seconds: float | None) -> dict:
-    """What the run cost, for ``run_info.json``. Training images/s leaves out the evaluations inside training."""
+              extraction_seconds: float | None, resumed_from: str | None = None) -> dict:
+    """What the run cost, for ``run_info.json``. Training images/s leaves out the evaluations inside training; a
+    resumed run has none (its time covers only the part after the checkpoint, its history the whole run)."""
     args = recipe.training
     runtime = float(train_metrics.get("train_runtime", 0.0))
     eval_seconds = sum(float(entry.get("eval_runtime", 0.0)) for entry in log_history)
@@ -126,7 +137,7 @@ def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: 
     return {
         "recipe": recipe.name,
         "family": recipe.model.family,
-        "variant": built.variant,
+        "variant": _variant_label(recipe, built),
         "freeze_policy": recipe.policy.freeze_policy,
         "seed": args.seed,
         "image_size": built.image_size,
@@ -136,7 +147,8 @@ def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: 
         "train_seconds": runtime,
         "eval_seconds_in_training": eval_seconds,
         "train_images": round(images),
-        "train_images_per_second": images / step_seconds if step_seconds > 0 else None,
+        "train_images_per_second": images / step_seconds if step_seconds > 0 and not resumed_from else None,
+        "resumed_from": Path(resumed_from).name if resumed_from else None,
         "feature_extraction_seconds": extraction_seconds,
         "peak_memory_mib": peak,
         "peak_memory_kind": kind,
@@ -227,7 +239,7 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
     model = built.model.to(args.device)
     cache = feature_cache(model, recipe.model.family, built.source, built.image_size, built.processor.image_mean,
                           built.processor.image_std, precision,
-                          data_args.feature_cache_dir or default_root(prepared))
+                          data_args.feature_cache_dir or default_root(prepared), prepared=prepared)
     with args.main_process_first(desc="extracting features"):
         result = attach_cached_features(
             model, {"train": splits.train, "validation": splits.validation}, cache,
@@ -235,6 +247,9 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
             device=args.device, batch_size=args.per_device_eval_batch_size,
             num_workers=args.dataloader_num_workers, autocast_dtype=autocast,
         )
+    # the backbone is not used again: off the accelerator (peak memory is the head's), the head back on it
+    built.model.to("cpu")
+    trainer.model.to(args.device)
     logger.info("cached features in %s: %s%s", result.folder,
                 f"extracted {', '.join(result.extracted)} in {result.seconds:.1f} s" if result.extracted else "",
                 ("; " if result.extracted and result.reused else "")
@@ -313,6 +328,9 @@ def run(recipe: Recipe) -> dict[str, float]:
         if data_args.augmentation != "none":
             logger.warning("augmentation %r does not apply with cache_features: the features are computed once, "
                            "from unaugmented images", data_args.augmentation)
+        if args.gradient_checkpointing:
+            raise ConfigurationError("gradient_checkpointing has nothing to save when only a head trains on cached "
+                                     "features: turn it off")
 
     # --- trainer -------------------------------------------------------------------------------------------
     scorer = SplitScorer(splits.validation.raw, splits.validation.study_ids, labels, data_args.eval_level)
@@ -383,7 +401,7 @@ def run(recipe: Recipe) -> dict[str, float]:
         trainer.save_model()
         if trainer.is_world_process_zero():
             info = _run_info(recipe, built, summary, train_metrics, training_history, threads,
-                             extraction_seconds)
+                             extraction_seconds, resume)
             write_text(Path(args.output_dir) / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return metrics
 

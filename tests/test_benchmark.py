@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,12 @@ def test_ranks_follow_competition_ranking_and_need_two_seeds():
     assert ranked == [("a", "1"), ("b", "=2"), ("c", "=2"), ("d", "4"), ("e", "—")]
     # 0.001 apart, but one seed each: no spread known, so no tie
     assert bench.rank_recipes([("a", 0.801, None), ("b", 0.800, None)]) == [("a", "1"), ("b", "2")]
+    # ties do not chain: the first and the last differ by more than the spread
+    assert bench.rank_recipes([("a", 0.90, 0.015), ("b", 0.89, 0.015), ("c", 0.88, 0.015)]) == [
+        ("a", "=1"), ("b", "=1"), ("c", "2")]
+    # a recipe with a wide spread ties with both neighbours, which do not tie with each other
+    assert bench.rank_recipes([("a", 0.900, 0.001), ("b", 0.895, 0.05), ("c", 0.880, 0.001)]) == [
+        ("a", "=1"), ("b", "=1"), ("c", "2")]
     assert bench.mean_std_text([0.8]) == "0.8000" and bench.mean_std_text([]) == "—"
     assert bench.human_seconds(125) == "2 min 5 s" and bench.human_seconds(3725) == "1 h 2 min"
 
@@ -214,12 +221,32 @@ def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, caps
     first = fake.calls[0]
     assert "--seed" not in first.command and "--output_dir" not in first.command
     assert first.output_dir == tmp_path / "made" / "pretrain" and (first.output_dir / "run_info.json").is_file()
-    assert "finetune starts from made/pretrain, made by recipe pretrain: training it first" in capsys.readouterr().out
+    assert ("finetune starts from made/pretrain, made by recipe pretrain; it holds no finished model: training it "
+            "first") in capsys.readouterr().out
     assert list(pd.read_csv(output / "results.csv")["recipe"]) == ["finetune", "finetune"]
 
     again = FakeLauncher()  # the model exists now: neither it nor the finished runs run again
     assert bench.benchmark([str(finetune)], [0, 1], output, launcher=again) == 0
     assert again.calls == []
+
+    # new weights in the folder the runs started from: the runs are stale, the prerequisite (same settings) is not
+    (first.output_dir / "model.safetensors").write_bytes(b"other weights")
+    retrained = FakeLauncher()
+    assert bench.benchmark([str(finetune)], [0, 1], output, launcher=retrained) == 0
+    assert [(run.recipe, run.seed) for run in retrained.calls] == [("finetune", 0), ("finetune", 1)]
+    assert "the weights it starts from" in capsys.readouterr().out
+
+    # other overrides: the prerequisite trained with the old ones is trained again before the runs
+    other = FakeLauncher()
+    assert bench.benchmark([str(finetune)], [0], output, ["--num_train_epochs", "2"], launcher=other) == 0
+    assert [(run.recipe, run.prerequisite) for run in other.calls] == [("pretrain", True), ("finetune", False)]
+    assert "it was trained with other settings: overrides [] → ['--num_train_epochs', '2']" in capsys.readouterr().out
+
+    # the prerequisite's folder removed after every run finished: nothing needs it, it is not trained again
+    shutil.rmtree(first.output_dir)
+    idle = FakeLauncher()
+    assert bench.benchmark([str(finetune)], [0], output, ["--num_train_epochs", "2"], launcher=idle) == 0
+    assert idle.calls == [] and "every run that starts from it has finished: not trained" in capsys.readouterr().out
 
 
 def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monkeypatch, capsys):
@@ -292,3 +319,44 @@ def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(
     monkeypatch.setattr(bench, "launch_run", lambda run: pytest.fail(f"{run.title} ran again"))
     assert main(arguments) == 0
     assert capsys.readouterr().out.count("finished before, skipped") == 2
+
+
+def test_an_interrupted_benchmark_writes_what_finished_and_says_how_to_resume(recipes, tmp_path, capsys):
+    class Interrupting(FakeLauncher):
+        def __call__(self, run):
+            if len(self.calls) == 1:
+                raise KeyboardInterrupt
+            return super().__call__(run)
+
+    output = tmp_path / "bench"
+    assert bench.benchmark([str(recipes["tiny_full"])], [0, 1], output, launcher=Interrupting()) == 130
+    table = pd.read_csv(output / "results.csv")
+    assert list(table["status"]) == ["finished", "failed"]
+    assert "Run the same command again to resume" in capsys.readouterr().out
+    resumed = FakeLauncher()
+    assert bench.benchmark([str(recipes["tiny_full"])], [0, 1], output, launcher=resumed) == 0
+    assert [run.seed for run in resumed.calls] == [1]
+
+
+def test_stopping_a_run_stops_its_whole_process_group(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    # a leader that starts a child (in its group) and waits: what accelerate does with the training processes
+    child_pid = tmp_path / "child.pid"
+    script = ("import pathlib, subprocess, sys, time; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)']); "  # a worker that ignores Ctrl-C
+              f"pathlib.Path({str(child_pid)!r}).write_text(str(child.pid)); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    for _ in range(100):
+        if child_pid.is_file() and child_pid.read_text():
+            break
+        time.sleep(0.1)
+    bench.stop_process_group(process, grace=1.0)
+    assert process.poll() is not None
+    time.sleep(0.3)
+    status = Path(f"/proc/{child_pid.read_text()}/status")
+    # gone, or a zombie waiting for init to reap it: either way no longer running
+    assert not status.exists() or "State:\tZ" in status.read_text()

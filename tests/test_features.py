@@ -88,6 +88,13 @@ def test_the_key_follows_the_backbone_size_and_precision_not_the_head(splits, pr
         model.vit.layers[0].attention.q_proj.weight[0, 0] += 1e-3
     assert backbone_fingerprint(model) != fingerprint and key() != first
     assert key(source="/somewhere/demo_pretrain").name.startswith("vit-demo_pretrain-32px-")
+    changed = key()
+    assert key(prepared=prepared_dir) != changed  # the same paths prepared elsewhere (another size): other pixels
+    model.config.layer_norm_eps = 1e-5  # a configuration field the weights do not show
+    assert key() != changed
+    model.config.id2label = {index: f"label {index}" for index in range(len(COMPETITION_LABELS))}
+    model.config.layer_norm_eps = 1e-12
+    assert key() == changed  # label names are the head's business
 
     fewer = load_training_splits(prepared_dir, list(COMPETITION_LABELS), views="all", max_train_samples=4)
     assert rows_fingerprint(fewer.train) != rows_fingerprint(splits.train)
@@ -185,3 +192,30 @@ def test_cache_features_needs_the_head_strategy(prepared_dir, tmp_path, capsys):
     assert train_main(["--config", str(recipe)]) == 2
     assert "cache_features needs freeze_policy: head" in capsys.readouterr().err
     assert not (tmp_path / "features").exists()
+
+
+def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, tmp_path):
+    """``accelerate launch --num_processes 2``: the main process extracts, the other reads its files; the head trains
+    under DDP, and the saved full model scores from the images what the run scored on the features."""
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    from chexpert_hf.evaluation import evaluate_model
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = _recipe(tmp_path, prepared_dir, "two", cache_features=True, num_train_epochs=2,
+                     load_best_model_at_end=False, save_strategy="no")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(root / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
+               str(free_port()), str(root / "recipes" / "train.py"), "--config", str(recipe)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and "extracted train, validation" in result.stdout
+    arrays = sorted(path.name.split("-")[0] for path in (tmp_path / "features").rglob("*.npy"))
+    assert arrays == ["train", "validation"]  # one file per split: the second process did not write its own
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    scored, _, _ = evaluate_model(str(tmp_path / "two"), str(prepared_dir), split="validation", views="all",
+                                  n_bootstrap=0)
+    assert scored.scores["mean_auroc"] == pytest.approx(metrics["mean_auroc"], abs=1e-6)

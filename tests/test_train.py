@@ -64,6 +64,7 @@ def test_a_run_writes_every_output_and_reuses_the_prepared_cache(tmp_path, raw_r
     assert state["global_step"] == 6 and any("eval_mean_auroc" in entry for entry in state["log_history"])
     info = json.loads((out / "run_info.json").read_text())  # what the run cost, for chexpert-hf benchmark
     assert info["train_images"] == 6 * 16 and info["trainable_share"] == 1.0 and info["freeze_policy"] == "full"
+    assert info["variant"] == "custom"  # a configuration with overrides is no ViT-B, whatever the default variant
     in_training = [entry["eval_runtime"] for entry in state["log_history"] if "eval_runtime" in entry][:2]
     assert len(in_training) == 2  # steps 3 and 6; the final evaluation after training is not counted
     assert info["eval_seconds_in_training"] == pytest.approx(sum(in_training))
