@@ -77,3 +77,13 @@ def test_the_trainer_overhead_benchmark_runs_and_reports_a_ratio():
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = [text for text in done.stdout.splitlines() if text.startswith("bare loop")]
     assert "CheXpertTrainer" in line and "ms/step" in line and line.rstrip().endswith("%")
+
+
+def test_the_cached_head_epoch_benchmark_trains_every_row_once_per_epoch():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cached_head_epoch.py"), "--rows", "640",
+                           "--dim", "16", "--batch-size", "64", "--epochs", "2", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("rows/s" in line for line in epochs)
+    assert "16 → 14, 640 rows, batch 64" in done.stdout
