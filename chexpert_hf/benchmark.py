@@ -11,7 +11,9 @@ resumes. At the end the finished runs are read into ``DIR/results.csv`` (one row
 
 A recipe whose ``model_name_or_path`` is the ``output_dir`` of another recipe (``demo_head`` starts from
 ``outputs/demo_pretrain``, which ``demo_pretrain`` writes) gets that recipe trained first, once, when its
-output holds no finished model. Such prerequisite runs are not part of the results.
+output holds no finished model or one the benchmark trained with other settings, and only while a run that starts
+from it is not finished. Such prerequisite runs are not part of the results. A run records the hash of the local
+weights it started from, so a retrained starting point makes its runs stale.
 
 The pieces: :func:`plan` resolves and checks everything before anything runs; :func:`execute` launches what is
 not finished (through a launcher, by default :func:`launch_run`; the tests pass a fake); :func:`collect` reads the

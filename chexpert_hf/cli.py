@@ -408,10 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Any other --field value pair overrides that recipe field in every run (e.g. --num_train_epochs 1); they "
         "are\nchecked against every recipe before anything runs. --seed and --output_dir are set by the benchmark.\n"
         "Runs go seed by seed (every recipe's first seed, then the next). A failed run does not stop the others; "
-        "the\nexit status is 1 when any run failed. Run the same command again to resume: runs that finished with "
-        "the\nsame settings (recipe file, seed, overrides, accelerate config) are skipped, the rest rerun from "
-        "scratch.\nA recipe that starts from another recipe's output_dir (model_name_or_path) gets that recipe "
-        "trained first,\nonce, when its output holds no finished model.",
+        "the\nexit status is 1 when any run failed; Ctrl-C stops the run in progress (all its processes), writes the "
+        "tables of\nwhat finished and exits 130. Run the same command again to resume: runs that finished with the "
+        "same\nsettings (recipe file, seed, overrides, accelerate config, the local weights a run starts from) are "
+        "skipped,\nthe rest rerun from scratch. A recipe that starts from another recipe's output_dir "
+        "(model_name_or_path)\ngets that recipe trained first, once, when its output holds no finished model or was "
+        "trained with other\nsettings, and only while a run still needs it.",
         epilog="example:\n  chexpert-hf benchmark --recipes demo_head,demo_last_block,demo_full --seeds 0,1,2 "
         "--output outputs/benchmark_demo\n  chexpert-hf benchmark --recipes vit_head,vit_full --seeds 0,1 "
         "--accelerate-config accelerate_configs/single_gpu.yaml \\\n      --data_dir data/CheXpert-v1.0-small "

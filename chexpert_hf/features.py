@@ -24,6 +24,10 @@ The same training?
     in their configurations) and DenseNet (frozen BatchNorm is held in eval mode anyway) that is exactly what the
     head sees on the fly; Swin's stochastic depth (``drop_path_rate`` 0.1) would perturb the frozen backbone's
     output on the fly and does not here. Augmentation does not apply: every epoch sees the same features.
+
+Several processes
+    The main process extracts (the others wait, then read its files); the head then trains under DDP as any model
+    would. A long extraction on real CheXpert stays well inside the default 30-minute ``ddp_timeout`` on a GPU.
 """
 
 from __future__ import annotations
