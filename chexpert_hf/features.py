@@ -27,7 +27,8 @@ The same training?
 
 Several processes
     The main process extracts (the others wait, then read its files); the head then trains under DDP as any model
-    would. A long extraction on real CheXpert stays well inside the default 30-minute ``ddp_timeout`` on a GPU.
+    would. The waiting processes give up after ``ddp_timeout`` (30 minutes by default): raise it when the
+    extraction is slower than that (a large backbone on slow storage).
 """
 
 from __future__ import annotations
