@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
 import io
 import json
@@ -161,8 +162,15 @@ def _weights_sha256(folder: Path | None) -> str | None:
         return None
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.name}:{sha256_file(path)}|".encode())
+        stat = path.stat()
+        digest.update(f"{path.name}:{_file_sha256(path, stat.st_size, stat.st_mtime_ns)}|".encode())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """``sha256_file`` once per version of a file (the starting weights are compared for every run, several times)."""
+    return sha256_file(path)
 
 
 # --- plan -------------------------------------------------------------------------------------------------------

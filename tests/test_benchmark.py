@@ -360,3 +360,26 @@ def test_stopping_a_run_stops_its_whole_process_group(tmp_path):
     status = Path(f"/proc/{child_pid.read_text()}/status")
     # gone, or a zombie waiting for init to reap it: either way no longer running
     assert not status.exists() or "State:\tZ" in status.read_text()
+
+
+@pytest.mark.slow
+def test_the_offline_demo_grid_end_to_end(tmp_path, monkeypatch, capsys):
+    """The README's grid command on a small synthetic set, one epoch: demo_pretrain first, then the three strategies
+    fine-tuning its checkpoint (about a minute on 2 CPUs)."""
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "bench"
+    small = ["--synthetic_patients", "40", "--synthetic_valid_patients", "20", "--num_train_epochs", "1",
+             "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false",
+             "--disable_tqdm", "true", "--data_cache_dir", str(tmp_path / "cache")]
+    arguments = ["benchmark", "--recipes", "demo_head,demo_last_block,demo_full", "--output", str(output), *small]
+    assert main(arguments) == 0, capsys.readouterr()
+    assert "made by recipe demo_pretrain" in capsys.readouterr().out
+    assert (tmp_path / "outputs" / "demo_pretrain" / "run_info.json").is_file()
+    table = pd.read_csv(output / "results.csv").set_index("recipe")
+    assert list(table["status"]) == ["finished"] * 3
+    assert table.loc["demo_head", "feature_extraction_seconds"] > 0
+    assert table.loc["demo_head", "trainable_share"] < table.loc["demo_last_block", "trainable_share"] < 1.0
+    assert set(table["variant"]) == {"demo_pretrain"}
+    markdown = (output / "results.md").read_text()
+    assert all(f"`{name}`" in markdown for name in ("demo_head", "demo_last_block", "demo_full"))
+    assert (output / "auroc_by_strategy.png").stat().st_size > 10_000
