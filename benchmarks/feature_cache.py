@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from chexpert_hf.benchmark import mean_std_text
 from chexpert_hf.reports import RUN_INFO
 from chexpert_hf.train import main as train_main
 
@@ -41,12 +42,6 @@ def _run(recipe: str, output: Path, seed: int, epochs: int, cached: bool, cache_
     return {"seed": seed, "cached": cached, "train_seconds": info["train_seconds"],
             "extraction_seconds": info["feature_extraction_seconds"] or 0.0, "wall_seconds": wall,
             "mean_auroc": metrics["mean_auroc"], "hardware": info["hardware"]}
-
-
-def _spread(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.recipe}, {args.epochs} epochs, seeds {args.seeds}, on {summary['hardware']}")
     print("| mode | training (s, mean over seeds) | extraction (s) | mean AUROC (mean ± std) |")
     print("|---|---:|---:|---:|")
-    print(f"| on the fly | {fly_seconds:.1f} | – | {_spread(summary['auroc_on_the_fly'])} |")
+    print(f"| on the fly | {fly_seconds:.1f} | – | {mean_std_text(summary['auroc_on_the_fly'])} |")
     print(f"| cached features | {cached_seconds:.1f} | {extraction:.1f} (first seed; later seeds reuse it) | "
-          f"{_spread(summary['auroc_cached'])} |")
+          f"{mean_std_text(summary['auroc_cached'])} |")
     print(f"speed-up of the training: {summary['speedup_training']:.1f}x; of a first run including its extraction: "
           f"{summary['speedup_with_extraction']:.1f}x")
     if len(seeds) > 1:

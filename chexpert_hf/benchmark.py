@@ -49,6 +49,7 @@ import numpy as np
 from .configs import DATACLASSES, available_recipes, parse_recipe, read_recipe_file, recipes_dir
 from .freeze import POLICIES
 from .labels import COMPETITION_LABELS
+from .model_card import format_duration
 from .reports import RUN_INFO, atomic_write, write_text
 
 METRICS = "metrics.json"  # written by the training job's final evaluation
@@ -63,7 +64,6 @@ RESERVED = ("seed", "output_dir", "recipe", "config")
 SETTINGS = ("recipe", "recipe_sha256", "seed", "overrides", "accelerate_config", "accelerate_config_sha256",
             "starts_from_sha256")
 SINGLE_PROCESS = ("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 Launcher = Callable[["Run"], int]
 Echo = Callable[[str], None]
@@ -454,19 +454,8 @@ def prerequisite_state(run: Run) -> tuple[str, str]:
 
 
 def human_seconds(seconds: float | None) -> str:
-    """``125`` → ``2 min 5 s``; ``3725`` → ``1 h 2 min``."""
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min {secs} s"
-    return f"{secs} s"
+    """``125`` → ``2 min 5 s``; ``3725`` → ``1 h 2 min``; unknown → ``—`` (the model card's format)."""
+    return format_duration(seconds, missing="—")
 
 
 def _log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:

@@ -38,12 +38,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -55,7 +55,8 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .data.training import DecodeCollator, LabelledImages
 from .data.transforms import to_float
-from .models import classifier, input_channels
+from .models import checkpoint_name, classifier, input_channels
+from .reports import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _source_tag(source: str) -> str:
     """A readable name for where the weights came from: ``scratch``, a folder's name or a Hub id."""
     if source == "config":
         return "scratch"
-    tag = Path(source.split(" + ")[-1].rstrip("/")).name or "model"
+    tag = checkpoint_name(source) or "model"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:60]
 
 
@@ -226,12 +227,11 @@ def extract_features(
     model.eval()
     features: np.ndarray | None = None
     start = 0
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     try:
         for batch in tqdm(loader, desc=desc, unit=" batches"):
             pixels = batch["pixel_values"].to(device, non_blocking=True).float()
             pixels = to_float(pixels, mean, std, channels)
-            autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                        else nullcontext())
             captured.clear()
             with autocast:
                 model(pixel_values=pixels)
@@ -250,22 +250,23 @@ def extract_features(
     return features
 
 
+def _fsynced(write: Callable[[BinaryIO], object]) -> Callable[[str], None]:
+    """A writer for :func:`chexpert_hf.reports.atomic_write` that puts the bytes on disk before the rename."""
+
+    def to_disk(name: str) -> None:
+        with open(name, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    return to_disk
+
+
 def _save_array(path: Path, array: np.ndarray, description: dict) -> None:
     """The array and its description, each written to a temporary name and renamed (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for target, write in ((path, lambda handle: np.save(handle, array)),
-                          (path.with_suffix(".json"),
-                           lambda handle: handle.write(json.dumps(description, indent=2).encode() + b"\n"))):
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                write(stream)
-                stream.flush()
-                os.fsync(stream.fileno())  # on disk before the name says it is complete
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+    atomic_write(path, _fsynced(lambda stream: np.save(stream, array)))
+    atomic_write(path.with_suffix(".json"),
+                 _fsynced(lambda stream: stream.write(json.dumps(description, indent=2).encode() + b"\n")))
 
 
 @dataclass
@@ -280,16 +281,11 @@ def attach_cached_features(
     model: PreTrainedModel,
     splits: dict[str, LabelledImages],
     cache: FeatureCache,
-    *,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device | str = "cpu",
-    batch_size: int = 256,
-    num_workers: int = 0,
-    autocast_dtype: torch.dtype | None = None,
+    **extraction: Any,
 ) -> CachedFeatures:
-    """Give every split its features (``split.features``), from the cache or computed now and stored.
+    """Give every split its features (``split.features``), from the cache or computed now and stored;
+    ``extraction`` are the keyword arguments of :func:`extract_features` (``image_size``, ``mean``, ``std``,
+    ``device``, ``batch_size``, ``num_workers``, ``autocast_dtype``).
 
     One writer per file, also across concurrent runs (a file lock); a file that does not match the split (rows)
     is an error that names it, never silently used.
@@ -306,13 +302,11 @@ def attach_cached_features(
                 reused.append(name)
             else:
                 began = time.perf_counter()
-                features = extract_features(model, split, image_size=image_size, mean=mean, std=std, device=device,
-                                            batch_size=batch_size, num_workers=num_workers,
-                                            autocast_dtype=autocast_dtype, desc=f"extracting {name} features")
-                seconds += time.perf_counter() - began
+                features = extract_features(model, split, desc=f"extracting {name} features", **extraction)
+                spent = time.perf_counter() - began
+                seconds += spent
                 _save_array(path, features, {**cache.description, "split": name, "rows": len(split),
-                                             "features": int(features.shape[1]),
-                                             "seconds": round(time.perf_counter() - began, 3)})
+                                             "features": int(features.shape[1]), "seconds": round(spent, 3)})
                 extracted.append(name)
         split.features = features
         split.decoded = None  # the pixels are no longer read

@@ -214,10 +214,10 @@ def format_interval(interval: tuple[float, float] | None) -> str:
     return "—" if interval is None else f"{interval[0]:.4f}–{interval[1]:.4f}"
 
 
-def format_duration(seconds: float | None) -> str:
-    """``207.4`` -> ``"3 min 27 s"``; ``5400`` -> ``"1 h 30 min"``; None -> ``"not recorded"``."""
+def format_duration(seconds: float | None, missing: str = "not recorded") -> str:
+    """``207.4`` -> ``"3 min 27 s"``; ``5400`` -> ``"1 h 30 min"``; None -> ``missing``."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "not recorded"
+        return missing
     total = round(seconds)
     if total < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{total} s"

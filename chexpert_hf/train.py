@@ -35,7 +35,7 @@ from .features import FeatureHeadModel, attach_cached_features, default_root, fe
 from .freeze import apply_freeze_policy
 from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from .model_card import CardInfo, write_model_card
-from .models import FAMILIES, build_model, input_channels
+from .models import FAMILIES, build_model, checkpoint_name, input_channels
 from .reports import RUN_INFO, scores_table, write_reports, write_text
 from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights
 
@@ -103,6 +103,11 @@ def _hardware(args, threads: int | None) -> str:
     return f"CPU ({cpu}), {args.world_size} process(es) × {threads or torch.get_num_threads()} thread(s)"
 
 
+def _precision(args) -> str:
+    """``bf16``, ``fp16`` or ``fp32``: the training arguments' mixed precision."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
 def _peak_memory(device: torch.device) -> tuple[float, str]:
     """Peak memory of this process in MiB and what was measured: CUDA memory allocated by tensors since training
     began, or on the CPU the peak resident set size of the whole process (data preparation included)."""
@@ -120,7 +125,7 @@ def _variant_label(recipe: Recipe, built) -> str:
         return "custom" if recipe.model.config_overrides else built.variant
     if built.source == FAMILIES[recipe.model.family].variants[built.variant].checkpoint:
         return built.variant
-    return Path(built.source.split(" + ")[-1].rstrip("/")).name or built.variant
+    return checkpoint_name(built.source) or built.variant
 
 
 def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: list[dict], threads: int | None,
@@ -152,7 +157,7 @@ def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: 
         "feature_extraction_seconds": extraction_seconds,
         "peak_memory_mib": peak,
         "peak_memory_kind": kind,
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "precision": _precision(args),
         "world_size": args.world_size,
         "hardware": _hardware(args, threads),
         "torch": torch.__version__,
@@ -182,7 +187,7 @@ def _card_info(recipe: Recipe, built, summary, splits, scores: dict, train_secon
     else:
         described = f"{Path(data_args.data_dir).name}, prepared at {data_args.prepare_image_size} px"
     fraction = data_args.validation_fraction()
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    precision = _precision(args)
     hyperparameters = {
         "optimizer": f"{args.optim.value if hasattr(args.optim, 'value') else args.optim}",
         "learning_rate": args.learning_rate,
@@ -234,7 +239,7 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         raise ConfigurationError("cache_features trains a head of a few thousand weights: run it with DDP or one "
                                  "device (accelerate_configs/single_gpu.yaml), not FSDP or DeepSpeed")
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    precision = _precision(args)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model = built.model.to(args.device)
     cache = feature_cache(model, recipe.model.family, built.source, built.image_size, built.processor.image_mean,

@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -164,6 +165,12 @@ class BuiltModel:
     @property
     def image_size(self) -> int:
         return self.processor.size["height"]
+
+
+def checkpoint_name(source: str) -> str:
+    """The last part of a :attr:`BuiltModel.source` path or Hub id (``outputs/demo_pretrain`` → ``demo_pretrain``);
+    for the hybrid built from two checkpoints (``backbone + vit``), its ViT encoder's."""
+    return Path(source.split(" + ")[-1].rstrip("/")).name
 
 
 def _family(name: str) -> Family:
@@ -452,6 +459,7 @@ __all__ = [
     "Family",
     "Variant",
     "build_model",
+    "checkpoint_name",
     "classifier",
     "reset_head",
     "input_channels",
