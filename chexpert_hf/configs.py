@@ -269,11 +269,38 @@ class CheXpertTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.tf32 and not torch.cuda.is_available():
+        requested = self.tf32
+        if requested and not torch.cuda.is_available():
             # a speed knob for Ampere+ GPUs; Transformers refuses it elsewhere, which would stop a CPU smoke run
             logger.warning("tf32 asked for but no CUDA GPU is available: ignored")
-            self.tf32 = None
+            requested = None
+        # Transformers sets TF32 through torch's new precision API (torch >= 2.9), after which torch's legacy
+        # getters, which Inductor and other libraries read, raise: the flags are set here instead (set_tf32).
+        self.tf32 = None
         super().__post_init__()
+        self.tf32 = requested
+        if requested is not None:
+            set_tf32(requested)
+        elif _new_precision_api_in_use():  # torch_compile with bf16 makes Transformers enable TF32 its own way
+            set_tf32(True)
+
+
+def _new_precision_api_in_use() -> bool:
+    return getattr(torch.backends, "fp32_precision", "none") != "none"
+
+
+def set_tf32(enabled: bool) -> None:
+    """Turn TF32 matmuls and convolutions on or off through torch's legacy flags, the one API of this project.
+
+    torch >= 2.9 also has per-backend ``fp32_precision`` flags; once they are set directly, the legacy getters
+    (``torch.get_float32_matmul_precision()``, ``torch.backends.cuda.matmul.allow_tf32``) raise. The legacy
+    setters write through to the new flags, so after this call both APIs read the same state.
+    """
+    if hasattr(torch.backends, "fp32_precision"):
+        torch.backends.fp32_precision = "none"  # hand every backend back to the legacy flags below
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 DATACLASSES = (ModelArguments, DataArguments, PolicyArguments, CheXpertTrainingArguments)

@@ -175,3 +175,39 @@ def test_yaml_scalars_given_to_text_fields_become_text(tmp_path):
     assert recipe.policy.pos_weight == "3" and recipe.training.resume_from_checkpoint == "true"
     # the resolved recipe describes the run, not how it was started: running it again must not resume it
     assert "resume_from_checkpoint" not in recipe.to_yaml()
+
+
+@pytest.fixture
+def restore_tf32():
+    yield
+    from chexpert_hf.configs import set_tf32
+
+    set_tf32(False)
+
+
+def _precision_getters() -> tuple:
+    """What library code reads (Inductor's autotuning among them): torch's legacy getters and the new flags."""
+    import torch
+
+    return (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.fp32_precision)
+
+
+@pytest.mark.parametrize("fields", [{"tf32": True}, {"tf32": False},
+                                    {"torch_compile": True, "bf16": True}])  # Transformers then enables TF32
+def test_tf32_leaves_every_precision_getter_readable(fields, monkeypatch, restore_tf32):
+    """On an Ampere+ GPU with torch >= 2.9, Transformers' own TF32 switch uses torch's new precision API, after which
+    torch's legacy getters raise ("a mix of the legacy and new APIs"); the training arguments set it one way."""
+    import torch
+    import transformers.training_args
+
+    from chexpert_hf.configs import CheXpertTrainingArguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: True)
+    args = CheXpertTrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **fields)
+    matmul, legacy_matmul, cudnn, new_matmul = _precision_getters()
+    enabled = fields.get("tf32", True)
+    assert args.tf32 == fields.get("tf32")  # the recipe's value is kept (recipe.yaml, the card)
+    assert (matmul, legacy_matmul, cudnn) == (("high", True, True) if enabled else ("highest", False, False))
+    assert new_matmul == ("tf32" if enabled else "ieee")
