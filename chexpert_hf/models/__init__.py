@@ -76,6 +76,9 @@ class Family:
     mean: tuple[float, ...]  # normalisation when neither checkpoint nor processor says otherwise
     std: tuple[float, ...]
     position_prefix: int | None  # tokens before the patch grid ([CLS], distillation); None: no absolute positions
+    # The class FSDP shards as one unit (chexpert_hf.fsdp): the transformer block, which holds neither the input
+    # embeddings nor the final norm; None: the family cannot be sharded.
+    fsdp_block: str | None
 
 
 FAMILIES: dict[str, Family] = {
@@ -94,6 +97,7 @@ FAMILIES: dict[str, Family] = {
         HALF,
         HALF,
         1,
+        "ViTLayer",
     ),
     "swin": Family(
         SwinForImageClassification,
@@ -110,6 +114,7 @@ FAMILIES: dict[str, Family] = {
         IMAGENET_MEAN,
         IMAGENET_STD,
         None,
+        "SwinStage",
     ),
     "deit": Family(
         # The distilled checkpoints are DeiT's own model type; the plain class trains with labels (the
@@ -128,6 +133,7 @@ FAMILIES: dict[str, Family] = {
         IMAGENET_MEAN,
         IMAGENET_STD,
         2,
+        "DeiTLayer",
     ),
     "resnet_vit": Family(
         ResNetViTForImageClassification,
@@ -139,6 +145,7 @@ FAMILIES: dict[str, Family] = {
         HALF,
         HALF,
         1,
+        "ResNetViTLayer",
     ),
     "densenet121": Family(
         TimmWrapperForImageClassification,
@@ -150,6 +157,7 @@ FAMILIES: dict[str, Family] = {
         IMAGENET_MEAN,
         IMAGENET_STD,
         None,
+        None,  # timm's DenseNet has no block class to shard: train.py refuses FSDP for it
     ),
 }
 

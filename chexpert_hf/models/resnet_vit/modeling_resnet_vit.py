@@ -116,8 +116,22 @@ class ResNetViTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True  # the attention calls F.scaled_dot_product_attention unless eager or maps are asked for
     _no_split_modules = ["ResNetViTEmbeddings", "ResNetViTLayer"]
+    # get_input_embeddings() (transformers' lookup: self.embeddings.<name>, else the base model's) is the patch
+    # projection, as ViT's is its patch_embeddings; accelerate's FSDP2 shards it as a unit of its own.
+    _input_embed_layer = "projection"
     # The forward takes no **kwargs, so the Trainer must not pass loss keyword arguments.
     accepts_loss_kwargs = False
+
+    def save_pretrained(self, *args, **kwargs):
+        # FSDP2 turns a sharded model's class into a subclass defined in torch (FSDPResNetViT...); saved as it is,
+        # the copied code files and the auto_map would be torch's. Save under this file's class (FSDP's own
+        # methods are not needed to write a given or plain state dict).
+        own = next(cls for cls in type(self).__mro__ if cls.__module__ == __name__)
+        sharded, self.__class__ = self.__class__, own
+        try:
+            return super().save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = sharded
 
     def _init_weights(self, module):
         # The backbone is a PreTrainedModel of its own and initialises itself; this sees only the hybrid's modules.
