@@ -35,7 +35,7 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.push_to_hub:  # before hours of decoding, not after
         from .publish import check_hub_access
 
-        user = check_hub_access()
+        user = check_hub_access(repo_id=args.push_to_hub, repo_type="dataset")
         print(f"will push to the Hub as {user}: dataset {args.push_to_hub} (private)")
     summary = prepare(
         args.data_dir,

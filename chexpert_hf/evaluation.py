@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,12 @@ import pandas as pd
 from .data.tables import CheXpertFormatError, CsvTable, parse_labels, read_table, split_image_path, split_study_path
 from .labels import CHEXPERT_LABELS, canonical_label
 from .metrics import BOOTSTRAP_RESAMPLES, evaluation_targets, score, scored_rows
-from .reports import write_reports
+from .reports import atomic_write, write_reports
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS_CSV = "predictions.csv"
+PROBABILITY_FORMAT = "%.17g"  # enough digits to read back the exact float64
 _SHOWN = 5  # rows or studies named in an error message
 
 
@@ -212,23 +212,22 @@ def score_predictions(predictions: str | os.PathLike, groundtruth: str | os.Path
 
 
 def write_predictions_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    """Write a predictions table to a temporary name and rename it: no half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        frame.to_csv(temporary, index=False, float_format="%.9g", quoting=csv.QUOTE_MINIMAL)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write a predictions table with :func:`chexpert_hf.reports.atomic_write` (never a half-written file).
+
+    Probabilities are written with 17 significant digits, which give back the exact float64: a confident study's
+    probability (``0.99999999999987...``, from a logit near 30) stays apart from its neighbours', so scoring the
+    file again (``evaluate --predictions``) gives what the model scored, bit for bit. Logits above about 36 have
+    probability 1.0 in float64 too and tie in the file as in every score.
+    """
+    atomic_write(Path(path), lambda name: frame.to_csv(name, index=False, float_format=PROBABILITY_FORMAT,
+                                                       quoting=csv.QUOTE_MINIMAL))
 
 
 def predictions_frame(keys: Sequence[str], probabilities: np.ndarray, labels: Sequence[str],
                       key_column: str = "Path") -> pd.DataFrame:
-    """A predictions table in the format :func:`read_predictions` accepts (``%.9g`` keeps float32 exact)."""
-    frame = pd.DataFrame(np.asarray(probabilities, dtype=np.float32), columns=list(labels))
+    """A predictions table in the format :func:`read_predictions` accepts, probabilities in float64 (see
+    :func:`write_predictions_csv`)."""
+    frame = pd.DataFrame(np.asarray(probabilities, dtype=np.float64), columns=list(labels))
     frame.insert(0, key_column, list(keys))
     return frame
 
@@ -268,10 +267,10 @@ def evaluate_model(model_name_or_path: str, data: str | os.PathLike, *, split: s
     paths = rows["path"][:]
     image_keys = np.array([f"{p[1]}/{p[2]}/{p[3]}" if (p := split_image_path(path)) else path for path in paths],
                           dtype=object)
-    scores = score(probabilities.astype(np.float64), targets, loaded.labels,
-                   study_ids=None if per_image else studies, row_ids=image_keys, n_bootstrap=n_bootstrap, seed=seed)
-    scored_probabilities, scored_targets = scored_rows(probabilities.astype(np.float64), targets,
-                                                       None if per_image else studies)
+    # float64 probabilities from the logits, as the Trainer's SplitScorer computes them: the same score
+    scores = score(probabilities, targets, loaded.labels, study_ids=None if per_image else studies,
+                   row_ids=image_keys, n_bootstrap=n_bootstrap, seed=seed)
+    scored_probabilities, scored_targets = scored_rows(probabilities, targets, None if per_image else studies)
     summary = {"model": _public_name(model_name_or_path), "split": split, "views": views,
                "level": "image" if per_image else "study", "images": len(rows)}
     return (Scored(scores, scored_probabilities, scored_targets, loaded.labels),

@@ -53,6 +53,7 @@ from .localization import (
     pointing_hit,
     rank_correlations,
 )
+from .reports import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -320,9 +321,7 @@ def check_output(output: str | os.PathLike, overwrite: bool, keep: Sequence[str 
 def _staging(output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the output is an ordinary folder
     return staging
 
 

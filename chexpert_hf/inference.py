@@ -3,7 +3,10 @@
 Loading goes through ``AutoModelForImageClassification.from_pretrained`` (a local folder or a Hub id, the same
 code path) with safetensors only: pickled ``.bin`` weights can run code when loaded and are refused. A model whose
 code ships with the checkpoint (the ResNet+ViT hybrid) loads only with ``trust_remote_code=True``. Outputs are
-independent per-label probabilities (sigmoid), never a softmax.
+independent per-label probabilities (sigmoid), never a softmax, in float64 and computed by
+:func:`chexpert_hf.metrics.sigmoid` from the model's logits as the Trainer's scorer does: a float32 sigmoid is 1.0
+from a logit of about 16.7 and would make confident studies tie, so a score computed here would differ from the
+training run's.
 
 Two input paths, each reproducing how the model saw its images:
 
@@ -31,6 +34,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Pr
 from .data.images import open_radiograph
 from .data.transforms import decode_batch, image_bytes, to_float
 from .labels import CHEXPERT_LABELS, check_label_names
+from .metrics import sigmoid
 from .models import input_channels
 
 logger = logging.getLogger(__name__)
@@ -127,8 +131,9 @@ def load_classifier(model_name_or_path: str | os.PathLike, *, trust_remote_code:
 
 @torch.inference_mode()
 def _probabilities(loaded: LoadedModel, pixel_values: torch.Tensor) -> np.ndarray:
+    """float64 probabilities from the model's logits (float32, as the Trainer gathers them for its scorer)."""
     logits = loaded.model(pixel_values=pixel_values.to(loaded.device)).logits
-    return torch.sigmoid(logits.float()).cpu().numpy()
+    return sigmoid(logits.float().cpu().numpy())
 
 
 def _batches(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
@@ -138,9 +143,9 @@ def _batches(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
 
 def predict_files(loaded: LoadedModel, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
                   progress: bool = True) -> np.ndarray:
-    """``(len(paths), L)`` float32 probabilities for image files. An unreadable file raises
+    """``(len(paths), L)`` float64 probabilities for image files. An unreadable file raises
     :class:`chexpert_hf.data.images.UnreadableImage` whose message names it, before any output is produced."""
-    out = np.empty((len(paths), len(loaded.labels)), dtype=np.float32)
+    out = np.empty((len(paths), len(loaded.labels)), dtype=np.float64)
     bar = tqdm(total=len(paths), desc="predicting", unit=" images", disable=not progress)
     for start, stop in _batches(len(paths), batch_size):
         images = [open_radiograph(str(path)) for path in paths[start:stop]]
@@ -152,10 +157,10 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str | os.PathLike], *, ba
 
 
 def predict_split(loaded: LoadedModel, dataset, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """``(len(dataset), L)`` float32 probabilities for a prepared split (a ``datasets.Dataset`` of embedded
+    """``(len(dataset), L)`` float64 probabilities for a prepared split (a ``datasets.Dataset`` of embedded
     images), preprocessed as during training when the processor allows it, else through the processor."""
     fast = loaded.square_resize()
-    out = np.empty((len(dataset), len(loaded.labels)), dtype=np.float32)
+    out = np.empty((len(dataset), len(loaded.labels)), dtype=np.float64)
     for start, stop in tqdm(list(_batches(len(dataset), batch_size)), desc="evaluating", unit=" batches",
                             disable=not progress):
         encoded = image_bytes(dataset, start, stop)

@@ -33,8 +33,15 @@ in the order of their ids first, so the interval depends on the seed and the dat
 in which a label has one class only has no AUROC for that label and is left out of its interval (counted in
 ``bootstrap.undefined``).
 
-The metrics are rank-based, so any score that is monotone in the probability (logits, for example) gives the same
-numbers; only finiteness is checked.
+Probabilities
+-------------
+The metrics are rank-based, so only the order of the scores counts; only finiteness is checked. The order must not
+be lost on the way: a float32 sigmoid is exactly 1.0 from a logit of about 16.7, so confident studies would tie. Every
+path turns logits into probabilities with :func:`sigmoid`, in float64 (the Trainer's :class:`SplitScorer`, ``chexpert-hf
+evaluate --model``, ``predict``), so they score the same numbers bit for bit. float64 tells logits apart to about
+``1e-16 / (1 - p)``: 1e-5 at a logit of 25, 1e-3 at 30; they start to tie near 34 and are all 1.0 above 36.7, in
+every path alike. Written out (``predictions.csv``), probabilities keep all 17 digits, so a file scored again gives
+the same result.
 """
 
 from __future__ import annotations
@@ -60,6 +67,13 @@ _RAW_VALUES = (-1.0, 0.0, 1.0)
 #: Confidence level of the bootstrap intervals, and the resamples the reports use.
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 1000
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Independent per-label probabilities from logits, in float64: the one conversion every scoring path uses."""
+    logits = np.asarray(logits, dtype=np.float64)
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf below x = -709: the probability is 0, rightly
+        return 1.0 / (1.0 + np.exp(-logits))
 
 
 def evaluation_targets(raw: np.ndarray) -> np.ndarray:
@@ -331,12 +345,12 @@ class SplitScorer:
         self._reported_skips: list[str] = []
 
     def __call__(self, prediction: Any) -> dict[str, float]:
-        logits = np.asarray(prediction.predictions, dtype=np.float64)
+        logits = np.asarray(prediction.predictions)
         rows = np.asarray(prediction.label_ids[1], dtype=np.int64).reshape(-1)
         rows, first = np.unique(rows, return_index=True)
         if len(rows) != len(self.targets):
             raise ValueError(f"scored {len(rows)} distinct rows, the split has {len(self.targets)}")
-        probabilities = 1.0 / (1.0 + np.exp(-logits[first]))  # sigmoid: labels are independent
+        probabilities = sigmoid(logits[first])  # float64, as every other scoring path: labels are independent
         studies = self.study_ids[rows] if self.level == "study" else None
         self.last_scores = score(probabilities, self.targets[rows], self.label_names, study_ids=studies,
                                  n_bootstrap=self.n_bootstrap, seed=self.seed)

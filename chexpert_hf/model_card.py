@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -27,6 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.reports import atomic_write
 
 CHEXPERT_URL = "https://stanfordmlgroup.github.io/competitions/chexpert/"
 CHEXPERT_LICENSE_NAME = "chexpert-research-use-agreement"
@@ -619,7 +619,8 @@ def build_model_card(info: CardInfo) -> ModelCard:
 
 
 def write_model_card(folder: str | Path, info: CardInfo) -> Path:
-    """Write ``folder/README.md`` atomically (a temporary file, then ``os.replace``); returns its path.
+    """Write ``folder/README.md`` with :func:`chexpert_hf.reports.atomic_write` (on disk, then renamed; the mode of
+    any new file under the umask); returns its path.
 
     The card is built before anything touches the disk, so a refused ``info`` leaves the folder as it was.
     """
@@ -627,17 +628,7 @@ def write_model_card(folder: str | Path, info: CardInfo) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "README.md"
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".README.md.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(target, lambda name: Path(name).write_text(text, encoding="utf-8", newline=""))
     return target
 
 

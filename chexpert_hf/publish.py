@@ -7,8 +7,10 @@ token, an absolute path of this machine or a CheXpert patient identifier anywher
 ``training_args.bin`` (a pickle holding ``hub_token`` in clear), TensorBoard logs, predictions and evaluation
 folders (patient identifiers) are never staged.
 
-A run that will push calls :func:`check_hub_access` before it trains, so a missing or read-only token or an
-unreachable Hub stops it at once rather than after hours of training.
+A run that will push calls :func:`check_hub_access` with the repository it will push to before it trains, so a
+missing token, one that cannot write there (read-only, fine-grained without ``repo.write`` on that namespace, an
+organization its owner is not a writing member of) or an unreachable Hub stops it at once rather than after hours
+of training.
 
 The prepared CheXpert dataset is pushed private, always: CheXpert's Research Use Agreement does not allow
 redistribution.
@@ -17,6 +19,7 @@ redistribution.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +34,7 @@ import yaml
 from .model_card import CHEXPERT_BIBTEX, CHEXPERT_LICENSE_NAME, CHEXPERT_URL
 
 StrPath = str | os.PathLike
+logger = logging.getLogger(__name__)
 
 # --- what is published -----------------------------------------------------------------------------------------
 SAFE_WEIGHTS = "model.safetensors"
@@ -78,12 +82,25 @@ def _is_network_error(error: BaseException) -> bool:
                                                                      "urllib3")
 
 
-def check_hub_access(token: str | None = None) -> str:
+def trainer_repo_id(hub_model_id: str | None, output_dir: StrPath) -> str:
+    """The repository a Trainer pushes to: ``hub_model_id``, else the output folder's name (in the token owner's
+    namespace), as ``transformers.Trainer.init_hf_repo`` names it."""
+    return hub_model_id or Path(output_dir).absolute().name
+
+
+def check_hub_access(token: str | None = None, repo_id: str | None = None, *, repo_type: str = "model") -> str:
     """The user name of a token that can push; :class:`HubAccessError` (one clear message) when there is none,
-    the Hub cannot be reached, the token is rejected or it is read-only. Messages name the endpoint, never the
-    token."""
+    the Hub cannot be reached, the token is rejected or it cannot write. Messages name the endpoint, never the
+    token.
+
+    A read token is refused, and so is a fine-grained token without ``repo.write`` anywhere. With ``repo_id`` (a
+    name without a namespace is in the token owner's), write access to that repository is proven before any work:
+    its namespace must be the user's or an organization they belong to with a role other than ``read``, and a
+    fine-grained token needs ``repo.write`` on that namespace (or on that repository). A token whose role
+    ``whoami`` does not state (neither read, write nor fine-grained) is put to the test instead: the repository is
+    created, private, unless it exists.
+    """
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     token = token or get_token()
     if not token:
@@ -95,30 +112,130 @@ def check_hub_access(token: str | None = None) -> str:
     endpoint = api.endpoint
     try:
         info = api.whoami(token=token)
-    except OfflineModeIsEnabled:
-        raise HubAccessError(f"cannot reach the Hub at {endpoint}: offline mode is on (HF_HUB_OFFLINE=1); unset it "
-                             f"to push") from None
-    except HfHubHTTPError as error:
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        if status == 401:
-            raise HubAccessError(
-                f"the Hub at {endpoint} rejected the token (401 Unauthorized): it is invalid, expired or revoked; "
-                f"run `hf auth login` with a valid token or set HF_TOKEN"
-            ) from None
-        raise HubAccessError(f"the Hub at {endpoint} could not check the token (HTTP {status}); try again "
-                             f"later") from None
     except Exception as error:
-        if not _is_network_error(error):
+        problem = _access_error(error, endpoint, token, "could not check the token")
+        if problem is error:
             raise
-        reason = _redact(str(error), token) or type(error).__name__
-        raise HubAccessError(f"cannot reach the Hub at {endpoint} ({reason}); check the network, a proxy or "
-                             f"HF_ENDPOINT") from None
+        raise problem from None
     name = info.get("name") or "?"
-    role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
+    access = (info.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
     if role == "read":
         raise HubAccessError(f"the token of {name!r} at {endpoint} is read-only: pushing needs a token with write "
                              f"access (a 'write' or fine-grained token); run `hf auth login` with one")
+    if role == "fineGrained" and not _write_grants(access):
+        raise HubAccessError(f"the fine-grained token of {name!r} at {endpoint} has the {REPO_WRITE} permission on "
+                             f"no namespace, so it cannot push; edit its permissions on the Hub (write access to "
+                             f"the repositories of your namespace or an organization's) or use a 'write' token")
+    if repo_id is None:
+        return name
+    namespace, _, repository = repo_id.rpartition("/")
+    namespace = namespace or name
+    target = f"{namespace}/{repository}"
+    where = f"{endpoint}/{'' if repo_type == 'model' else repo_type + 's/'}{target}"
+    if namespace.lower() != name.lower():
+        orgs = {str(org.get("name")).lower(): org for org in info.get("orgs") or [] if isinstance(org, dict)}
+        org = orgs.get(namespace.lower())
+        # a fine-grained token is scoped to organizations its owner belongs to, whatever whoami lists
+        if org is None and not (role == "fineGrained" and _grants_write(access, namespace, target, repo_type)):
+            listed = ", ".join(sorted(str(org.get("name")) for org in orgs.values())) or "none"
+            raise HubAccessError(f"{name!r} cannot push to {where}: {namespace!r} is neither their namespace nor one "
+                                 f"of their organizations ({listed}); push to {name}/{repository} or join "
+                                 f"{namespace!r}")
+        if org is not None and org.get("roleInOrg") == "read":
+            raise HubAccessError(f"{name!r} cannot push to {where}: their role in the organization {namespace!r} is "
+                                 f"'read'; an admin of {namespace!r} can make it 'write'")
+    if role == "fineGrained":
+        if not _grants_write(access, namespace, target, repo_type):
+            granted = ", ".join(_write_grants(access))
+            raise HubAccessError(f"the fine-grained token of {name!r} cannot push to {where}: it lacks the "
+                                 f"{REPO_WRITE} permission on {namespace!r} (it has {REPO_WRITE} on {granted} only); "
+                                 f"add {namespace!r} to the token's permissions on the Hub, or use another token")
+    elif role != "write":
+        _create_to_prove(api, endpoint, token, name, target, repo_type, where)
     return name
+
+
+REPO_WRITE = "repo.write"  # the fine-grained permission to push to a repository
+
+
+def _access_error(error: Exception, endpoint: str, token: str, doing: str) -> Exception:
+    """The :class:`HubAccessError` that says why a Hub call failed (offline, rejected token, unreachable); any other
+    error as it is."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return HubAccessError(f"cannot reach the Hub at {endpoint}: offline mode is on (HF_HUB_OFFLINE=1); unset it "
+                              f"to push")
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 401:
+            return HubAccessError(
+                f"the Hub at {endpoint} rejected the token (401 Unauthorized): it is invalid, expired or revoked; "
+                f"run `hf auth login` with a valid token or set HF_TOKEN"
+            )
+        return HubAccessError(f"the Hub at {endpoint} {doing} (HTTP {status}); try again later")
+    if _is_network_error(error):
+        reason = _redact(str(error), token) or type(error).__name__
+        return HubAccessError(f"cannot reach the Hub at {endpoint} ({reason}); check the network, a proxy or "
+                              f"HF_ENDPOINT")
+    return error
+
+
+def _scoped_grants(access: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """``(entity type, entity name, permissions)`` of each scoped grant of a fine-grained token (``whoami``'s
+    ``auth.accessToken.fineGrained.scoped``: ``{"entity": {"type": "user" | "org" | "model" | ..., "name": ...},
+    "permissions": [...]}``)."""
+    grants = []
+    for entry in (access.get("fineGrained") or {}).get("scoped") or []:
+        if isinstance(entry, dict):
+            entity = entry.get("entity") or {}
+            grants.append((str(entity.get("type", "")), str(entity.get("name", "")),
+                           list(entry.get("permissions") or [])))
+    return grants
+
+
+def _write_grants(access: dict[str, Any]) -> list[str]:
+    """The namespaces and repositories a fine-grained token may push to (``global`` when it may push anywhere)."""
+    anywhere = ["global"] if REPO_WRITE in ((access.get("fineGrained") or {}).get("global") or []) else []
+    return anywhere + [name for _, name, permissions in _scoped_grants(access) if REPO_WRITE in permissions]
+
+
+def _grants_write(access: dict[str, Any], namespace: str, target: str, repo_type: str) -> bool:
+    """Whether a fine-grained token may push to ``target``: ``repo.write`` among its global permissions, on
+    ``namespace`` (a user or an organization) or on that repository itself."""
+    if REPO_WRITE in ((access.get("fineGrained") or {}).get("global") or []):
+        return True
+    for kind, entity, permissions in _scoped_grants(access):
+        if REPO_WRITE in permissions and (
+            (kind in ("user", "org") and entity.lower() == namespace.lower())
+            or (kind == repo_type and entity.lower() == target.lower())
+        ):
+            return True
+    return False
+
+
+def _create_to_prove(api, endpoint: str, token: str, name: str, target: str, repo_type: str, where: str) -> None:
+    """Create ``target`` (private) when ``whoami`` does not say what the token may do: a 401/403 proves a push would
+    fail; 409 (it exists) is accepted, the Hub checks writing to it at the push."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.create_repo(target, repo_type=repo_type, private=True, exist_ok=False, token=token)
+    except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status == 409:
+            return
+        if status == 403:
+            raise HubAccessError(f"the token of {name!r} cannot push to {where}: the Hub refused to create it (HTTP "
+                                 f"403 Forbidden); use a token with write access to {target.split('/')[0]!r}") from None
+        raise _access_error(error, endpoint, token, f"could not create {where}") from None
+    except Exception as error:
+        problem = _access_error(error, endpoint, token, f"could not create {where}")
+        if problem is error:
+            raise
+        raise problem from None
+    logger.info("created %s (private) to prove that the token can push there", where)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,7 +545,7 @@ def push_output_folder(
     repository ``repo_id`` (created if needed); returns the repository URL."""
     from huggingface_hub import HfApi, get_token
 
-    check_hub_access(token)
+    check_hub_access(token, repo_id)
     token = token or get_token()
     with tempfile.TemporaryDirectory(prefix="chexpert-hf-publish-") as temporary:
         staging = Path(temporary) / "model"
@@ -533,7 +650,7 @@ def push_prepared_dataset(prepared_dir: StrPath, repo_id: str, *, token: str | N
     if not (prepared_dir / "dataset_dict.json").is_file():
         raise PublishError(f"{prepared_dir} is not a prepared CheXpert dataset (no dataset_dict.json); run "
                            f"`chexpert-hf prepare` first and push its output folder")
-    check_hub_access(token)
+    check_hub_access(token, repo_id, repo_type="dataset")
     token = token or get_token()
     dataset = datasets.load_from_disk(str(prepared_dir))
     if not isinstance(dataset, datasets.DatasetDict):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from chexpert_hf.cli import main as cli_main
-from chexpert_hf.evaluation import evaluate_model, score_predictions
+from chexpert_hf.evaluation import evaluate_model, score_predictions, write_evaluation, write_predictions_csv
 from chexpert_hf.inference import ModelLoadError, load_classifier, predict_files
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.model_card import card_metrics
@@ -73,7 +73,7 @@ def test_evaluate_reproduces_the_training_validation_and_its_predictions_file(tr
     assert list(predictions.columns) == ["Path", *COMPETITION_LABELS]
     assert summary["model"] == "out" and summary["level"] == "study"
     # the predictions file scores the same against the raw valid.csv, as the leaderboard would
-    predictions.to_csv(tmp_path / "pred.csv", index=False, float_format="%.9g")
+    write_predictions_csv(tmp_path / "pred.csv", predictions)
     rescored, _ = score_predictions(tmp_path / "pred.csv", trained["root"] / "valid.csv")
     assert rescored.scores["per_label"] == scored.scores["per_label"]
 
@@ -91,6 +91,75 @@ def test_the_evaluate_command_writes_its_reports(trained, tmp_path, capsys, monk
     assert f"{metrics['mean_auroc']:.4f}" in printed
     rows = pd.read_csv(output / "predictions.csv")
     assert len(rows) == metrics["images"] and rows["Path"].str.contains("frontal").all()
+
+
+def _captured_logits(monkeypatch) -> list[np.ndarray]:
+    """Every batch of logits the models that ``chexpert_hf.inference.load_classifier`` loads compute from now on."""
+    import chexpert_hf.inference as inference
+
+    captured: list[np.ndarray] = []
+    real = inference.load_classifier
+
+    def load(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        loaded.model.register_forward_hook(lambda module, inputs, output: captured.append(
+            output.logits.detach().float().cpu().numpy()))
+        return loaded
+
+    monkeypatch.setattr(inference, "load_classifier", load)
+    return captured
+
+
+def test_evaluate_scores_confident_logits_as_the_training_run_does(prepared_dir, synthetic_root, tmp_path,
+                                                                   monkeypatch):
+    """Logits above 20 (a float32 sigmoid is 1.0 from about 16.7): ``evaluate --model`` must score the numbers the
+    Trainer's SplitScorer scores from the same logits, not float32 ties; and its predictions.csv rescores alike."""
+    from transformers.trainer_utils import EvalPrediction
+
+    from chexpert_hf.data.builder import label_names
+    from chexpert_hf.data.prepare import load_prepared
+    from chexpert_hf.labels import reorder_labels
+    from chexpert_hf.metrics import SplitScorer
+
+    captured = _captured_logits(monkeypatch)
+    built = tiny_model("vit")
+    built.model.save_pretrained(tmp_path / "plain")
+    built.processor.save_pretrained(tmp_path / "plain")
+    evaluate_model(str(tmp_path / "plain"), str(prepared_dir), views="all", n_bootstrap=0, device="cpu",
+                   progress=False)
+    plain = np.concatenate(captured)
+    # a confident model: each label's logits moved to about 26 +- 3, their order kept (the classifier is affine)
+    scale = 3.0 / plain.std(axis=0)
+    classifier = built.model.classifier
+    with torch.no_grad():
+        classifier.weight.mul_(torch.tensor(scale, dtype=torch.float32)[:, None])
+        classifier.bias.copy_(torch.tensor((classifier.bias.numpy() - plain.mean(axis=0)) * scale + 26.0))
+    built.model.save_pretrained(tmp_path / "confident")
+    built.processor.save_pretrained(tmp_path / "confident")
+
+    captured.clear()
+    scored, predictions, _ = evaluate_model(str(tmp_path / "confident"), str(prepared_dir), views="all",
+                                            n_bootstrap=200, device="cpu", progress=False)
+    logits = np.concatenate(captured)
+    assert logits.min() > 17.0 and logits.max() > 20.0 and len(np.unique(logits[:, 0])) > 5
+    assert (torch.sigmoid(torch.from_numpy(logits)) == 1.0).all()  # float32 would tie every study
+
+    # the training run's score: the Trainer hands SplitScorer these logits and each one's dataset row
+    dataset = load_prepared(prepared_dir)
+    rows = dataset["validation"]
+    raw = reorder_labels(np.asarray(rows["labels"], dtype=np.float32), label_names(dataset), COMPETITION_LABELS)
+    scorer = SplitScorer(raw, rows["study_id"], COMPETITION_LABELS, "study", n_bootstrap=200)
+    order = np.arange(len(rows))
+    flat = scorer(EvalPrediction(predictions=logits, label_ids=(raw, order)))
+    assert scored.scores == scorer.last_scores  # bit for bit, intervals included
+    assert scored.scores["per_label"] and flat["mean_auroc"] == scored.scores["mean_auroc"]
+    np.testing.assert_array_equal(scored.probabilities, scorer.last_scored[0])
+    assert any(entry["auroc"] != 0.5 for entry in scored.scores["per_label"].values())
+
+    # predictions.csv keeps the digits that tell these studies apart: rescoring it gives the same numbers
+    paths = write_evaluation(tmp_path / "eval", scored, {}, title="t", predictions=predictions)
+    rescored, _ = score_predictions(paths["predictions.csv"], synthetic_root / "valid.csv", n_bootstrap=200)
+    assert rescored.scores["per_label"] == scored.scores["per_label"]
 
 
 def write_images(folder: Path, source: Path) -> dict[str, Path]:

@@ -18,8 +18,14 @@ import torch
 import yaml
 from conftest import free_port, tiny_model
 from huggingface_hub import HfApi, RepoUrl, constants
+from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
 from scripts.tiny_rows import Rows
+
+try:  # the HTTP client huggingface_hub uses
+    import httpx2 as httpx
+except ImportError:  # older huggingface_hub
+    import httpx
 
 from chexpert_hf.publish import (
     HubAccessError,
@@ -30,11 +36,13 @@ from chexpert_hf.publish import (
     push_prepared_dataset,
     stage_checkpoint_folder,
     stage_model_folder,
+    trainer_repo_id,
 )
 
 TOKEN = "hf_" + "a1B2c3D4e5" * 4  # shaped like a real token; never valid
 CARD_TEXT = "---\nlicense: apache-2.0\n---\n# tiny CheXpert model\n\nMean AUROC 0.9 (5 labels).\n"
 _real_whoami = HfApi.whoami  # before any test replaces it
+_REQUEST = httpx.Request("POST", "https://huggingface.co/api/repos/create")
 PUBLISHED_RESULTS = ["all_results.json", "eval_results.json", "metrics.json", "metrics.md", "roc.png",
                      "train_results.json"]
 
@@ -59,6 +67,9 @@ class FakeHub:
     def __init__(self, role: str = "write", upload_seconds: float = 0.0):
         self.calls: list[tuple[str, dict]] = []
         self.role = role
+        # whoami-v2 as the Hub answers it; the tests' repositories live in the organization "user"
+        self.whoami_payload: dict | None = None
+        self.create_status: int | None = None  # an HTTP status for create_repo to fail with
         self.upload_seconds = upload_seconds
         self.executor = ThreadPoolExecutor(max_workers=2)
 
@@ -67,10 +78,15 @@ class FakeHub:
 
         def whoami(api, token=None, **kwargs):
             hub.calls.append(("whoami", {"token": token}))
-            return {"name": "tester", "auth": {"accessToken": {"role": hub.role}}}
+            if hub.whoami_payload is not None:
+                return hub.whoami_payload
+            return {"type": "user", "name": "tester", "orgs": [{"type": "org", "name": "user", "roleInOrg": "write"}],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": hub.role}}}
 
         def create_repo(api, repo_id, **kwargs):
             hub.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+            if hub.create_status is not None:
+                raise HfHubHTTPError("refused", response=httpx.Response(hub.create_status, request=_REQUEST))
             prefix = "datasets/" if kwargs.get("repo_type") == "dataset" else ""
             return RepoUrl(f"https://huggingface.co/{prefix}{repo_id}")
 
@@ -419,6 +435,107 @@ def test_a_read_only_token_stops_with_its_own_message(output_dir, hub, local_hub
     assert hub.calls == []
     handler.body = json.dumps({"name": "writer", "auth": {"accessToken": {"role": "write"}}}).encode()
     assert check_hub_access(TOKEN) == "writer"  # the same server, a write token: accepted
+
+
+# --- write access to the target repository, proven before training ---------------------------------------------
+
+USER_WRITE = ["repo.content.read", "repo.access.read", "repo.write", "inference.serverless.write", "collection.read",
+              "collection.write", "discussion.write", "user.webhooks.read"]  # "write access to your repos"
+READ_ONLY = ["repo.content.read", "repo.access.read", "collection.read"]
+
+
+def whoami_payload(role: str | None, *, scoped=(), orgs=(("chexpert-lab", "write"),), name: str = "alice") -> dict:
+    """A whoami-v2 answer as the Hub gives it: ``scoped`` lists ``(entity type, entity name, permissions)`` of a
+    fine-grained token, ``orgs`` the user's ``(organization, roleInOrg)``."""
+    access = {"displayName": "training", "role": role, "createdAt": "2026-01-05T10:27:03.276Z"}
+    if role == "fineGrained":
+        access["fineGrained"] = {
+            "canReadGatedRepos": True, "global": ["discussion.write", "post.write"],
+            "scoped": [{"entity": {"_id": f"66a1ec32fc25ba6426e21b{index:02x}", "type": kind, "name": entity},
+                        "permissions": list(permissions)} for index, (kind, entity, permissions) in enumerate(scoped)],
+        }
+    auth = {"type": "access_token", "accessToken": access} if role is not None else {"type": "oauth"}
+    return {"type": "user", "id": "6a61ec32fc25ba6426e21b6f", "name": name, "fullname": name.title(), "isPro": False,
+            "canPay": False, "avatarUrl": "/avatars/a.svg", "auth": auth,
+            "orgs": [{"type": "org", "id": f"65f0{index:020x}", "name": org, "fullname": org, "roleInOrg": role_in_org,
+                      "isEnterprise": False} for index, (org, role_in_org) in enumerate(orgs)]}
+
+
+def test_a_fine_grained_token_without_write_on_the_target_organization_is_refused_before_any_work(output_dir, hub):
+    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", USER_WRITE),
+                                                               ("org", "chexpert-lab", READ_ONLY)])
+    with pytest.raises(HubAccessError) as error:
+        check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert")
+    message = str(error.value)
+    assert "chexpert-lab/vit-chexpert" in message and "repo.write" in message and "'chexpert-lab'" in message
+    assert TOKEN not in message
+    with pytest.raises(HubAccessError, match="chexpert-lab/vit-chexpert.*lacks the repo.write permission"):
+        push_output_folder(output_dir, "chexpert-lab/vit-chexpert", token=TOKEN)
+    assert "create_repo" not in hub.names() and "upload_folder" not in hub.names()
+    # the same token may push to its owner's namespace, named in full or not
+    assert check_hub_access(TOKEN, repo_id="alice/vit-chexpert") == "alice"
+    assert check_hub_access(TOKEN, repo_id="vit-chexpert") == "alice"
+    assert check_hub_access(TOKEN) == "alice"
+
+
+def test_a_fine_grained_token_with_write_on_the_organization_is_accepted_there_only(hub):
+    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("org", "chexpert-lab", [*READ_ONLY, "repo.write"])])
+    assert check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert") == "alice"
+    assert check_hub_access(TOKEN) == "alice"  # it can write somewhere
+    with pytest.raises(HubAccessError, match=r"alice/vit-chexpert: it lacks the repo.write permission on 'alice' "
+                                             r"\(it has repo.write on chexpert-lab only\)"):
+        check_hub_access(TOKEN, repo_id="vit-chexpert")
+    # write on one repository: that repository, of that type, only
+    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("model", "chexpert-lab/vit-chexpert", ["repo.write"])])
+    assert check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert") == "alice"
+    for repo_id, repo_type in (("chexpert-lab/other", "model"), ("chexpert-lab/vit-chexpert", "dataset")):
+        with pytest.raises(HubAccessError, match="lacks the repo.write permission"):
+            check_hub_access(TOKEN, repo_id=repo_id, repo_type=repo_type)
+
+
+def test_a_fine_grained_token_that_writes_nowhere_is_refused_even_without_a_repository(hub):
+    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", READ_ONLY)])
+    with pytest.raises(HubAccessError, match="fine-grained token of 'alice' .* has the repo.write permission on no "
+                                             "namespace"):
+        check_hub_access(TOKEN)
+
+
+def test_read_and_write_tokens_with_a_target_repository(hub):
+    hub.whoami_payload = whoami_payload("read")
+    for repo_id in (None, "alice/vit-chexpert", "chexpert-lab/vit-chexpert"):
+        with pytest.raises(HubAccessError, match="'alice' .* is read-only"):
+            check_hub_access(TOKEN, repo_id=repo_id)
+    hub.whoami_payload = whoami_payload("write", orgs=[("chexpert-lab", "write"), ("radiology", "read")])
+    for repo_id in (None, "vit-chexpert", "alice/vit-chexpert", "chexpert-lab/vit-chexpert", "Chexpert-Lab/x"):
+        assert check_hub_access(TOKEN, repo_id=repo_id) == "alice"
+    with pytest.raises(HubAccessError, match=r"'alice' cannot push to https://huggingface.co/stanfordmlgroup/vit: "
+                                             r"'stanfordmlgroup' is neither their namespace nor one of their "
+                                             r"organizations \(chexpert-lab, radiology\)"):
+        check_hub_access(TOKEN, repo_id="stanfordmlgroup/vit")
+    with pytest.raises(HubAccessError, match="datasets/radiology/chexpert: their role in the organization "
+                                             "'radiology' is 'read'"):
+        check_hub_access(TOKEN, repo_id="radiology/chexpert", repo_type="dataset")
+    assert "create_repo" not in hub.names()  # a stated role is enough: nothing is created
+
+
+def test_a_token_whose_role_is_not_stated_must_create_the_repository(hub):
+    hub.whoami_payload = whoami_payload(None)
+    assert check_hub_access(TOKEN, repo_id="vit-chexpert") == "alice"
+    assert hub.named("create_repo") == [{"repo_id": "alice/vit-chexpert", "repo_type": "model", "private": True,
+                                         "exist_ok": False, "token": TOKEN}]
+    hub.create_status = 409  # it exists already
+    assert check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert") == "alice"
+    hub.create_status = 403
+    with pytest.raises(HubAccessError, match=r"cannot push to https://huggingface.co/chexpert-lab/vit-chexpert: the "
+                                             r"Hub refused to create it \(HTTP 403 Forbidden\)"):
+        check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert")
+    assert check_hub_access(TOKEN) == "alice"  # without a repository, as before
+
+
+def test_the_trainer_repository_is_the_hub_model_id_or_the_output_folder_name(tmp_path):
+    assert trainer_repo_id("chexpert-lab/vit", tmp_path / "run") == "chexpert-lab/vit"
+    assert trainer_repo_id(None, tmp_path / "run") == "run"
+    assert trainer_repo_id(None, "runs/vit-base/") == "vit-base"
 
 
 # --- the prepared dataset ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from ..labels import CHEXPERT_LABELS
+from ..reports import current_umask
 
 DATASET_FOLDER = "CheXpert-v1.0-small"
 TRAIN_HEADER = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS)
@@ -616,6 +617,7 @@ def synthesize(
         raise FileExistsError(f"{final} already exists; pass overwrite=True (--overwrite) to replace it")
     output.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{DATASET_FOLDER}.tmp-", dir=output))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; it is renamed into place as the tree's root
     splits = {
         "train": range(1, num_patients + 1),
         "valid": range(num_patients + 1, num_patients + valid_patients + 1),
