@@ -59,7 +59,7 @@ RESULTS_MD = "results.md"
 FIGURE = "auroc_by_strategy.png"
 TAIL_LINES = 20
 # The fields the benchmark sets itself on every run (or, for --recipe/--config, chooses per run).
-RESERVED = ("seed", "output_dir", "recipe", "config")
+RESERVED = ("seed", "output_dir", "recipe", "config", "overwrite_output_dir")
 # The settings that make two runs the same run: a change in any of them reruns the run.
 SETTINGS = ("recipe", "recipe_sha256", "seed", "overrides", "accelerate_config", "accelerate_config_sha256",
             "starts_from_sha256")
@@ -109,9 +109,9 @@ def check_overrides(overrides: Sequence[str]) -> None:
         raise ValueError(f"unexpected argument {overrides[0]!r}: recipe-field overrides are --field value pairs")
     for token in overrides:
         name = _reserved_override(token)
-        if name in ("seed", "output_dir"):
+        if name in ("seed", "output_dir", "overwrite_output_dir"):
             raise ValueError(f"{token.split('=', 1)[0]} cannot be overridden: the benchmark sets it for every run "
-                             f"(--seeds, and --output for the run folders)")
+                             f"(--seeds, --output for the run folders; a run it trains again replaces its folder)")
         if name is not None:
             raise ValueError(f"{token.split('=', 1)[0]} cannot be given to the benchmark: use --recipes")
 
@@ -200,8 +200,10 @@ class Run:
     def command(self) -> list[str]:
         launch = ["--config_file", str(self.accelerate_config)] if self.accelerate_config else list(SINGLE_PROCESS)
         placed = [] if self.prerequisite else ["--seed", str(self.seed), "--output_dir", str(self.output_dir)]
+        # the benchmark decided to (re)train this run from scratch: a folder left by an unfinished or stale attempt
+        # is replaced, not refused
         return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "chexpert_hf.train",
-                *self.selector, *placed, *self.overrides]
+                *self.selector, *placed, "--overwrite_output_dir", "true", *self.overrides]
 
     def settings(self) -> dict[str, Any]:
         """What makes this run this run (``benchmark_run.json`` records it; a change reruns it)."""

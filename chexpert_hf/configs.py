@@ -132,6 +132,11 @@ class DataArguments:
     prepare_image_size: int = field(
         default=320, metadata={"help": "shorter side when a raw CheXpert tree is prepared on first use"}
     )
+    prepare_num_proc: int | None = field(
+        default=None,
+        metadata={"help": "worker processes that prepare a raw tree on first use (default: the CPUs this process "
+                  "may use, as os.sched_getaffinity reports them under container or SLURM limits)"},
+    )
     data_cache_dir: str | None = field(
         default=None,
         metadata={"help": "where raw trees are prepared and synthetic data is generated "
@@ -144,8 +149,9 @@ class DataArguments:
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic CheXpert"})
     decode_cache: bool = field(
         default=False,
-        metadata={"help": "decode every image once into memory at the model's size (small datasets such as the demo; "
-                  "CheXpert's 191k frontal images at 224 px take 9.6 GB)"},
+        metadata={"help": "decode every image once into memory at the model's size, in every process (small datasets "
+                  "such as the demo; CheXpert's 191k frontal images at 224 px take 9.6 GB per process, 77 GB on "
+                  "8 GPUs); refused when this machine's processes would need more than its available memory"},
     )
     cache_features: bool = field(
         default=False,
@@ -168,6 +174,8 @@ class DataArguments:
         _choice("views", self.views, VIEWS)
         _choice("eval_level", self.eval_level, EVAL_LEVELS)
         _choice("augmentation", self.augmentation, AUGMENTATIONS)
+        if self.prepare_num_proc is not None and self.prepare_num_proc < 1:
+            raise ValueError(f"prepare_num_proc must be at least 1, got {self.prepare_num_proc}")
         self.validation_fraction()
 
     def validation_fraction(self) -> float | None:
@@ -262,6 +270,11 @@ class CheXpertTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = _default("remove_unused_columns", False)  # images are decoded by the collator
     logging_nan_inf_filter: bool = _default("logging_nan_inf_filter", False)  # it syncs the GPU every step
     logging_steps: float = _default("logging_steps", 50)
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "train even when output_dir holds an earlier run, deleting its checkpoints and results "
+                  "first (without it such a run is refused; --resume_from_checkpoint last continues it instead)"},
+    )
     cpu_threads: int | None = field(
         default=None,
         metadata={"help": "CPU threads per process when training on the CPU (default: this machine's CPUs divided "

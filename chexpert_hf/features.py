@@ -26,9 +26,9 @@ The same training?
     output on the fly and does not here. Augmentation does not apply: every epoch sees the same features.
 
 Several processes
-    The main process extracts (the others wait, then read its files); the head then trains under DDP as any model
-    would. The waiting processes give up after ``ddp_timeout`` (30 minutes by default): raise it when the
-    extraction is slower than that (a large backbone on slow storage).
+    Every process asks for the same files; the first to take a file's lock extracts it, the others wait on that
+    lock (no collective barrier, so no ``ddp_timeout`` however long the extraction takes) and then read it. The
+    head then trains under DDP as any model would.
 """
 
 from __future__ import annotations
@@ -47,13 +47,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .data.training import DecodeCollator, LabelledImages
+from .data.training import DecodeCollator, LabelledImages, cache_lock
 from .data.transforms import to_float
 from .models import checkpoint_name, classifier, input_channels
 from .reports import atomic_write
@@ -287,13 +286,13 @@ def attach_cached_features(
     ``extraction`` are the keyword arguments of :func:`extract_features` (``image_size``, ``mean``, ``std``,
     ``device``, ``batch_size``, ``num_workers``, ``autocast_dtype``).
 
-    One writer per file, also across concurrent runs (a file lock); a file that does not match the split (rows)
-    is an error that names it, never silently used.
+    One writer per file, also across the processes of a run and concurrent runs (a file lock); a file that does
+    not match the split (rows) is an error that names it, never silently used.
     """
     seconds, reused, extracted = 0.0, [], []
     for name, split in splits.items():
         path = cache.path(name, split)
-        with FileLock(str(path) + ".lock"):
+        with cache_lock(path, f"extracting {name} features"):
             if path.is_file():
                 features = np.load(path, mmap_mode="r")  # rows are read as batches ask for them
                 if features.ndim != 2 or len(features) != len(split):

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,17 +28,18 @@ import numpy as np
 import torch
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .configs import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from .data.training import DecodeCollator, load_training_splits, resolve_prepared
 from .features import FeatureHeadModel, attach_cached_features, default_root, feature_cache
 from .freeze import apply_freeze_policy
+from .fsdp import apply_fsdp_wrap_policy
 from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from .model_card import CardInfo, write_model_card
 from .models import FAMILIES, build_model, checkpoint_name, input_channels
-from .reports import RUN_INFO, scores_table, write_reports, write_text
-from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights
+from .reports import METRICS_JSON, METRICS_MD, ROC_PNG, RUN_INFO, scores_table, write_reports, write_text
+from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights, weights_fingerprint
 
 logger = logging.getLogger("chexpert_hf")
 
@@ -50,6 +52,11 @@ def _setup_logging(recipe: Recipe) -> None:
     transformers.utils.logging.set_verbosity(recipe.training.get_process_log_level())
 
 
+def _local_processes(args) -> int:
+    """How many processes of this run share this machine."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size) or 1))
+
+
 def _cpu_threads(args) -> int | None:
     """Set the intra-op threads of a CPU run: ``cpu_threads``, else the usable CPUs shared by this machine's
     processes. ``accelerate launch`` without a config file sets OMP_NUM_THREADS=1, a third of the demo's speed."""
@@ -59,8 +66,7 @@ def _cpu_threads(args) -> int | None:
         threads = args.cpu_threads
     else:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size) or 1)
-        threads = max(1, cpus // max(local_processes, 1))
+        threads = max(1, cpus // _local_processes(args))
     torch.set_num_threads(threads)
     return threads
 
@@ -77,6 +83,93 @@ def _resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     if not os.path.isdir(value):
         raise FileNotFoundError(f"resume_from_checkpoint: {value} is not a folder")
     return value
+
+
+def check_decode_cache_memory(rows: Sequence[int], image_size: int, processes: int,
+                              available: int | None = None) -> int:
+    """The bytes ``decode_cache`` will hold in each process (one ``uint8`` channel per image); ConfigurationError
+    when this machine's processes together would need more than its available memory. Returns the estimate."""
+    per_process = sum(rows) * image_size * image_size
+    if available is None:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    if per_process * processes > available:
+        raise ConfigurationError(
+            f"decode_cache would hold {sum(rows):,} images at {image_size} px: {per_process / 1e9:.1f} GB in each of "
+            f"this machine's {processes} process(es), {per_process * processes / 1e9:.1f} GB in all, but only "
+            f"{available / 1e9:.1f} GB of memory is available; turn decode_cache off (images are then decoded a "
+            f"batch at a time) or use fewer processes per machine"
+        )
+    return per_process
+
+
+RUN_MARKERS = ("model.safetensors", "pytorch_model.bin", "trainer_state.json", RUN_INFO, METRICS_JSON)
+RUN_FILES = (*RUN_MARKERS, "config.json", "preprocessor_config.json", "recipe.yaml", "README.md", "training_args.bin",
+             "train_results.json", "eval_results.json", "all_results.json", METRICS_MD, ROC_PNG, "benchmark_run.json")
+
+
+def _earlier_run(output_dir: Path) -> list[str]:
+    """What in ``output_dir`` belongs to an earlier run: its checkpoints and the files a run leaves."""
+    if not output_dir.is_dir():
+        return []
+    checkpoints = sorted(path.name for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir())
+    return checkpoints + [name for name in RUN_MARKERS if (output_dir / name).exists()]
+
+
+def _claim_output_dir(args) -> None:
+    """Refuse to train over an earlier run unless ``overwrite_output_dir`` says so; then its files go first (by
+    the process that saves), so the folder never mixes the old model with new checkpoints."""
+    output_dir = Path(args.output_dir)
+    found = _earlier_run(output_dir)
+    if not found:
+        return
+    if not args.overwrite_output_dir:
+        listed = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise ConfigurationError(
+            f"output_dir {output_dir} already holds a run ({listed}): continue it with --resume_from_checkpoint "
+            f"last, replace it with --overwrite_output_dir true, or choose another --output_dir"
+        )
+    if args.should_save:
+        logger.warning("overwrite_output_dir: removing the earlier run in %s (%s)", output_dir, ", ".join(found))
+        for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            if path.is_dir():
+                shutil.rmtree(path)
+        for name in (*RUN_FILES, "runs"):
+            target = output_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+
+
+def check_same_weights(trainer: CheXpertTrainer) -> None:
+    """Stop the run (every process, with one message) when its processes do not hold the same model.
+
+    Only global rank 0 writes checkpoints, and Transformers marks a best checkpoint only where its folder exists:
+    with ``load_best_model_at_end`` and an output_dir on each node's own disk, the first node would load the best
+    weights and the others keep the last ones, and the final evaluation would gather from both. Under FSDP each
+    process holds other shards, so only the best checkpoints are compared."""
+    if trainer.args.world_size <= 1:
+        return
+    from accelerate.utils import gather_object
+
+    fingerprint = None if trainer.is_fsdp_enabled else weights_fingerprint(trainer.full_model())
+    best = trainer.state.best_model_checkpoint
+    seen = gather_object([(trainer.args.process_index, Path(best).name if best else None, fingerprint)])
+    bests = {best for _, best, _ in seen}
+    fingerprints = {value for _, _, value in seen}
+    if len(bests) == 1 and len(fingerprints) == 1:
+        return
+    differing = [index for index, best, value in seen if (best, value) != seen[0][1:]]
+    best = seen[0][1]
+    raise ConfigurationError(
+        f"after training, process(es) {', '.join(map(str, differing))} hold other weights than process 0"
+        + (f" (the best checkpoint {best} is on process 0's disk only)" if best and len(bests) > 1 else "")
+        + ": only global rank 0 writes checkpoints, so every node must see them. Put output_dir on storage all "
+        "nodes share, or set save_on_each_node: true (see accelerate_configs/multi_node.yaml); the final "
+        "evaluation and save were skipped"
+    )
 
 
 def _pos_weight(policy: PolicyArguments, targets: np.ndarray, labels: list[str]) -> list[float] | None:
@@ -245,13 +338,13 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
     cache = feature_cache(model, recipe.model.family, built.source, built.image_size, built.processor.image_mean,
                           built.processor.image_std, precision,
                           data_args.feature_cache_dir or default_root(prepared), prepared=prepared)
-    with args.main_process_first(desc="extracting features"):
-        result = attach_cached_features(
-            model, {"train": splits.train, "validation": splits.validation}, cache,
-            image_size=built.image_size, mean=built.processor.image_mean, std=built.processor.image_std,
-            device=args.device, batch_size=args.per_device_eval_batch_size,
-            num_workers=args.dataloader_num_workers, autocast_dtype=autocast,
-        )
+    # every process asks; the first to lock a file extracts it, the others wait on the lock (no ddp_timeout)
+    result = attach_cached_features(
+        model, {"train": splits.train, "validation": splits.validation}, cache,
+        image_size=built.image_size, mean=built.processor.image_mean, std=built.processor.image_std,
+        device=args.device, batch_size=args.per_device_eval_batch_size,
+        num_workers=args.dataloader_num_workers, autocast_dtype=autocast,
+    )
     # the backbone is not used again: off the accelerator (peak memory is the head's), the head back on it
     built.model.to("cpu")
     trainer.model.to(args.device)
@@ -273,25 +366,29 @@ def run(recipe: Recipe) -> dict[str, float]:
         logger.info("training on the CPU with %d thread(s) per process, %d process(es)", threads, args.world_size)
 
     resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.do_train else None
-    if args.push_to_hub:  # fail now, not after hours of training
-        from .publish import check_hub_access
+    if args.push_to_hub:  # fail now, not after hours of training: the token must be able to write to the repo
+        from .publish import check_hub_access, trainer_repo_id
 
-        user = check_hub_access(args.hub_token)
-        logger.info("will push to the Hub as %s: %s (hub_strategy %s)", user, args.hub_model_id or
-                    Path(args.output_dir).resolve().name, getattr(args.hub_strategy, "value", args.hub_strategy))
+        repo_id = trainer_repo_id(args.hub_model_id, args.output_dir)
+        user = check_hub_access(args.hub_token, repo_id=repo_id)
+        logger.info("will push to the Hub as %s: %s (hub_strategy %s)", user, repo_id,
+                    getattr(args.hub_strategy, "value", args.hub_strategy))
+    if not resume:
+        _claim_output_dir(args)
 
     # --- seed ----------------------------------------------------------------------------------------------
     set_seed(args.seed, deterministic=args.full_determinism)
 
     # --- data ----------------------------------------------------------------------------------------------
-    with args.main_process_first(desc="preparing the dataset"):
-        prepared = resolve_prepared(
-            data_args.data_dir,
-            cache_dir=data_args.data_cache_dir,
-            image_size=data_args.prepare_image_size,
-            synthetic=(data_args.synthetic_patients, data_args.synthetic_valid_patients, data_args.synthetic_seed),
-            num_proc=max(1, min(8, os.cpu_count() or 1)),
-        )
+    # Every process resolves the data: the first to lock the cache entry prepares it, the others wait on the lock
+    # (a collective barrier would give up after ddp_timeout while a raw CheXpert tree is prepared).
+    prepared = resolve_prepared(
+        data_args.data_dir,
+        cache_dir=data_args.data_cache_dir,
+        image_size=data_args.prepare_image_size,
+        synthetic=(data_args.synthetic_patients, data_args.synthetic_valid_patients, data_args.synthetic_seed),
+        num_proc=data_args.prepare_num_proc,
+    )
     splits = load_training_splits(
         prepared,
         labels,
@@ -323,6 +420,8 @@ def run(recipe: Recipe) -> dict[str, float]:
     logger.info("%s", summary)
 
     if data_args.decode_cache:
+        check_decode_cache_memory([len(splits.train), len(splits.validation)], built.image_size,
+                                  _local_processes(args))
         for split in (splits.train, splits.validation):
             split.decode_all(built.image_size)
 
@@ -356,9 +455,8 @@ def run(recipe: Recipe) -> dict[str, float]:
         layer_decay=policy.layer_decay,
         augmentation=data_args.augmentation,
     )
-    if trainer.is_fsdp_enabled and model_args.family == "densenet121":
-        raise ConfigurationError("FSDP cannot wrap DenseNet-121 (timm's model has no block that FSDP can shard); "
-                                 "train it with DDP: accelerate_configs/multi_gpu.yaml")
+    # FSDP shards exactly the family's transformer block (the registry says which; DenseNet is refused)
+    apply_fsdp_wrap_policy(trainer.accelerator, model_args.family)
     extraction_seconds = _cache_features(recipe, built, splits, prepared, trainer) if data_args.cache_features else None
     if trainer.is_world_process_zero():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -375,6 +473,7 @@ def run(recipe: Recipe) -> dict[str, float]:
         result = trainer.train(resume_from_checkpoint=resume)
         train_seconds, train_metrics = result.metrics.get("train_runtime"), dict(result.metrics)
         training_history = list(trainer.state.log_history)  # before the final evaluation adds its own entry
+        check_same_weights(trainer)
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -411,6 +510,14 @@ def run(recipe: Recipe) -> dict[str, float]:
     return metrics
 
 
+def _how_to_resume(output_dir: str) -> str:
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is None:
+        return f"No checkpoint was saved in {output_dir} yet: run the same command again to start over."
+    return (f"The newest checkpoint is {last}: add --resume_from_checkpoint last to the same command to continue "
+            f"from it.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the recipe and run it; a bad recipe or data folder ends with a one-line error and status 2."""
     from .data.tables import CheXpertFormatError
@@ -423,6 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(recipe)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole run, not one per process
+            print(f"chexpert-hf train: interrupted. {_how_to_resume(recipe.training.output_dir)}", file=sys.stderr)
+        return 130
     except (ConfigurationError, FileNotFoundError, CheXpertFormatError, NonFiniteLossError, HubAccessError,
             PublishError) as error:
         print(f"chexpert-hf train: error: {error}", file=sys.stderr)

@@ -21,6 +21,7 @@ Loss
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from transformers.utils import PushInProgress, hf_api
 from .configs import ConfigurationError
 from .data.transforms import to_float
 from .freeze import param_groups
-from .publish import check_hub_access, stage_checkpoint_folder, stage_model_folder
+from .publish import check_hub_access, stage_checkpoint_folder, stage_model_folder, trainer_repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,39 @@ class WeightedEpochSampler(torch.utils.data.Sampler[int]):
         return self.num_samples
 
 
+def _epoch_samplers(loader: Any) -> list[Any]:
+    """The samplers with ``set_epoch`` inside a (prepared) training dataloader, however Accelerate wrapped them."""
+    found, stack, seen = [], [loader], set()
+    while stack:
+        item = stack.pop()
+        for name in ("batch_sampler", "sampler"):
+            child = getattr(item, name, None)
+            if child is None or id(child) in seen:
+                continue
+            seen.add(id(child))
+            if hasattr(child, "set_epoch"):
+                found.append(child)
+            stack.append(child)
+    return found
+
+
+class SamplerEpoch(TrainerCallback):
+    """Sets the training samplers' epoch from the training state at the start of every epoch.
+
+    Transformers calls ``set_epoch`` on the dataloader, but on a run resumed mid-epoch under several processes the
+    dataloader is Accelerate's batch-skipping copy, whose ``set_epoch`` does not reach a sampler inside its batch
+    sampler shard: the resumed epoch would replay epoch 0's draws. ``state.epoch`` is the resumed checkpoint's
+    (e.g. 2.5 for half of the third epoch) or, at an epoch's start, exactly the epochs completed."""
+
+    def __init__(self):
+        self.samplers: list[Any] = []
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        epoch = math.floor((state.epoch or 0.0) + 1e-6)
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loss
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,18 +165,29 @@ def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
 LIGHT_AUGMENTATION = {"degrees": 7.0, "scale": (0.95, 1.05), "translate": 0.04}
 
 
-def light_affine(pixels: torch.Tensor) -> torch.Tensor:
-    """A small random rotation, scale and shift per image of a float ``(B, C, H, W)`` batch (zeros outside)."""
+def light_affine(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A small random rotation, scale and shift per image of a float ``(B, C, H, W)`` batch (zeros outside),
+    drawn from ``generator`` (on the batch's device; None: torch's default generator)."""
     batch = pixels.shape[0]
     device = pixels.device
-    angle = torch.empty(batch, device=device).uniform_(-1, 1) * math.radians(LIGHT_AUGMENTATION["degrees"])
+    angle = (torch.empty(batch, device=device).uniform_(-1, 1, generator=generator)
+             * math.radians(LIGHT_AUGMENTATION["degrees"]))
     low, high = LIGHT_AUGMENTATION["scale"]
-    scale = torch.empty(batch, device=device).uniform_(low, high)
-    shift = torch.empty(batch, 2, device=device).uniform_(-1, 1) * 2 * LIGHT_AUGMENTATION["translate"]
+    scale = torch.empty(batch, device=device).uniform_(low, high, generator=generator)
+    shift = (torch.empty(batch, 2, device=device).uniform_(-1, 1, generator=generator)
+             * 2 * LIGHT_AUGMENTATION["translate"])
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
     return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augmentation_generator(seed: int, process: int, step: int, batch: int, device: torch.device) -> torch.Generator:
+    """The generator for one training batch's augmentation: seeded by (seed, process, optimizer step, batch within
+    the step), so every process draws its own transforms (every process is seeded alike, so torch's default
+    generator would give each the same) and a run resumed from a checkpoint draws what the uninterrupted run did."""
+    state = np.random.SeedSequence([seed, process, step, batch]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,6 +227,21 @@ class NonFiniteLossGuard(TrainerCallback):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _holds_weights(folder: str) -> bool:
+    return any(Path(folder, name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
+                                                          "pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every tensor of ``model``'s state dict (names and bytes, in name order): equal exactly when the
+    weights are bit for bit the same, as DDP keeps them on every process."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class CheXpertTrainer(Trainer):
     """``Trainer`` for multi-label CheXpert.
 
@@ -217,6 +277,9 @@ class CheXpertTrainer(Trainer):
         self._first_bad_step: torch.Tensor | None = None
         self.finite_guard = NonFiniteLossGuard(self)
         self.add_callback(self.finite_guard)
+        self.epoch_setter = SamplerEpoch()
+        self.add_callback(self.epoch_setter)
+        self._augmented = (-1, -1)  # (optimizer step, batch within it) of the last augmented batch
 
     # --- data ----------------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
@@ -225,13 +288,24 @@ class CheXpertTrainer(Trainer):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return WeightedEpochSampler(self.sample_weights, seed=seed)
 
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        loader = super().get_train_dataloader()
+        self.epoch_setter.samplers = _epoch_samplers(loader)
+        return loader
+
+    def _next_augmentation_generator(self, device: torch.device) -> torch.Generator:
+        step = self.state.global_step
+        batch = self._augmented[1] + 1 if self._augmented[0] == step else 0
+        self._augmented = (step, batch)
+        return augmentation_generator(self.args.seed, self.args.process_index, step, batch, device)
+
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         inputs = super()._prepare_inputs(inputs)
         pixels = inputs["pixel_values"]
         if pixels.dtype == torch.uint8:
             pixels = pixels.float()
             if self.augmentation == "light" and self.model.training:
-                pixels = light_affine(pixels)
+                pixels = light_affine(pixels, self._next_augmentation_generator(pixels.device))
             inputs["pixel_values"] = to_float(pixels, self.image_mean, self.image_std, self.num_channels)
         return inputs
 
@@ -338,6 +412,13 @@ class CheXpertTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         best = self.state.best_model_checkpoint
+        if best is not None and not _holds_weights(best):
+            # Only global rank 0 writes weights: on another node with its own disk the folder holds at most this
+            # process's RNG state. Keep the weights; the training job then finds that the processes differ and
+            # stops with the remedy (chexpert_hf.train.check_same_weights).
+            logger.warning("process %d: the best checkpoint %s holds no model weights on this machine's disk",
+                           self.args.process_index, best)
+            return
         if best is None or not self._load_weights_from(best):
             super()._load_best_model()
         else:
@@ -388,7 +469,8 @@ class CheXpertTrainer(Trainer):
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Check for a token that can push (and a reachable Hub) before anything else, then create the repo."""
         if self.is_world_process_zero():
-            check_hub_access(token if token is not None else self.args.hub_token)
+            check_hub_access(token if token is not None else self.args.hub_token,
+                             repo_id=trainer_repo_id(self.args.hub_model_id, self.args.output_dir))
         super().init_hf_repo(token=token, private=private)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:

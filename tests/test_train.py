@@ -190,3 +190,86 @@ def test_demo_reaches_its_target(tmp_path):
                        "--output_dir", str(tmp_path / "demo")]) == 0
     results = json.loads((tmp_path / "demo" / "eval_results.json").read_text())
     assert results["eval_mean_auroc"] >= 0.85
+
+
+def _checkpoints(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob("checkpoint-*"))
+
+
+def test_training_over_an_earlier_run_is_refused_unless_asked_and_then_replaces_it(tmp_path, raw_root, capsys):
+    recipe = tiny_recipe(tmp_path, raw_root)
+    out = tmp_path / "out"
+    assert train_main(["--config", str(recipe)]) == 0
+    before = {path.name: path.stat().st_mtime_ns for path in out.rglob("*")}
+    assert _checkpoints(out) == ["checkpoint-3", "checkpoint-6"]
+    capsys.readouterr()
+
+    assert train_main(["--config", str(recipe), "--max_steps", "4", "--save_steps", "2"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(out) in error and "checkpoint-3" in error
+    assert "--resume_from_checkpoint last" in error and "--overwrite_output_dir true" in error
+    assert {path.name: path.stat().st_mtime_ns for path in out.rglob("*")} == before  # nothing touched
+
+    assert train_main(["--config", str(recipe), "--max_steps", "4", "--save_steps", "2",
+                       "--overwrite_output_dir", "true"]) == 0
+    assert _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]  # none of the earlier run's is left
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert json.loads((out / "run_info.json").read_text())["train_images"] == 4 * 16
+
+
+def test_ctrl_c_ends_with_one_line_that_says_how_to_resume(tmp_path, raw_root, monkeypatch, capsys):
+    original = NonFiniteLossGuard.on_save
+
+    def interrupted_after_first_save(self, args, state, control, **kwargs):
+        original(self, args, state, control, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NonFiniteLossGuard, "on_save", interrupted_after_first_save)
+    recipe = tiny_recipe(tmp_path, raw_root)
+    assert train_main(["--config", str(recipe)]) == 130
+    error = capsys.readouterr().err  # (besides Transformers' progress bars of the checkpoint it saved)
+    lines = [line for line in error.splitlines() if line.startswith("chexpert-hf")]
+    assert len(lines) == 1 and lines[0].startswith("chexpert-hf train: interrupted") and "Traceback" not in error
+    assert str(tmp_path / "out" / "checkpoint-3") in error and "--resume_from_checkpoint last" in error
+    monkeypatch.setattr(NonFiniteLossGuard, "on_save", original)
+    assert train_main(["--config", str(recipe), "--resume_from_checkpoint", "last"]) == 0  # as the line says
+
+
+def test_decode_cache_is_refused_when_the_processes_would_not_fit_in_memory(tmp_path, raw_root, capsys, monkeypatch):
+    import psutil
+
+    from chexpert_hf.train import check_decode_cache_memory
+
+    assert check_decode_cache_memory([191_027], 224, 1, available=10**11) == 191_027 * 224 * 224  # 9.6 GB
+    with pytest.raises(ValueError, match="9.6 GB in each of this machine.s 8 process.es., 76.7 GB in all"):
+        check_decode_cache_memory([191_027], 224, 8, available=64 * 10**9)
+
+    class Memory:
+        available = 50_000  # bytes: less than the tiny split decoded at 32 px
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    recipe = tiny_recipe(tmp_path, raw_root, decode_cache=True)
+    assert train_main(["--config", str(recipe)]) == 2
+    error = capsys.readouterr().err
+    assert "decode_cache would hold" in error and "at 32 px" in error and "available" in error
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_first_use_preparation_uses_the_cpus_this_process_may_use(tmp_path, raw_root, monkeypatch):
+    import chexpert_hf.data.training as training
+
+    asked = []
+    original = training.prepare
+
+    def recording_prepare(*args, **kwargs):
+        asked.append(kwargs["num_proc"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "prepare", recording_prepare)
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert training.default_num_proc() == 3
+    recipe = tiny_recipe(tmp_path, raw_root, max_steps=1, save_strategy="no")
+    assert train_main(["--config", str(recipe)]) == 0
+    assert train_main(["--config", str(recipe), "--data_cache_dir", str(tmp_path / "other"), "--prepare_num_proc",
+                       "2", "--output_dir", str(tmp_path / "again")]) == 0
+    assert asked == [3, 2]

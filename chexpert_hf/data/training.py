@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from ..labels import apply_uncertainty_policy, reorder_labels
@@ -59,18 +61,41 @@ def _source_key(data_root: Path, image_size: int) -> str:
 def synthetic_root(cache: Path, patients: int, valid_patients: int, seed: int, num_proc: int = 1) -> Path:
     """A synthetic CheXpert tree in the cache, generated the first time it is asked for."""
     folder = cache / "synthetic" / f"p{patients}-v{valid_patients}-s{seed}"
-    with _cache_lock(folder):
+    with cache_lock(folder, "generating a synthetic CheXpert"):
         if not (folder / DATASET_FOLDER / "valid.csv").is_file():
             logger.info("generating a synthetic CheXpert (%d + %d patients) in %s", patients, valid_patients, folder)
             synthesize(folder, patients, valid_patients=valid_patients, seed=seed, num_proc=num_proc, overwrite=True)
     return folder / DATASET_FOLDER
 
 
-def _cache_lock(folder: Path) -> FileLock:
-    """One writer per cache entry, also across the nodes of a run that share the cache folder (where its file
-    system supports locks)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder) + ".lock")
+@contextmanager
+def cache_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold ``path``'s lock file: one writer per cache entry, also across the processes of a multi-GPU run and the
+    nodes that share the cache folder (where its file system supports locks).
+
+    Every process of a run takes the entry's lock instead of waiting in a collective barrier: the first prepares,
+    the others wait here without a timeout however long that takes (a barrier gives up after ``ddp_timeout``),
+    then find the entry ready. A process that has to wait says so once.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process %s (%s.lock)", what, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def default_num_proc() -> int:
+    """The CPUs this process may use (``os.sched_getaffinity``: what a container's or SLURM's CPU limits leave),
+    not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def resolve_prepared(
@@ -79,9 +104,13 @@ def resolve_prepared(
     cache_dir: str | os.PathLike | None = None,
     image_size: int = 320,
     synthetic: tuple[int, int, int] = (1500, 300, 0),
-    num_proc: int = 1,
+    num_proc: int | None = None,
 ) -> Path:
-    """A prepared dataset folder for ``data_dir`` (see the module doc); ``synthetic`` = (patients, valid, seed)."""
+    """A prepared dataset folder for ``data_dir`` (see the module doc); ``synthetic`` = (patients, valid, seed).
+
+    Safe to call from every process of a run at once (:func:`cache_lock`); ``num_proc`` (default: the CPUs this
+    process may use) is how many worker processes prepare."""
+    num_proc = num_proc or default_num_proc()
     cache = cache_root(cache_dir)
     if data_dir is None or str(data_dir) == "":
         data_root = synthetic_root(cache, *synthetic, num_proc=num_proc)
@@ -96,7 +125,7 @@ def resolve_prepared(
                                     f"(no train.csv or valid.csv in it). {MISSING_DATA}")
         data_root = path
     prepared = cache / "prepared" / _source_key(data_root, image_size)
-    with _cache_lock(prepared):
+    with cache_lock(prepared, f"preparing {data_root}"):
         if not (prepared / "dataset_dict.json").is_file():
             logger.info("preparing %s into %s (once; later runs reuse it)", data_root, prepared)
             summary = prepare(data_root, prepared, image_size=image_size, num_proc=num_proc, overwrite=True)
