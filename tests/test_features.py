@@ -195,8 +195,8 @@ def test_cache_features_needs_the_head_strategy(prepared_dir, tmp_path, capsys):
 
 
 def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, tmp_path):
-    """``accelerate launch --num_processes 2``: the main process extracts, the other reads its files; the head trains
-    under DDP, and the saved full model scores from the images what the run scored on the features."""
+    """``accelerate launch --num_processes 2``: one process extracts each split, the other reads its file; the head
+    trains under DDP, and the saved full model scores from the images what the run scored on the features."""
     import subprocess
     import sys
 
@@ -212,9 +212,10 @@ def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, t
                str(free_port()), str(root / "recipes" / "train.py"), "--config", str(recipe)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 process(es)" in result.stdout and "extracted train, validation" in result.stdout
+    # every process asks for the features; whichever locks a file first extracts it (the main process logs)
+    assert "2 process(es)" in result.stdout and "cached features in" in result.stdout
     arrays = sorted(path.name.split("-")[0] for path in (tmp_path / "features").rglob("*.npy"))
-    assert arrays == ["train", "validation"]  # one file per split: the second process did not write its own
+    assert arrays == ["train", "validation"]  # one file per split: the other process did not write its own
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     scored, _, _ = evaluate_model(str(tmp_path / "two"), str(prepared_dir), split="validation", views="all",
                                   n_bootstrap=0)

@@ -688,3 +688,17 @@ def test_the_training_job_stops_before_any_work_without_a_token(tmp_path, synthe
     assert train_main(["--config", str(_job_recipe(tmp_path, synthetic_root))]) == 2
     assert "hf auth login" in capsys.readouterr().err
     assert hub.calls == [] and not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_training_job_stops_before_any_work_when_the_token_cannot_write_to_the_target(tmp_path, synthetic_root,
+                                                                                         hub, capsys, monkeypatch):
+    from chexpert_hf.train import main as train_main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", USER_WRITE),
+                                                               ("org", "chexpert-lab", READ_ONLY)])
+    recipe = _job_recipe(tmp_path, synthetic_root, hub_model_id="chexpert-lab/tiny-chexpert")
+    assert train_main(["--config", str(recipe)]) == 2
+    error = capsys.readouterr().err
+    assert "chexpert-lab/tiny-chexpert" in error and "repo.write" in error and TOKEN not in error
+    assert hub.names() == ["whoami"] and not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
