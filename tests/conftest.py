@@ -53,6 +53,25 @@ def tiny_model(family: str, labels=None, one_channel: bool = False, image_size: 
                        labels=labels or COMPETITION_LABELS)
 
 
+@pytest.fixture
+def seeded():
+    """torch's, numpy's and Python's global generators seeded (0) for one test and put back as they were after it:
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("seeded")``, and its results then do not depend on
+    which tests ran before it."""
+    import random
+
+    import torch
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        yield
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A synthetic CheXpert-v1.0-small tree: 12 training, 8 validation and 3 test patients."""

@@ -18,6 +18,8 @@ from timm.models.resnetv2 import ResNetV2  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 from timm.models.vision_transformer_hybrid import HybridEmbed  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
+
 
 def tiny_timm_hybrid(image_size: int = 32, num_classes: int = 5) -> VisionTransformer:
     """A miniature of timm's vit_base_r50_s16: ResNetV2 (StdConv, GroupNorm, 'same' stem) + ViT, random weights."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_model
 from PIL import Image
 
@@ -18,13 +19,17 @@ from chexpert_hf.data.prepare import load_prepared
 from chexpert_hf.labels import COMPETITION_LABELS, reorder_labels
 from chexpert_hf.localization import DEFAULT_TOLERANCE, pointing_hit, read_lesions
 
+pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
+
 SNAKE = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
          "Edema": "edema", "Pleural Effusion": "pleural_effusion"}
 
 
 def saved(tmp_path_factory, family: str, image_size: int = 32) -> Path:
     folder = tmp_path_factory.mktemp(family) / "model"
-    built = tiny_model(family, image_size=image_size)
+    with torch.random.fork_rng(devices=[]):  # the same weights whichever tests ran before
+        torch.manual_seed(0)
+        built = tiny_model(family, image_size=image_size)
     built.model.save_pretrained(folder)
     built.processor.save_pretrained(folder)
     return folder

@@ -26,6 +26,8 @@ from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models import FAMILIES, classifier
 from chexpert_hf.train import main as train_main
 
+pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
+
 SIZE = 32
 
 

@@ -12,6 +12,8 @@ from chexpert_hf import freeze
 from chexpert_hf.freeze import FREEZE_POLICIES, POLICIES, apply_freeze_policy, layer_ids, param_groups
 from chexpert_hf.models import MODELS
 
+pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
+
 # The trainable sets, written out for the tiny configurations of tests/conftest.py (2 encoder blocks; Swin
 # depths [1, 2]; DenseNet block_config [1, 1, 1, 1]) rather than derived from the policies under test.
 BLOCK = [

@@ -11,6 +11,7 @@ from conftest import tiny_model
 from chexpert_hf import interpret
 from chexpert_hf.freeze import POLICIES, apply_freeze_policy
 from chexpert_hf.interpret import (
+    CAM_METHODS,
     METHODS,
     ROLLOUT,
     TARGET_LAYERS,
@@ -24,17 +25,29 @@ from chexpert_hf.interpret import (
 FAMILIES = list(TARGET_LAYERS)
 CASES = [(family, method, layer) for family in FAMILIES for method in supported_methods(family)
          for layer in (TARGET_LAYERS[family] if method != ROLLOUT else [None])]
+CAM_CASES = [case for case in CASES if case[1] != ROLLOUT]
 SIZE = {family: 64 for family in FAMILIES} | {"densenet121": 128}  # DenseNet's last block is 1/32 of the input
 SQUARE = {family: SIZE[family] // 4 for family in FAMILIES}
+# What a map that finds the squares shows, over the 80 squares of a batch (see `points_at_squares`): in most images
+# more of the map per pixel in the square than over the whole image, and in most images more in the square than in
+# its mirror image across the diagonal, which is where a map with rows and columns swapped puts it.
+IN_SQUARE, OVER_MIRROR = 1.0, 0.75
+
+pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
 
 
-def planted_batch(count: int, size: int, square: int, generator: torch.Generator):
-    """Noise images, every other one with a bright square at a random place; label 0 says whether it is there."""
+def planted_batch(count: int, size: int, square: int, generator: torch.Generator, *, off_diagonal: bool = False):
+    """Noise images, every other one with a bright square at a random place; label 0 says whether it is there.
+
+    ``off_diagonal``: each square two sides away from the diagonal, so that it and its mirror image are two sides
+    apart: a map finds one or the other, not both (even DenseNet's, whose last grid is 4 cells a side)."""
     pixels = torch.randn(count, 1, size, size, generator=generator) * 0.3
     targets = torch.zeros(count)
     boxes = []
     for index in range(count):
         row, col = torch.randint(0, size - square, (2,), generator=generator).tolist()
+        while off_diagonal and abs(row - col) < 2 * square:
+            row, col = torch.randint(0, size - square, (2,), generator=generator).tolist()
         if index % 2 == 0:
             pixels[index, :, row:row + square, col:col + square] += 2.0
             targets[index] = 1.0
@@ -42,37 +55,124 @@ def planted_batch(count: int, size: int, square: int, generator: torch.Generator
     return pixels.expand(-1, 3, -1, -1).contiguous(), targets, boxes
 
 
+def box_energy(heatmap: np.ndarray, box: tuple) -> float:
+    """The map's mean inside the box over its mean over the whole image (1: no preference)."""
+    x0, y0, x1, y1 = box
+    return float(heatmap[y0:y1, x0:x1].mean() / max(heatmap.mean(), 1e-9))
+
+
+def in_square(maps: np.ndarray, boxes: list) -> float:
+    """The median over the images of :func:`box_energy` in the square (a median: a map that points away from most
+    squares and hard at a few must not pass)."""
+    return float(np.median([box_energy(heatmap, box) for heatmap, box in zip(maps, boxes, strict=True)]))
+
+
+def over_mirror(maps: np.ndarray, boxes: list) -> float:
+    """The share of the images whose map is higher in the square than in its mirror image across the diagonal,
+    among those whose map is not flat (a flat map points nowhere): about 1/2 for a map that does not know where the
+    square is, and one minus the right map's share for a map with rows and columns swapped."""
+    wins = [box_energy(heatmap, (x0, y0, x1, y1)) > box_energy(heatmap, (y0, x0, y1, x1))
+            for heatmap, (x0, y0, x1, y1) in zip(maps, boxes, strict=True) if heatmap.max() > 0]
+    return float(np.mean(wins)) if wins else 0.0
+
+
+def points_at_squares(maps: np.ndarray, boxes: list, in_square_above: float = IN_SQUARE,
+                      over_mirror_above: float = OVER_MIRROR) -> bool:
+    return in_square(maps, boxes) > in_square_above and over_mirror(maps, boxes) > over_mirror_above
+
+
+def positive_maps(model, family: str, seed: int, method: str, layer: str | None):
+    """The maps of label 0 for the 80 images with a square in a batch of 160, and those squares."""
+    pixels, targets, boxes = planted_batch(160, SIZE[family], SQUARE[family], torch.Generator().manual_seed(seed),
+                                           off_diagonal=True)
+    positive = np.flatnonzero(targets.numpy())
+    maps = explanation_maps(model, pixels[positive], [0], method=method, layer=layer)[:, 0]
+    return maps, [boxes[i] for i in positive]
+
+
+def accuracy(model, family: str, seed: int) -> float:
+    pixels, targets, _ = planted_batch(40, SIZE[family], SQUARE[family], torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        predicted = model(pixel_values=pixels).logits[:, 0] > 0
+    return float((predicted == targets.bool()).float().mean())
+
+
+# The planted models are trained until they have learned the task (to a margin), not for a fixed number of steps:
+# rounding differs between CPUs (and thread counts), and 100 steps of AdamW turn that into a different model.
+# Grad-CAM is a first-order reading of a model; where the head reads [CLS] after a block of attention, or the
+# hybrid's GroupNorm mixes the whole image into every position, whether a run's maps point at the square or away
+# from it (lighting up the background instead) is luck of that run, and for the hybrid even of the image: measured
+# on an AMD EPYC, each of the hybrid's two layers pointed at the squares in 2 of 6 seeds, both in none, and DeiT's
+# seed 0 did with 2 threads and not with 1. So a run whose maps of a check batch do not
+# point at the squares is replaced by the next seed's, for each target layer; its check batch must clear a higher
+# bar than the tests then ask of theirs, which are other images.
+CHECK_EVERY, MAX_STEPS, SEEDS = 20, 200, range(12)
+CHECK_IN_SQUARE, CHECK_OVER_MIRROR = 1.2, 0.85
+CHECK_SEED, TEST_SEED = 7, 1  # the batches for deciding a run is done, and for the tests: both unlike training's
+
+
+def learned(model, family: str) -> bool:
+    """Every image of a fresh batch right, with a loss of a confident model (mean probability of the truth ≳ 0.95)."""
+    pixels, targets, _ = planted_batch(32, SIZE[family], SQUARE[family], torch.Generator().manual_seed(CHECK_SEED))
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits[:, 0]
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    return bool(((logits > 0) == targets.bool()).all()) and loss.item() < 0.05
+
+
+def train_planted(family: str, seed: int):
+    """A tiny model of ``family`` trained to say whether a bright square is in the image, and whether it learned."""
+    torch.manual_seed(seed)
+    model = tiny_model(family, image_size=SIZE[family]).model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(1, MAX_STEPS + 1):
+        model.train()
+        pixels, targets, _ = planted_batch(32, SIZE[family], SQUARE[family], generator)
+        logits = model(pixel_values=pixels).logits[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % CHECK_EVERY == 0 and learned(model.eval(), family):
+            return model.eval(), True
+    return model.eval(), False
+
+
+def planted_family(family: str) -> dict:
+    """Target layer name → (model, seed): the first seed's model that learned the task and whose maps from that
+    layer, by every CAM method, point at the squares of a check batch (the last seed's model where none does: the
+    tests then fail). The hybrid's two layers may take different seeds."""
+    found, last = {}, None
+    for seed in SEEDS:
+        model, done = train_planted(family, seed)
+        last = (model, seed)
+        for layer in TARGET_LAYERS[family]:
+            if layer not in found and done and all(
+                    points_at_squares(*positive_maps(model, family, CHECK_SEED, method, layer), CHECK_IN_SQUARE,
+                                      CHECK_OVER_MIRROR) for method in CAM_METHODS):
+                found[layer] = (model, seed)
+        if len(found) == len(TARGET_LAYERS[family]):
+            break
+    return {layer: found.get(layer, last) for layer in TARGET_LAYERS[family]}
+
+
 @pytest.fixture(scope="module")
 def planted_models() -> dict:
-    """One tiny model per family, trained for a few seconds to say whether a bright square is in the image."""
-    models = {}
-    for family in FAMILIES:
-        torch.manual_seed(0)
-        model = tiny_model(family, image_size=SIZE[family]).model
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        generator = torch.Generator().manual_seed(0)
-        model.train()
-        for _ in range(120):
-            pixels, targets, _ = planted_batch(32, SIZE[family], SQUARE[family], generator)
-            logits = model(pixel_values=pixels).logits[:, 0]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        models[family] = model.eval()
-    return models
-
-
-def energy_in_boxes(maps: np.ndarray, boxes: list) -> float:
-    """Mean map value inside the planted squares over the mean over the whole map (1: no preference)."""
-    ratios = [heatmap[y0:y1, x0:x1].mean() / max(heatmap.mean(), 1e-9) for heatmap, (x0, y0, x1, y1) in
-              zip(maps, boxes, strict=True)]
-    return float(np.mean(ratios))
+    """(family, target layer name) → a tiny model that has learned whether a bright square is in the image (see
+    above); (family, None) → the one for the family's default layer."""
+    with torch.random.fork_rng(devices=[]):
+        models = {}
+        for family in FAMILIES:
+            chosen = planted_family(family)
+            models |= {(family, layer): model for layer, (model, _) in chosen.items()}
+            models[family, None] = models[family, next(iter(TARGET_LAYERS[family]))]
+        return models
 
 
 @pytest.mark.parametrize(("family", "method", "layer"), CASES)
 def test_every_family_and_method_gives_unit_range_maps_of_the_input_size(planted_models, family, method, layer):
-    model = planted_models[family]
+    model = planted_models[family, layer]
     pixels, _, _ = planted_batch(4, SIZE[family], SQUARE[family], torch.Generator().manual_seed(5))
     maps = explanation_maps(model, pixels, [0, 2], method=method, layer=layer)
     assert maps.shape == (4, 2, SIZE[family], SIZE[family])
@@ -83,31 +183,25 @@ def test_every_family_and_method_gives_unit_range_maps_of_the_input_size(planted
         np.testing.assert_array_equal(maps[:, 0], maps[:, 1])  # rollout follows attention, not a label
 
 
-@pytest.mark.parametrize(("family", "method", "layer"), [case for case in CASES if case[1] != ROLLOUT])
+@pytest.mark.parametrize(("family", "method", "layer"), CAM_CASES)
 def test_cam_maps_find_the_planted_square(planted_models, family, method, layer):
-    model = planted_models[family]
-    pixels, targets, boxes = planted_batch(40, SIZE[family], SQUARE[family], torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        predicted = model(pixel_values=pixels).logits[:, 0] > 0
-    assert (predicted == targets.bool()).float().mean() > 0.9  # the model learned the task
-    positive = np.flatnonzero(targets.numpy())
-    maps = explanation_maps(model, pixels[positive], [0], method=method, layer=layer)[:, 0]
-    # Measured 1.7-3.5 with the right token order and 1.0-1.2 with rows and columns swapped.
-    assert energy_in_boxes(maps, [boxes[i] for i in positive]) > 1.45
+    model = planted_models[family, layer]
+    assert accuracy(model, family, TEST_SEED) > 0.9  # the model learned the task
+    maps, boxes = positive_maps(model, family, TEST_SEED, method, layer)
+    assert in_square(maps, boxes) > IN_SQUARE  # more of the map in the square than on average
+    assert over_mirror(maps, boxes) > OVER_MIRROR  # and than where a transposed map puts it
 
 
 def test_the_planted_check_fails_when_the_token_grid_is_transposed(planted_models, monkeypatch):
-    model = planted_models["vit"]
-    pixels, targets, boxes = planted_batch(40, SIZE["vit"], SQUARE["vit"], torch.Generator().manual_seed(1))
-    positive = np.flatnonzero(targets.numpy())
-    right = explanation_maps(model, pixels[positive], [0], method="gradcam")[:, 0]
+    model = planted_models["vit", None]
+    right, boxes = positive_maps(model, "vit", TEST_SEED, "gradcam", None)
     monkeypatch.setattr(interpret, "tokens_to_grid",
                         lambda prefix: (lambda tokens: tokens_to_grid(prefix)(tokens).transpose(2, 3)))
-    wrong = explanation_maps(model, pixels[positive], [0], method="gradcam")[:, 0]
-    kept = [boxes[i] for i in positive]
+    wrong, _ = positive_maps(model, "vit", TEST_SEED, "gradcam", None)
     np.testing.assert_allclose(wrong, right.transpose(0, 2, 1), atol=1e-6)
-    # Transposed squares still overlap the true ones now and then, so the drop is partial: 3.3 to 1.9 here.
-    assert energy_in_boxes(wrong, kept) < energy_in_boxes(right, kept) - 1.0
+    # A transposed map's share is one minus the right one's (less where both are flat): what passes one way fails.
+    assert over_mirror(wrong, boxes) <= 1 - over_mirror(right, boxes)
+    assert points_at_squares(right, boxes) and not points_at_squares(wrong, boxes)
 
 
 LAYER_CASES = [(family, name) for family in FAMILIES for name in TARGET_LAYERS[family]]

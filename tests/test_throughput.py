@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
+pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
 
