@@ -32,6 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .configs import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from .data.training import DecodeCollator, load_training_splits, resolve_prepared
+from .distributed import end_process_group_at_exit
 from .features import FeatureHeadModel, attach_cached_features, default_root, feature_cache
 from .freeze import apply_freeze_policy
 from .fsdp import apply_fsdp_wrap_policy
@@ -530,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run(recipe)
+        end_process_group_at_exit()
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole run, not one per process
             print(f"chexpert-hf train: interrupted. {_how_to_resume(recipe.training.output_dir)}", file=sys.stderr)
@@ -537,7 +539,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigurationError, FileNotFoundError, CheXpertFormatError, NonFiniteLossError, HubAccessError,
             PublishError) as error:
         print(f"chexpert-hf train: error: {error}", file=sys.stderr)
-        return 2 if not isinstance(error, NonFiniteLossError) else 1
+        if isinstance(error, NonFiniteLossError):  # every process stopped at the same check
+            end_process_group_at_exit()
+            return 1
+        return 2
     return 0
 
 

@@ -48,6 +48,11 @@ def _part(folder: Path, part: str) -> list[dict]:
     return [json.loads((folder / f"{part}-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
+def test_the_training_entry_closes_the_process_group_before_the_process_exits(launched):
+    """An open Gloo group at interpreter shutdown can abort a finished run with SIGABRT (pytorch/pytorch#179291)."""
+    assert _part(launched, "exit") == [{"group_open": False}] * 2
+
+
 def test_each_process_draws_its_own_augmentation_and_a_rerun_draws_the_same(launched):
     ranks = _part(launched, "augment")
     for rank in ranks:

@@ -11,8 +11,12 @@ Parts:
             checkpoint, then resumed from it (RECIPE's save_steps falls inside a later epoch)
   rank_dirs a run whose output_dir differs per process (node-local disks) with load_best_model_at_end: its exit
             code and error line
+
+Every process also writes OUTPUT/exit-rank<R>.json as the very last thing before it exits: whether its process group
+was still open then (the training entry must have closed it, or Gloo can abort the process during shutdown).
 """
 
+import atexit
 import contextlib
 import io
 import json
@@ -94,8 +98,15 @@ def rank_dirs(output: Path, recipe: str) -> dict:
 
 PARTS = {"augment": augment, "resume": resume, "rank_dirs": rank_dirs}
 
+def record_group_at_exit(output: Path) -> None:
+    """Registered before anything else, so it runs after every other exit handler (they run last in, first out)."""
+    state = {"group_open": torch.distributed.is_initialized()}
+    (output / f"exit-rank{RANK}.json").write_text(json.dumps(state))
+
+
 if __name__ == "__main__":
     output, recipe = Path(sys.argv[1]), sys.argv[2]
+    atexit.register(record_group_at_exit, output)
     for part in sys.argv[3:]:
         result = PARTS[part](output, recipe)
         (output / f"{part}-rank{RANK}.json").write_text(json.dumps(result))

@@ -13,6 +13,7 @@ from tiny_rows import Rows  # beside this script
 from transformers import ViTConfig, ViTForImageClassification
 
 from chexpert_hf.configs import CheXpertTrainingArguments
+from chexpert_hf.distributed import end_process_group
 from chexpert_hf.trainer import CheXpertTrainer, NonFiniteLossError
 
 
@@ -41,6 +42,7 @@ def main(output: str) -> None:
     except NonFiniteLossError as error:
         outcome = str(error)
     Path(output, f"rank{rank}.txt").write_text(outcome)
+    end_process_group()
 
 
 if __name__ == "__main__":

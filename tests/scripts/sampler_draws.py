@@ -15,6 +15,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from chexpert_hf.configs import CheXpertTrainingArguments
+from chexpert_hf.distributed import end_process_group
 from chexpert_hf.trainer import CheXpertTrainer, sample_weights
 
 
@@ -66,3 +67,4 @@ def main(output: str, batch: int, seed: int, row_counts: list[int]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [int(rows) for rows in sys.argv[4:]])
+    end_process_group()
