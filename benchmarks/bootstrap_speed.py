@@ -1,4 +1,5 @@
-"""Seconds for scoring with 95% bootstrap intervals (chexpert_hf.metrics.score, n_bootstrap resamples), against
+"""Seconds for scoring with 95% bootstrap intervals (chexpert_hf.evaluation.metrics.score, n_bootstrap resamples),
+against
 the same resamples computed with one scikit-learn ``roc_auc_score`` call per label and resample.
 
     python benchmarks/bootstrap_speed.py [--resamples 1000] [--sklearn-resamples 100]
@@ -16,8 +17,8 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from chexpert_hf.evaluation.metrics import score
 from chexpert_hf.labels import CHEXPERT_LABELS
-from chexpert_hf.metrics import score
 
 
 def _case(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

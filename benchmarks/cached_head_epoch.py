@@ -3,7 +3,8 @@
     python benchmarks/cached_head_epoch.py [--rows 191027] [--dim 768] [--labels 14] [--batch-size 128]
                                            [--workers 0] [--device cpu|cuda] [--epochs 2]
 
-What ``cache_features: true`` trains after the extraction: :class:`chexpert_hf.features.FeatureHeadModel` around
+What ``cache_features: true`` trains after the extraction:
+:class:`chexpert_hf.training.feature_cache.FeatureHeadModel` around
 a ViT-B head (``--dim`` 768; ViT-L: 1024, Swin-B: 1024, DenseNet-121: 1024), fed by ``LabelledImages``-style
 batches of float32 rows from memory, with ``CheXpertTrainer``'s masked BCE, AdamW and cosine schedule; no
 evaluation or saving. The rows are random (the speed of a linear head does not depend on its inputs). Prints
@@ -21,12 +22,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, ViTConfig, ViTForImageClassification
 
-from chexpert_hf.configs import CheXpertTrainingArguments
-from chexpert_hf.data.training import DecodeCollator
-from chexpert_hf.features import FeatureHeadModel
+from chexpert_hf.data.loading import DecodeCollator
 from chexpert_hf.labels import CHEXPERT_LABELS
 from chexpert_hf.models import label_config
-from chexpert_hf.trainer import CheXpertTrainer
+from chexpert_hf.training.arguments import CheXpertTrainingArguments
+from chexpert_hf.training.feature_cache import FeatureHeadModel
+from chexpert_hf.training.trainer import CheXpertTrainer
 
 
 class CachedRows(torch.utils.data.Dataset):

@@ -3,7 +3,7 @@
     python benchmarks/feature_cache.py                      # demo_head, 10 epochs, seeds 0,1,2 (~10 min on 2 CPUs)
     python benchmarks/feature_cache.py --seeds 0 --epochs 2 # a quick look
 
-Every seed trains the recipe twice through the real training job (``chexpert_hf.train``): ``cache_features:
+Every seed trains the recipe twice through the real training job (``chexpert_hf.training.train``): ``cache_features:
 false`` (the frozen backbone runs on every image in every epoch) and ``cache_features: true`` with a feature cache
 that starts empty, so the first cached seed pays for the extraction and the later ones reuse it. Reported per
 run: the Trainer's training time (all epochs, with their per-epoch evaluations), the extraction time, the whole
@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from chexpert_hf.benchmark import mean_std_text
-from chexpert_hf.reports import RUN_INFO
-from chexpert_hf.train import main as train_main
+from chexpert_hf.benchmark.grid import mean_std_text
+from chexpert_hf.outputs import RUN_INFO
+from chexpert_hf.training.train import main as train_main
 
 
 def _run(recipe: str, output: Path, seed: int, epochs: int, cached: bool, cache_dir: Path, extra: list[str]) -> dict:

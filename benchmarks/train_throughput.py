@@ -19,7 +19,7 @@ What one row measures, after ``--warmup`` untimed steps:
 
 Models are built from their configuration (random weights: speed does not depend on them), so nothing is
 downloaded. Only torch, transformers, accelerate and timm are imported at module level (through
-``chexpert_hf.models`` and ``chexpert_hf.freeze``); ``datasets`` is imported only for ``--data``, so the script
+``chexpert_hf.models`` and ``chexpert_hf.models.freeze``); ``datasets`` is imported only for ``--data``, so the script
 runs on a machine where it is not installed.
 """
 
@@ -36,9 +36,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from chexpert_hf.freeze import POLICIES, apply_freeze_policy
 from chexpert_hf.labels import CHEXPERT_LABELS
 from chexpert_hf.models import FAMILIES, build_model
+from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy
 
 # Tiny configurations for --quick (seconds on a CPU; the code path is the full-size one).
 QUICK_CONFIGS = {
@@ -182,7 +182,7 @@ def measure(family: str, size: str | None, strategy: str, *, compiled: bool = Fa
 def measure_pipeline(step, data: str, image_size: int, batch_size: int, steps: int, warmup: int, workers: int,
                      device: torch.device) -> tuple[float, float]:
     """Images/s and the share of step time spent waiting for data, through the project's training input path."""
-    from chexpert_hf.data.training import DecodeCollator, load_training_splits, resolve_prepared
+    from chexpert_hf.data.loading import DecodeCollator, load_training_splits, resolve_prepared
 
     splits = load_training_splits(resolve_prepared(data, image_size=max(image_size, 64)), list(CHEXPERT_LABELS))
     loader = torch.utils.data.DataLoader(

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from transformers import TrainerCallback, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 
-from chexpert_hf.configs import CheXpertTrainingArguments
-from chexpert_hf.data.training import DecodeCollator
+from chexpert_hf.data.loading import DecodeCollator
 from chexpert_hf.data.transforms import to_float
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models import label_config
-from chexpert_hf.trainer import CheXpertTrainer, masked_bce_with_logits
+from chexpert_hf.training.arguments import CheXpertTrainingArguments
+from chexpert_hf.training.trainer import CheXpertTrainer, masked_bce_with_logits
 
 SIZE, LABELS = 64, COMPETITION_LABELS  # the demo's image size and labels
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from chexpert_hf import benchmark as bench
-from chexpert_hf.cli import main
+from chexpert_hf.benchmark import grid as bench
+from chexpert_hf.cli.main import main
 from chexpert_hf.labels import COMPETITION_LABELS
 
 OFFSETS = np.array([-0.02, -0.01, 0.0, 0.01, 0.02])  # per label, around a run's mean: the mean stays exact
@@ -103,7 +103,7 @@ def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
     first = fake.calls[0]
     assert first.command[first.command.index("--seed") + 1] == "0"
     assert first.command[-2:] == ["--learning_rate", "0.01"] and "--config" in first.command
-    assert first.command[first.command.index("-m", 3) + 1] == "chexpert_hf.train"
+    assert first.command[first.command.index("-m", 3) + 1] == "chexpert_hf.training.train"
 
     table = pd.read_csv(output / "results.csv")
     assert len(table) == 9 and set(table["status"]) == {"finished"}

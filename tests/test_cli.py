@@ -5,11 +5,11 @@ from pathlib import Path
 import datasets
 import pandas as pd
 
-from chexpert_hf.cli import build_parser, main
+from chexpert_hf.cli.main import build_parser, main
 
 
 def test_help_lists_the_subcommands():
-    result = subprocess.run([sys.executable, "-m", "chexpert_hf.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "chexpert_hf.cli.main", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert all(command in result.stdout for command in ("synthesize", "prepare", "models"))
     for command in ("synthesize", "prepare"):

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chexpert_hf.configs import RECIPES_DIR, available_recipes, parse_recipe
-from chexpert_hf.freeze import POLICIES
 from chexpert_hf.labels import UNCERTAINTY_POLICIES
-from chexpert_hf.train import main as train_main
+from chexpert_hf.models.freeze import POLICIES
+from chexpert_hf.training.arguments import RECIPES_DIR, available_recipes, parse_recipe
+from chexpert_hf.training.train import main as train_main
 
 # recipe name -> (family, variant, freeze policy)
 RECIPES = {
@@ -156,7 +156,7 @@ def test_transformer_families_attend_through_sdpa(family):
 
 
 def test_without_a_checkout_the_recipes_folder_of_the_current_directory_is_used(tmp_path, monkeypatch):
-    import chexpert_hf.configs as configs
+    import chexpert_hf.training.arguments as configs
 
     monkeypatch.setattr(configs, "RECIPES_DIR", tmp_path / "site-packages-has-none")
     monkeypatch.chdir(tmp_path)
@@ -180,7 +180,7 @@ def test_yaml_scalars_given_to_text_fields_become_text(tmp_path):
 @pytest.fixture
 def restore_tf32():
     yield
-    from chexpert_hf.configs import set_tf32
+    from chexpert_hf.training.arguments import set_tf32
 
     set_tf32(False)
 
@@ -201,7 +201,7 @@ def test_tf32_leaves_every_precision_getter_readable(fields, monkeypatch, restor
     import torch
     import transformers.training_args
 
-    from chexpert_hf.configs import CheXpertTrainingArguments
+    from chexpert_hf.training.arguments import CheXpertTrainingArguments
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     monkeypatch.setattr(transformers.training_args, "is_torch_tf32_available", lambda: True)

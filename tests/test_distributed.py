@@ -104,7 +104,7 @@ def test_processes_wait_for_the_first_preparation_on_its_lock_not_a_timed_barrie
 
     from filelock import FileLock
 
-    from chexpert_hf.data.training import _source_key
+    from chexpert_hf.data.loading import _source_key
 
     raw = synthesize(tmp_path / "raw", 12, valid_patients=8, seed=3, progress=False).root
     ready = tmp_path / "ready"

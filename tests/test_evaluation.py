@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from chexpert_hf.cli import main as cli_main
+from chexpert_hf.cli.main import main as cli_main
+from chexpert_hf.data.chexpert_csv import CheXpertFormatError
 from chexpert_hf.data.synthetic import TRAIN_HEADER
-from chexpert_hf.data.tables import CheXpertFormatError
-from chexpert_hf.evaluation import read_predictions, score_predictions, write_evaluation
+from chexpert_hf.evaluation.evaluate import read_predictions, score_predictions, write_evaluation
+from chexpert_hf.evaluation.metrics import bootstrap_auroc, score
 from chexpert_hf.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from chexpert_hf.metrics import bootstrap_auroc, score
 from tests.conftest import write_csv
 
 RNG_LABELS = list(CHEXPERT_LABELS)

@@ -12,12 +12,12 @@ import torch
 from conftest import tiny_model
 from PIL import Image
 
-from chexpert_hf import explain as explain_module
-from chexpert_hf.cli import main
+from chexpert_hf.cli.main import main
 from chexpert_hf.data.builder import label_names
 from chexpert_hf.data.prepare import load_prepared
+from chexpert_hf.explain import run as explain_module
+from chexpert_hf.explain.localization import DEFAULT_TOLERANCE, pointing_hit, read_lesions
 from chexpert_hf.labels import COMPETITION_LABELS, reorder_labels
-from chexpert_hf.localization import DEFAULT_TOLERANCE, pointing_hit, read_lesions
 
 pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
 
@@ -207,7 +207,7 @@ def test_image_files_with_lesions_count_only_label_one_as_positive(vit_dir, synt
 
 
 def test_repeated_file_names_get_numbered_names_that_never_collide():
-    from chexpert_hf.explain import unique_stems
+    from chexpert_hf.explain.run import unique_stems
 
     assert unique_stems(["x/a.png", "y/a.png", "a-2.png", "z/a.jpg"]) == ["a", "a-2", "a-2-2", "a-3"]
 

@@ -11,9 +11,12 @@ import yaml
 from conftest import TINY_CONFIGS, tiny_model
 from safetensors.torch import load_file
 
-from chexpert_hf import features as features_module
-from chexpert_hf.data.training import load_training_splits
-from chexpert_hf.features import (
+from chexpert_hf.data.loading import load_training_splits
+from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.models import FAMILIES, classifier
+from chexpert_hf.models.freeze import apply_freeze_policy, param_groups
+from chexpert_hf.training import feature_cache as features_module
+from chexpert_hf.training.feature_cache import (
     FeatureHeadModel,
     attach_cached_features,
     backbone_fingerprint,
@@ -21,10 +24,7 @@ from chexpert_hf.features import (
     feature_cache,
     rows_fingerprint,
 )
-from chexpert_hf.freeze import apply_freeze_policy, param_groups
-from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.models import FAMILIES, classifier
-from chexpert_hf.train import main as train_main
+from chexpert_hf.training.train import main as train_main
 
 pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
 
@@ -37,7 +37,7 @@ def splits(prepared_dir):
 
 
 def _pixels(split, built):
-    from chexpert_hf.data.training import DecodeCollator
+    from chexpert_hf.data.loading import DecodeCollator
     from chexpert_hf.data.transforms import to_float
     from chexpert_hf.models import input_channels
 
@@ -155,7 +155,7 @@ def test_head_training_on_the_cache_equals_training_on_the_fly_and_saves_a_full_
                                                                                             caplog):
     from transformers import ViTForImageClassification
 
-    from chexpert_hf.evaluation import evaluate_model
+    from chexpert_hf.evaluation.evaluate import evaluate_model
 
     assert train_main(["--config", str(_recipe(tmp_path, prepared_dir, "fly"))]) == 0
     with caplog.at_level("INFO", logger="chexpert_hf"):
@@ -204,7 +204,7 @@ def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, t
 
     from conftest import free_port
 
-    from chexpert_hf.evaluation import evaluate_model
+    from chexpert_hf.evaluation.evaluate import evaluate_model
 
     root = Path(__file__).resolve().parent.parent
     recipe = _recipe(tmp_path, prepared_dir, "two", cache_features=True, num_train_epochs=2,

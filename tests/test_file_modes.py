@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from test_model_card import make_info
 
-from chexpert_hf import reports
-from chexpert_hf.evaluation import predictions_frame, write_evaluation, write_predictions_csv
+from chexpert_hf import utils
+from chexpert_hf.evaluation.evaluate import predictions_frame, write_evaluation, write_predictions_csv
+from chexpert_hf.evaluation.metrics import score
+from chexpert_hf.evaluation.reports import write_reports
+from chexpert_hf.hub.model_card import write_model_card
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.metrics import score
-from chexpert_hf.model_card import write_model_card
-from chexpert_hf.reports import atomic_write, current_umask, write_reports, write_text
+from chexpert_hf.utils import atomic_write, current_umask, write_text
 
 
 @pytest.fixture(params=[(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=["022", "077", "002"])
@@ -50,7 +51,7 @@ def test_the_umask_is_read_where_proc_is_not_there(umask, monkeypatch):
     def no_proc(*args, **kwargs):
         raise FileNotFoundError("/proc/self/status")
 
-    monkeypatch.setattr(reports, "open", no_proc, raising=False)
+    monkeypatch.setattr(utils, "open", no_proc, raising=False)
     mask, _ = umask
     assert current_umask() == mask
     assert os.umask(mask) == mask
@@ -61,7 +62,7 @@ def test_atomic_writes_keep_the_umask_mode(umask, tmp_path):
     write_text(tmp_path / "a" / "notes.txt", "text\n")
     atomic_write(tmp_path / "array.npy", lambda name: np.save(name, np.zeros(3)))
 
-    def by_stream(name: str) -> None:  # as chexpert_hf.features writes its arrays
+    def by_stream(name: str) -> None:  # as chexpert_hf.training.feature_cache writes its arrays
         with open(name, "wb") as stream:
             np.save(stream, np.ones(2))
 
@@ -79,7 +80,7 @@ def test_reports_predictions_and_the_card_keep_the_umask_mode(umask, tmp_path):
     keys = [f"valid/patient{index:05d}/study1/view1_frontal.jpg" for index in range(len(probabilities))]
     frame = predictions_frame(keys, probabilities, COMPETITION_LABELS)
     write_predictions_csv(tmp_path / "predict" / "predictions.csv", frame)
-    from chexpert_hf.evaluation import Scored
+    from chexpert_hf.evaluation.evaluate import Scored
 
     evaluation = write_evaluation(tmp_path / "eval", Scored(scores, probabilities, targets, COMPETITION_LABELS),
                                   {"split": "validation"}, title="t", predictions=frame)

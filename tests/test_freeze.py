@@ -8,9 +8,8 @@ import pytest
 import torch
 from conftest import TINY_SIZE, tiny_model
 
-from chexpert_hf import freeze
-from chexpert_hf.freeze import FREEZE_POLICIES, POLICIES, apply_freeze_policy, layer_ids, param_groups
-from chexpert_hf.models import MODELS
+from chexpert_hf.models import MODELS, freeze
+from chexpert_hf.models.freeze import FREEZE_POLICIES, POLICIES, apply_freeze_policy, layer_ids, param_groups
 
 pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
 

@@ -1,4 +1,5 @@
-"""FSDP2 with the wrap choice of chexpert_hf.fsdp, on CPU: two gloo processes prepare each transformer family the way
+"""FSDP2 with the wrap choice of chexpert_hf.training.fsdp, on CPU: two gloo processes prepare each transformer
+family the way
 training does (accelerate_configs/fsdp.yaml's settings, then accelerate's own FSDP2 preparation), take one step
 under every freeze policy, gather the full state dict, and compare it with the same step without sharding."""
 
@@ -14,10 +15,10 @@ import pytest
 import torch
 from conftest import TINY_SIZE, free_port, tiny_model
 
-from chexpert_hf.configs import ConfigurationError
-from chexpert_hf.freeze import POLICIES, apply_freeze_policy, param_groups
-from chexpert_hf.fsdp import apply_fsdp_wrap_policy, fsdp_block_classes, fsdp_wrapped_modules
 from chexpert_hf.models import FAMILIES, build_model
+from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy, param_groups
+from chexpert_hf.training.arguments import ConfigurationError
+from chexpert_hf.training.fsdp import apply_fsdp_wrap_policy, fsdp_block_classes, fsdp_wrapped_modules
 
 SHARDED = [name for name, family in FAMILIES.items() if family.fsdp_block]
 FSDP_CONFIG = os.path.join(os.path.dirname(__file__), "..", "accelerate_configs", "fsdp.yaml")

@@ -18,12 +18,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from chexpert_hf.cli import main as cli_main
-from chexpert_hf.evaluation import evaluate_model, score_predictions, write_evaluation, write_predictions_csv
-from chexpert_hf.inference import ModelLoadError, load_classifier, predict_files
+from chexpert_hf.cli.main import main as cli_main
+from chexpert_hf.evaluation.evaluate import evaluate_model, score_predictions, write_evaluation, write_predictions_csv
+from chexpert_hf.evaluation.inference import ModelLoadError, load_classifier, predict_files
+from chexpert_hf.hub.model_card import card_metrics
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.model_card import card_metrics
-from chexpert_hf.train import main as train_main
+from chexpert_hf.training.train import main as train_main
 from tests.conftest import tiny_model
 
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
@@ -94,8 +94,9 @@ def test_the_evaluate_command_writes_its_reports(trained, tmp_path, capsys, monk
 
 
 def _captured_logits(monkeypatch) -> list[np.ndarray]:
-    """Every batch of logits the models that ``chexpert_hf.inference.load_classifier`` loads compute from now on."""
-    import chexpert_hf.inference as inference
+    """Every batch of logits the models that ``chexpert_hf.evaluation.inference.load_classifier`` loads compute from
+    now on."""
+    import chexpert_hf.evaluation.inference as inference
 
     captured: list[np.ndarray] = []
     real = inference.load_classifier
@@ -118,8 +119,8 @@ def test_evaluate_scores_confident_logits_as_the_training_run_does(prepared_dir,
 
     from chexpert_hf.data.builder import label_names
     from chexpert_hf.data.prepare import load_prepared
+    from chexpert_hf.evaluation.metrics import SplitScorer
     from chexpert_hf.labels import reorder_labels
-    from chexpert_hf.metrics import SplitScorer
 
     captured = _captured_logits(monkeypatch)
     built = tiny_model("vit")

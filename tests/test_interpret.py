@@ -8,9 +8,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from chexpert_hf import interpret
-from chexpert_hf.freeze import POLICIES, apply_freeze_policy
-from chexpert_hf.interpret import (
+from chexpert_hf.explain import maps as interpret
+from chexpert_hf.explain.maps import (
     CAM_METHODS,
     METHODS,
     ROLLOUT,
@@ -21,6 +20,7 @@ from chexpert_hf.interpret import (
     supported_methods,
     tokens_to_grid,
 )
+from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy
 
 FAMILIES = list(TARGET_LAYERS)
 CASES = [(family, method, layer) for family in FAMILIES for method in supported_methods(family)

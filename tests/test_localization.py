@@ -7,8 +7,8 @@ import pytest
 from conftest import write_csv
 from scipy.stats import spearmanr
 
-from chexpert_hf.data.tables import CheXpertFormatError
-from chexpert_hf.localization import (
+from chexpert_hf.data.chexpert_csv import CheXpertFormatError
+from chexpert_hf.explain.localization import (
     LESION_COLUMNS,
     Box,
     MethodTally,

@@ -1,4 +1,4 @@
-"""Validation scoring: chexpert_hf.metrics against direct scikit-learn calls and hand-computed cases, and the
+"""Validation scoring: chexpert_hf.evaluation.metrics against direct scikit-learn calls and hand-computed cases, and the
 ``evaluate`` module against ``score``."""
 
 import math
@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from chexpert_hf.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from chexpert_hf.metrics import (
+from chexpert_hf.evaluation.metrics import (
     EVALUATE_MODULE,
     aggregate_studies,
     evaluation_targets,
@@ -18,6 +17,7 @@ from chexpert_hf.metrics import (
     score,
     snake_case,
 )
+from chexpert_hf.labels import CHEXPERT_LABELS, COMPETITION_LABELS
 
 nan = np.nan
 

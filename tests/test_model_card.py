@@ -12,8 +12,8 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from chexpert_hf.hub.model_card import CardInfo, build_model_card, card_metrics, format_duration, write_model_card
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.model_card import CardInfo, build_model_card, card_metrics, format_duration, write_model_card
 
 # Values with many significant digits, so rounding anywhere on the way would show.
 PER_LABEL = {

@@ -274,7 +274,7 @@ def test_the_hybrid_loads_with_remote_code_where_chexpert_hf_cannot_be_imported(
 
 
 def test_every_family_and_variant_builds_at_full_size():
-    from chexpert_hf.freeze import policy_table
+    from chexpert_hf.models.freeze import policy_table
 
     rows = {(row["family"], row["variant"]): row for row in policy_table()}
     assert set(rows) == {(f, v) for f, family in FAMILIES.items() for v in family.variants}
@@ -353,8 +353,8 @@ def test_a_checkpoint_keeps_its_own_resolution_unless_asked(family, tmp_path):
 
 
 def test_resizing_keeps_frozen_flags_and_module_modes():
-    from chexpert_hf.freeze import apply_freeze_policy
     from chexpert_hf.models import with_image_size
+    from chexpert_hf.models.freeze import apply_freeze_policy
 
     model = tiny_model("vit").model.train()
     apply_freeze_policy(model, "vit", "head")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torchxrayvision as xrv
 
-from chexpert_hf.data.tables import read_image_csv
+from chexpert_hf.data.chexpert_csv import read_image_csv
 from chexpert_hf.labels import CHEXPERT_LABELS
 
 REAL_TRAIN_CSV = Path(xrv.datasets.datapath) / "chexpert_train.csv.gz"

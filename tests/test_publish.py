@@ -27,7 +27,7 @@ try:  # the HTTP client huggingface_hub uses
 except ImportError:  # older huggingface_hub
     import httpx
 
-from chexpert_hf.publish import (
+from chexpert_hf.hub.push import (
     HubAccessError,
     PublishError,
     audit_folder,
@@ -576,8 +576,8 @@ def test_a_folder_that_is_not_a_prepared_dataset_is_refused(synthetic_root, hub)
 def _push_trainer(output: Path, **training):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    from chexpert_hf.configs import CheXpertTrainingArguments
-    from chexpert_hf.trainer import CheXpertTrainer
+    from chexpert_hf.training.arguments import CheXpertTrainingArguments
+    from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -664,8 +664,8 @@ def _job_recipe(tmp_path: Path, data_dir: Path, **fields) -> Path:
 def test_the_training_job_publishes_its_card_roc_and_metrics(tmp_path, synthetic_root, hub, monkeypatch):
     from huggingface_hub import ModelCard
 
-    from chexpert_hf.model_card import card_metrics
-    from chexpert_hf.train import main as train_main
+    from chexpert_hf.hub.model_card import card_metrics
+    from chexpert_hf.training.train import main as train_main
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert train_main(["--config", str(_job_recipe(tmp_path, synthetic_root))]) == 0
@@ -683,7 +683,7 @@ def test_the_training_job_publishes_its_card_roc_and_metrics(tmp_path, synthetic
 
 
 def test_the_training_job_stops_before_any_work_without_a_token(tmp_path, synthetic_root, hub, capsys):
-    from chexpert_hf.train import main as train_main
+    from chexpert_hf.training.train import main as train_main
 
     assert train_main(["--config", str(_job_recipe(tmp_path, synthetic_root))]) == 2
     assert "hf auth login" in capsys.readouterr().err
@@ -692,7 +692,7 @@ def test_the_training_job_stops_before_any_work_without_a_token(tmp_path, synthe
 
 def test_the_training_job_stops_before_any_work_when_the_token_cannot_write_to_the_target(tmp_path, synthetic_root,
                                                                                          hub, capsys, monkeypatch):
-    from chexpert_hf.train import main as train_main
+    from chexpert_hf.training.train import main as train_main
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", USER_WRITE),

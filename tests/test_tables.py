@@ -3,14 +3,14 @@ import math
 import pytest
 from conftest import image_row, jpeg_bytes, make_tree, write_csv
 
-from chexpert_hf.data.synthetic import TRAIN_HEADER
-from chexpert_hf.data.tables import (
+from chexpert_hf.data.chexpert_csv import (
     CheXpertFormatError,
     find_split_files,
     read_image_csv,
     read_study_csv,
     split_image_path,
 )
+from chexpert_hf.data.synthetic import TRAIN_HEADER
 from chexpert_hf.labels import CHEXPERT_LABELS
 
 LABELS = ["", "0.0", "1.0", "-1.0", "1", "0", "-1", "", "1.0", "", "", "0.0", "", "1.0"]

@@ -12,10 +12,10 @@ from conftest import free_port
 from safetensors.torch import load_file
 
 from chexpert_hf.data import synthesize
+from chexpert_hf.evaluation.metrics import snake_case
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.metrics import snake_case
-from chexpert_hf.train import main as train_main
-from chexpert_hf.trainer import NonFiniteLossGuard
+from chexpert_hf.training.train import main as train_main
+from chexpert_hf.training.trainer import NonFiniteLossGuard
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
@@ -238,7 +238,7 @@ def test_ctrl_c_ends_with_one_line_that_says_how_to_resume(tmp_path, raw_root, m
 def test_decode_cache_is_refused_when_the_processes_would_not_fit_in_memory(tmp_path, raw_root, capsys, monkeypatch):
     import psutil
 
-    from chexpert_hf.train import check_decode_cache_memory
+    from chexpert_hf.training.train import check_decode_cache_memory
 
     assert check_decode_cache_memory([191_027], 224, 1, available=10**11) == 191_027 * 224 * 224  # 9.6 GB
     with pytest.raises(ValueError, match="9.6 GB in each of this machine.s 8 process.es., 76.7 GB in all"):
@@ -256,7 +256,7 @@ def test_decode_cache_is_refused_when_the_processes_would_not_fit_in_memory(tmp_
 
 
 def test_first_use_preparation_uses_the_cpus_this_process_may_use(tmp_path, raw_root, monkeypatch):
-    import chexpert_hf.data.training as training
+    import chexpert_hf.data.loading as training
 
     asked = []
     original = training.prepare

@@ -14,7 +14,7 @@ import torch
 from conftest import free_port
 from scripts.tiny_rows import Rows
 
-from chexpert_hf.trainer import (
+from chexpert_hf.training.trainer import (
     WeightedEpochSampler,
     balanced_pos_weight,
     light_affine,
@@ -155,9 +155,9 @@ def test_light_augmentation_keeps_shape_and_laterality():
 def _trainer(tmp_path, **training):
     from transformers import ViTConfig, ViTForImageClassification
 
-    from chexpert_hf.configs import CheXpertTrainingArguments
-    from chexpert_hf.freeze import apply_freeze_policy
-    from chexpert_hf.trainer import CheXpertTrainer
+    from chexpert_hf.models.freeze import apply_freeze_policy
+    from chexpert_hf.training.arguments import CheXpertTrainingArguments
+    from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -175,7 +175,7 @@ def _trainer(tmp_path, **training):
 
 def test_optimizer_is_adamw_over_trainable_groups_and_logs_the_counts(tmp_path, caplog):
     trainer = _trainer(tmp_path)
-    with caplog.at_level(logging.INFO, logger="chexpert_hf.trainer"):
+    with caplog.at_level(logging.INFO, logger="chexpert_hf.training.trainer"):
         optimizer = trainer.create_optimizer()
     assert "adamw" in type(optimizer).__name__.lower()
     in_groups = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -191,7 +191,7 @@ def test_optimizer_is_adamw_over_trainable_groups_and_logs_the_counts(tmp_path, 
 
 @pytest.mark.parametrize("logging_steps", [1, 100])  # the check also runs at saves and epoch ends, not only logs
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, logging_steps):
-    from chexpert_hf.trainer import NonFiniteLossError
+    from chexpert_hf.training.trainer import NonFiniteLossError
 
     trainer = _trainer(tmp_path, logging_steps=logging_steps)
     model = trainer.model
@@ -219,7 +219,7 @@ def test_every_trainable_parameter_gets_a_gradient(family, policy):
     step); that is only right if each trainable parameter takes part in the loss."""
     from conftest import TINY_SIZE, tiny_model
 
-    from chexpert_hf.freeze import apply_freeze_policy
+    from chexpert_hf.models.freeze import apply_freeze_policy
 
     model = tiny_model(family).model
     apply_freeze_policy(model, family, policy)

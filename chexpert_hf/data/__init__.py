@@ -1,10 +1,10 @@
 """CheXpert data: CSV parsing, the ``datasets`` builder, preparation, splits and the synthetic generator."""
 
-from .builder import CheXpert, CheXpertConfig, label_names
-from .prepare import PrepareSummary, load_prepared, prepare
-from .splits import frontal_only, patient_split
-from .synthetic import synthesize
-from .tables import CheXpertFormatError
+from chexpert_hf.data.builder import CheXpert, CheXpertConfig, label_names
+from chexpert_hf.data.chexpert_csv import CheXpertFormatError
+from chexpert_hf.data.prepare import PrepareSummary, load_prepared, prepare
+from chexpert_hf.data.splits import frontal_only, patient_split
+from chexpert_hf.data.synthetic import synthesize
 
 __all__ = [
     "CheXpert",

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import datasets
 
-from ..labels import CHEXPERT_LABELS
-from .images import UnreadableImage, load_radiograph
-from .tables import ImageRecord, find_split_files, read_split
+from chexpert_hf.data.chexpert_csv import ImageRecord, find_split_files, read_split
+from chexpert_hf.data.images import UnreadableImage, load_radiograph
+from chexpert_hf.labels import CHEXPERT_LABELS
 
 try:  # datasets >= 4.1 identifies examples by (original shard, item)
     from datasets.builder import Key

@@ -21,8 +21,8 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
-from ..labels import CHEXPERT_LABELS
-from .builder import CheXpert, StrictSkipError
+from chexpert_hf.data.builder import CheXpert, StrictSkipError
+from chexpert_hf.labels import CHEXPERT_LABELS
 
 SKIPPED_CSV = "skipped.csv"
 INFO_JSON = "prepare_info.json"

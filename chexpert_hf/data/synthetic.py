@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
-from ..labels import CHEXPERT_LABELS
-from ..reports import current_umask
+from chexpert_hf.labels import CHEXPERT_LABELS
+from chexpert_hf.utils import current_umask
 
 DATASET_FOLDER = "CheXpert-v1.0-small"
 TRAIN_HEADER = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS)

@@ -48,8 +48,8 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from ..labels import COMPETITION_LABELS, check_label_names
-from .resnet_vit import ResNetViTConfig, ResNetViTForImageClassification
+from chexpert_hf.labels import COMPETITION_LABELS, check_label_names
+from chexpert_hf.models.resnet_vit import ResNetViTConfig, ResNetViTForImageClassification
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class Family:
     mean: tuple[float, ...]  # normalisation when neither checkpoint nor processor says otherwise
     std: tuple[float, ...]
     position_prefix: int | None  # tokens before the patch grid ([CLS], distillation); None: no absolute positions
-    # The class FSDP shards as one unit (chexpert_hf.fsdp): the transformer block, which holds neither the input
+    # The class FSDP shards as one unit (chexpert_hf.training.fsdp): the transformer block, which holds neither the
+    # input
     # embeddings nor the final norm; None: the family cannot be sharded.
     fsdp_block: str | None
 
@@ -384,7 +385,7 @@ def _build(
         raise ValueError("config_overrides apply to from_scratch models; a checkpoint brings its own configuration")
     source = model_name_or_path or family.variants[variant].checkpoint
     if family_name == "resnet_vit" and (backbone_name_or_path or _is_timm_checkpoint(source)):
-        from .convert import resnet_vit_from_parts, resnet_vit_from_timm
+        from chexpert_hf.models.convert import resnet_vit_from_parts, resnet_vit_from_timm
 
         if backbone_name_or_path:
             model = resnet_vit_from_parts(backbone_name_or_path, source, head)

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from chexpert_hf.configs import CheXpertTrainingArguments
-from chexpert_hf.train import main as train_main
-from chexpert_hf.trainer import CheXpertTrainer, NonFiniteLossGuard
+from chexpert_hf.training.arguments import CheXpertTrainingArguments
+from chexpert_hf.training.train import main as train_main
+from chexpert_hf.training.trainer import CheXpertTrainer, NonFiniteLossGuard
 
 RANK = int(os.environ.get("RANK", "0"))
 

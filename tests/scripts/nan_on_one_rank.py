@@ -12,9 +12,9 @@ import torch
 from tiny_rows import Rows  # beside this script
 from transformers import ViTConfig, ViTForImageClassification
 
-from chexpert_hf.configs import CheXpertTrainingArguments
-from chexpert_hf.distributed import end_process_group
-from chexpert_hf.trainer import CheXpertTrainer, NonFiniteLossError
+from chexpert_hf.training.arguments import CheXpertTrainingArguments
+from chexpert_hf.training.distributed import end_process_group
+from chexpert_hf.training.trainer import CheXpertTrainer, NonFiniteLossError
 
 
 def main(output: str) -> None:

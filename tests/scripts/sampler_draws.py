@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from chexpert_hf.configs import CheXpertTrainingArguments
-from chexpert_hf.distributed import end_process_group
-from chexpert_hf.trainer import CheXpertTrainer, sample_weights
+from chexpert_hf.training.arguments import CheXpertTrainingArguments
+from chexpert_hf.training.distributed import end_process_group
+from chexpert_hf.training.trainer import CheXpertTrainer, sample_weights
 
 
 class Rows(torch.utils.data.Dataset):

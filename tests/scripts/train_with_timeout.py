@@ -1,4 +1,5 @@
-"""Run under ``accelerate launch``: the training job (``chexpert_hf.train.main``) whose data stage must finish within
+"""Run under ``accelerate launch``: the training job (``chexpert_hf.training.train.main``) whose data stage must
+finish within
 a process-group timeout of SECONDS, as ``ddp_timeout`` bounds every collective on GPUs (Transformers leaves the
 default 30 minutes under ``use_cpu``). The timeout goes back to the default once the data is resolved; READY is
 created when the process reaches the data stage.
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.distributed import distributed_c10d
 
-from chexpert_hf import train
+from chexpert_hf.training import train
 
 parse_recipe, resolve_prepared = train.parse_recipe, train.resolve_prepared
 

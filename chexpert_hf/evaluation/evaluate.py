@@ -25,10 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data.tables import CheXpertFormatError, CsvTable, parse_labels, read_table, split_image_path, split_study_path
-from .labels import CHEXPERT_LABELS, canonical_label
-from .metrics import BOOTSTRAP_RESAMPLES, evaluation_targets, score, scored_rows
-from .reports import atomic_write, write_reports
+from chexpert_hf.data.chexpert_csv import (
+    CheXpertFormatError,
+    CsvTable,
+    parse_labels,
+    read_table,
+    split_image_path,
+    split_study_path,
+)
+from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, evaluation_targets, score, scored_rows
+from chexpert_hf.evaluation.reports import write_reports
+from chexpert_hf.labels import CHEXPERT_LABELS, canonical_label
+from chexpert_hf.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +220,7 @@ def score_predictions(predictions: str | os.PathLike, groundtruth: str | os.Path
 
 
 def write_predictions_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    """Write a predictions table with :func:`chexpert_hf.reports.atomic_write` (never a half-written file).
+    """Write a predictions table with :func:`chexpert_hf.utils.atomic_write` (never a half-written file).
 
     Probabilities are written with 17 significant digits, which give back the exact float64: a confident study's
     probability (``0.99999999999987...``, from a logit near 30) stays apart from its neighbours', so scoring the
@@ -240,12 +248,12 @@ def evaluate_model(model_name_or_path: str, data: str | os.PathLike, *, split: s
     """Run a model over a prepared split and score it; returns the scores, the per-image predictions table and a
     summary of what was scored. ``data`` is a prepared folder, or a CheXpert root prepared (once, into the cache)
     at ``prepare_image_size``."""
-    from .data.builder import label_names
-    from .data.prepare import load_prepared
-    from .data.splits import frontal_only
-    from .data.training import resolve_prepared
-    from .inference import load_classifier, predict_split
-    from .labels import reorder_labels
+    from chexpert_hf.data.builder import label_names
+    from chexpert_hf.data.loading import resolve_prepared
+    from chexpert_hf.data.prepare import load_prepared
+    from chexpert_hf.data.splits import frontal_only
+    from chexpert_hf.evaluation.inference import load_classifier, predict_split
+    from chexpert_hf.labels import reorder_labels
 
     if views not in ("all", "frontal"):
         raise ValueError(f"views must be 'all' or 'frontal', got {views!r}")

@@ -7,13 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from chexpert_hf import __version__
 
 DEFAULT_NUM_PROC = max(1, min(8, os.cpu_count() or 1))
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    from .data.synthetic import synthesize
+    from chexpert_hf.data.synthetic import synthesize
 
     summary = synthesize(
         args.output,
@@ -30,10 +30,10 @@ def _synthesize(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from chexpert_hf.data.prepare import prepare
 
     if args.push_to_hub:  # before hours of decoding, not after
-        from .publish import check_hub_access
+        from chexpert_hf.hub.push import check_hub_access
 
         user = check_hub_access(repo_id=args.push_to_hub, repo_type="dataset")
         print(f"will push to the Hub as {user}: dataset {args.push_to_hub} (private)")
@@ -50,7 +50,7 @@ def _prepare(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print("  " + line)
     if args.push_to_hub:
-        from .publish import push_prepared_dataset
+        from chexpert_hf.hub.push import push_prepared_dataset
 
         url = push_prepared_dataset(summary.output, args.push_to_hub)
         print(f"pushed {summary.output} to {url} (private)")
@@ -58,8 +58,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_model, recipe_settings, score_predictions, write_evaluation
-    from .reports import scores_table
+    from chexpert_hf.evaluation.evaluate import evaluate_model, recipe_settings, score_predictions, write_evaluation
+    from chexpert_hf.evaluation.reports import scores_table
 
     model_mode = args.model is not None
     if model_mode == (args.predictions is not None):
@@ -97,8 +97,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .evaluation import predictions_frame, write_predictions_csv
-    from .inference import load_classifier, predict_files
+    from chexpert_hf.evaluation.evaluate import predictions_frame, write_predictions_csv
+    from chexpert_hf.evaluation.inference import load_classifier, predict_files
 
     loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     probabilities = predict_files(loaded, args.images, batch_size=args.batch_size)
@@ -123,10 +123,10 @@ def predictions_text(frame) -> str:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import check_output, explain, read_image_files, read_split
-    from .inference import load_classifier
-    from .interpret import METHODS
-    from .localization import localization_text, read_lesions
+    from chexpert_hf.evaluation.inference import load_classifier
+    from chexpert_hf.explain.localization import localization_text, read_lesions
+    from chexpert_hf.explain.maps import METHODS
+    from chexpert_hf.explain.run import check_output, explain, read_image_files, read_split
 
     if (args.images is None) == (args.data is None):
         raise ValueError("give either --images IMG [IMG ...] or --data PREPARED_DIR (with --split and --num-images)")
@@ -152,7 +152,7 @@ def _explain(args: argparse.Namespace) -> int:
         if not radiographs:
             raise ValueError("none of the images could be read")
     else:
-        from .evaluation import recipe_settings
+        from chexpert_hf.evaluation.evaluate import recipe_settings
 
         trained = recipe_settings(args.model)
         radiographs = read_split(args.data, loaded.labels, split=args.split, num_images=args.num_images,
@@ -171,7 +171,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .publish import push_output_folder
+    from chexpert_hf.hub.push import push_output_folder
 
     url = push_output_folder(args.output_dir, args.repo_id, private=args.private)
     print(f"pushed {args.output_dir} to {url}" + (" (private)" if args.private else ""))
@@ -179,8 +179,8 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .freeze import POLICIES, policy_table
-    from .labels import COMPETITION_LABELS
+    from chexpert_hf.labels import COMPETITION_LABELS
+    from chexpert_hf.models.freeze import POLICIES, policy_table
 
     rows = policy_table(list(COMPETITION_LABELS) if args.labels == "competition" else None)
     print(models_markdown(rows, POLICIES) if args.markdown else models_text(rows, POLICIES))
@@ -209,7 +209,7 @@ def models_text(rows: list[dict], policies: tuple[str, ...]) -> str:
 def _benchmark(args: argparse.Namespace) -> int:
     import shlex
 
-    from .benchmark import benchmark, parse_recipe_list, parse_seeds
+    from chexpert_hf.benchmark.grid import benchmark, parse_recipe_list, parse_seeds
 
     recipes, seeds = parse_recipe_list(args.recipes), parse_seeds(args.seeds)
     overrides = list(getattr(args, "overrides", []))
@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # an abbreviated flag must stay a recipe-field override, not become one of ours
         usage="chexpert-hf benchmark --recipes R1,R2,... [--seeds 0,1,2] [--output DIR] "
         "[--accelerate-config FILE] [--field value ...]",
-        description="Train every recipe with every seed, each run its own `accelerate launch -m chexpert_hf.train` "
+        description="Train every recipe with every seed, each run its own `accelerate launch -m "
+        "chexpert_hf.training.train` "
         "process\n(DIR/runs/RECIPE/seedS, its output in DIR/logs/RECIPE-seedS.log), then write DIR/results.csv (one "
         "row per run),\nDIR/results.md (one row per recipe: mean ± std over seeds, ranks with ties) and "
         "DIR/auroc_by_strategy.png.\n\n"
@@ -440,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # its flags are the recipe fields: parsed by chexpert_hf.train, not here
-        from .train import main as train_main
+    if argv[:1] == ["train"]:  # its flags are the recipe fields: parsed by chexpert_hf.training.train, not here
+        from chexpert_hf.training.train import main as train_main
 
         return train_main(argv[1:])
     parser = build_parser()
@@ -450,10 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = overrides
     else:
         args = parser.parse_args(argv)
-    from .data.builder import StrictSkipError
-    from .data.images import UnreadableImage
-    from .data.tables import CheXpertFormatError
-    from .publish import HubAccessError, PublishError
+    from chexpert_hf.data.builder import StrictSkipError
+    from chexpert_hf.data.chexpert_csv import CheXpertFormatError
+    from chexpert_hf.data.images import UnreadableImage
+    from chexpert_hf.hub.push import HubAccessError, PublishError
 
     try:
         return args.handler(args)

@@ -30,17 +30,25 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .configs import ConfigurationError, PolicyArguments, Recipe, parse_recipe
-from .data.training import DecodeCollator, load_training_splits, resolve_prepared
-from .distributed import end_process_group_at_exit
-from .features import FeatureHeadModel, attach_cached_features, default_root, feature_cache
-from .freeze import apply_freeze_policy
-from .fsdp import apply_fsdp_wrap_policy
-from .metrics import BOOTSTRAP_RESAMPLES, SplitScorer
-from .model_card import CardInfo, write_model_card
-from .models import FAMILIES, build_model, checkpoint_name, input_channels
-from .reports import METRICS_JSON, METRICS_MD, ROC_PNG, RUN_INFO, scores_table, write_reports, write_text
-from .trainer import CheXpertTrainer, NonFiniteLossError, balanced_pos_weight, sample_weights, weights_fingerprint
+from chexpert_hf.data.loading import DecodeCollator, load_training_splits, resolve_prepared
+from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, SplitScorer
+from chexpert_hf.evaluation.reports import scores_table, write_reports
+from chexpert_hf.hub.model_card import CardInfo, write_model_card
+from chexpert_hf.models import FAMILIES, build_model, checkpoint_name, input_channels
+from chexpert_hf.models.freeze import apply_freeze_policy
+from chexpert_hf.outputs import METRICS_JSON, METRICS_MD, ROC_PNG, RUN_INFO
+from chexpert_hf.training.arguments import ConfigurationError, PolicyArguments, Recipe, parse_recipe
+from chexpert_hf.training.distributed import end_process_group_at_exit
+from chexpert_hf.training.feature_cache import FeatureHeadModel, attach_cached_features, default_root, feature_cache
+from chexpert_hf.training.fsdp import apply_fsdp_wrap_policy
+from chexpert_hf.training.trainer import (
+    CheXpertTrainer,
+    NonFiniteLossError,
+    balanced_pos_weight,
+    sample_weights,
+    weights_fingerprint,
+)
+from chexpert_hf.utils import write_text
 
 logger = logging.getLogger("chexpert_hf")
 
@@ -368,7 +376,7 @@ def run(recipe: Recipe) -> dict[str, float]:
 
     resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.do_train else None
     if args.push_to_hub:  # fail now, not after hours of training: the token must be able to write to the repo
-        from .publish import check_hub_access, trainer_repo_id
+        from chexpert_hf.hub.push import check_hub_access, trainer_repo_id
 
         repo_id = trainer_repo_id(args.hub_model_id, args.output_dir)
         user = check_hub_access(args.hub_token, repo_id=repo_id)
@@ -521,8 +529,8 @@ def _how_to_resume(output_dir: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the recipe and run it; a bad recipe or data folder ends with a one-line error and status 2."""
-    from .data.tables import CheXpertFormatError
-    from .publish import HubAccessError, PublishError
+    from chexpert_hf.data.chexpert_csv import CheXpertFormatError
+    from chexpert_hf.hub.push import HubAccessError, PublishError
 
     try:
         recipe = parse_recipe(argv)

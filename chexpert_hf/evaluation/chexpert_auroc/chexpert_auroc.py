@@ -1,6 +1,7 @@
-"""CheXpert AUROC as an ``evaluate`` metric: ``evaluate.load(str(chexpert_hf.metrics.EVALUATE_MODULE))``.
+"""CheXpert AUROC as an ``evaluate`` metric: ``evaluate.load(str(chexpert_hf.evaluation.metrics.EVALUATE_MODULE))``.
 
-A thin wrapper: the computation is ``chexpert_hf.metrics`` (``evaluation_targets`` then ``score``), imported from
+A thin wrapper: the computation is ``chexpert_hf.evaluation.metrics`` (``evaluation_targets`` then ``score``),
+imported from
 the installed package. The ``evaluate`` loader copies this script into its modules cache and scans its import lines
 for dependencies, so every import below stays a plain one-line statement.
 """
@@ -9,8 +10,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from chexpert_hf.evaluation.metrics import evaluation_targets, flat_metrics, score
 from chexpert_hf.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from chexpert_hf.metrics import evaluation_targets, flat_metrics, score
 
 _DESCRIPTION = """\
 Per-label AUROC and AUPRC for CheXpert's multi-label chest X-ray classification, the headline mean AUROC over the
@@ -49,7 +50,7 @@ Args:
     flat: return the flat dict the Trainer logs (`mean_auroc`, `auroc_<label>`, ...) instead of the nested one.
 Returns:
     {"mean_auroc", "mean_auroc_all", "n_images" or "n_studies", "per_label": {label: {"auroc", "auprc",
-    "positives", "negatives"}}, "skipped_labels"}; see chexpert_hf.metrics.score.
+    "positives", "negatives"}}, "skipped_labels"}; see chexpert_hf.evaluation.metrics.score.
 Example:
     >>> metric = evaluate.load(str(EVALUATE_MODULE))
     >>> metric.compute(predictions=[[0.9, 0.2, 0.4, 0.1, 0.7], [0.1, 0.8, 0.3, 0.6, 0.2]],
@@ -61,7 +62,7 @@ _DEFAULT_LABELS = {len(COMPETITION_LABELS): COMPETITION_LABELS, len(CHEXPERT_LAB
 
 
 class ChexpertAuroc(evaluate.Metric):
-    """CheXpert per-label AUROC/AUPRC and mean AUROC, computed by ``chexpert_hf.metrics.score``."""
+    """CheXpert per-label AUROC/AUPRC and mean AUROC, computed by ``chexpert_hf.evaluation.metrics.score``."""
 
     def _info(self):
         return evaluate.MetricInfo(

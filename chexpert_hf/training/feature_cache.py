@@ -52,10 +52,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .data.training import DecodeCollator, LabelledImages, cache_lock
-from .data.transforms import to_float
-from .models import checkpoint_name, classifier, input_channels
-from .reports import atomic_write
+from chexpert_hf.data.loading import DecodeCollator, LabelledImages, cache_lock
+from chexpert_hf.data.transforms import to_float
+from chexpert_hf.models import checkpoint_name, classifier, input_channels
+from chexpert_hf.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def extract_features(
 
 
 def _fsynced(write: Callable[[BinaryIO], object]) -> Callable[[str], None]:
-    """A writer for :func:`chexpert_hf.reports.atomic_write` that puts the bytes on disk before the rename."""
+    """A writer for :func:`chexpert_hf.utils.atomic_write` that puts the bytes on disk before the rename."""
 
     def to_disk(name: str) -> None:
         with open(name, "wb") as stream:

@@ -40,10 +40,10 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
 from transformers.utils import PushInProgress, hf_api
 
-from .configs import ConfigurationError
-from .data.transforms import to_float
-from .freeze import param_groups
-from .publish import check_hub_access, stage_checkpoint_folder, stage_model_folder, trainer_repo_id
+from chexpert_hf.data.transforms import to_float
+from chexpert_hf.hub.push import check_hub_access, stage_checkpoint_folder, stage_model_folder, trainer_repo_id
+from chexpert_hf.models.freeze import param_groups
+from chexpert_hf.training.arguments import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ class CheXpertTrainer(Trainer):
 
     def full_model(self) -> nn.Module:
         """The model a checkpoint holds: the trained model, or with cached features (a head-only model, see
-        :class:`chexpert_hf.features.FeatureHeadModel`) the full model whose head it trains."""
+        :class:`chexpert_hf.training.feature_cache.FeatureHeadModel`) the full model whose head it trains."""
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         return getattr(model, "full_model", model)
 
@@ -415,7 +415,7 @@ class CheXpertTrainer(Trainer):
         if best is not None and not _holds_weights(best):
             # Only global rank 0 writes weights: on another node with its own disk the folder holds at most this
             # process's RNG state. Keep the weights; the training job then finds that the processes differ and
-            # stops with the remedy (chexpert_hf.train.check_same_weights).
+            # stops with the remedy (chexpert_hf.training.train.check_same_weights).
             logger.warning("process %d: the best checkpoint %s holds no model weights on this machine's disk",
                            self.args.process_index, best)
             return
@@ -427,7 +427,7 @@ class CheXpertTrainer(Trainer):
 
     # --- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """AdamW over :func:`chexpert_hf.freeze.param_groups`: only trainable parameters, no weight decay on
+        """AdamW over :func:`chexpert_hf.models.freeze.param_groups`: only trainable parameters, no weight decay on
         biases, norms and position tables, and layer-wise learning-rate decay when ``layer_decay`` < 1.
 
         The groups go to the optimizer highest learning rate first, so the rate the Trainer logs (the first
@@ -509,7 +509,7 @@ class CheXpertTrainer(Trainer):
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
                     **kwargs: Any):
-        """Upload the staged output folder (:func:`chexpert_hf.publish.stage_model_folder`), not the folder itself:
+        """Upload the staged output folder (:func:`chexpert_hf.hub.push.stage_model_folder`), not the folder itself:
         never ``training_args.bin``, TensorBoard logs, predictions or checkpoints, and never without the card."""
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         token = token if token is not None else self.args.hub_token

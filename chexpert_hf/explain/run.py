@@ -33,18 +33,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .data.transforms import image_bytes
-from .interpret import (
-    ROLLOUT,
-    check_method,
-    explanation_maps,
-    model_family,
-    randomized_copy,
-    target_layer,
-    to_size,
-)
-from .labels import canonical_label
-from .localization import (
+from chexpert_hf.data.transforms import image_bytes
+from chexpert_hf.explain.localization import (
     DEFAULT_TOLERANCE,
     Lesions,
     MethodTally,
@@ -53,7 +43,17 @@ from .localization import (
     pointing_hit,
     rank_correlations,
 )
-from .reports import current_umask
+from chexpert_hf.explain.maps import (
+    ROLLOUT,
+    check_method,
+    explanation_maps,
+    model_family,
+    randomized_copy,
+    target_layer,
+    to_size,
+)
+from chexpert_hf.labels import canonical_label
+from chexpert_hf.utils import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def unique_stems(paths: Sequence[str]) -> list[str]:
 
 def read_image_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Radiograph], list[str]]:
     """The readable images (decoded as ``predict`` decodes them) and one message per unreadable file."""
-    from .data.images import UnreadableImage, open_radiograph
+    from chexpert_hf.data.images import UnreadableImage, open_radiograph
 
     images, skipped, kept = [], [], []
     for path in paths:
@@ -117,11 +117,11 @@ def read_image_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Radiograp
 def read_split(data: str | os.PathLike, model_labels: Sequence[str], *, split: str = "validation",
                num_images: int = 16, views: str = "frontal", prepare_image_size: int = 320) -> SplitImages:
     """The first ``num_images`` (0: all) images of a prepared split, with their raw labels."""
-    from .data.builder import label_names
-    from .data.prepare import load_prepared
-    from .data.splits import frontal_only
-    from .data.training import resolve_prepared
-    from .labels import reorder_labels
+    from chexpert_hf.data.builder import label_names
+    from chexpert_hf.data.loading import resolve_prepared
+    from chexpert_hf.data.prepare import load_prepared
+    from chexpert_hf.data.splits import frontal_only
+    from chexpert_hf.labels import reorder_labels
 
     if views not in ("all", "frontal"):
         raise ValueError(f"views must be 'all' or 'frontal', got {views!r}")
@@ -339,9 +339,10 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
             layer: str | None = None, lesions: Lesions | None = None, tolerance: float = DEFAULT_TOLERANCE,
             sanity_check: bool = False, batch_size: int = 8, seed: int = 0, overwrite: bool = False,
             progress: bool = True, keep: Sequence[str | os.PathLike] = ()) -> ExplainResult:
-    """Explain ``radiographs`` with ``loaded`` (:func:`chexpert_hf.inference.load_classifier`) and write the outputs
-    into ``output`` (see :func:`check_output`; ``keep``: paths the output must not hold). With ``lesions`` (or
-    ``sanity_check``) also score the maps (see :mod:`chexpert_hf.localization`) and write ``localization.json``."""
+    """Explain ``radiographs`` with ``loaded`` (:func:`chexpert_hf.evaluation.inference.load_classifier`) and write
+    the outputs into ``output`` (see :func:`check_output`; ``keep``: paths the output must not hold). With
+    ``lesions`` (or ``sanity_check``) also score the maps (see :mod:`chexpert_hf.explain.localization`) and write
+    ``localization.json``."""
     family = model_family(loaded.model)
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -450,7 +451,7 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
         if sanity_check:
             if ROLLOUT in methods:
                 notes.append("attention_rollout maps do not depend on the label")
-            from .evaluation import _public_name
+            from chexpert_hf.evaluation.evaluate import _public_name
 
             localization = {
                 "model": _public_name(loaded.source),

@@ -27,13 +27,19 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
-from .freeze import POLICIES
-from .labels import BLANK_POLICIES, CHEXPERT_LABELS, COMPETITION_LABELS, UNCERTAINTY_POLICIES, check_label_names
+from chexpert_hf.labels import (
+    BLANK_POLICIES,
+    CHEXPERT_LABELS,
+    COMPETITION_LABELS,
+    UNCERTAINTY_POLICIES,
+    check_label_names,
+)
+from chexpert_hf.models.freeze import POLICIES
 
 logger = logging.getLogger(__name__)
 
 # recipes/ sits beside the package in a source checkout (``pip install -e .``); elsewhere ./recipes is used
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def recipes_dir() -> Path:
@@ -86,7 +92,7 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        from .models import FAMILIES
+        from chexpert_hf.models import FAMILIES
 
         _choice("model family", self.family, list(FAMILIES))
         if self.variant is not None:
@@ -214,7 +220,7 @@ class PolicyArguments:
     sampling: str = field(
         default="none",
         metadata={"help": "training sampler: 'none' (shuffle), 'inverse_frequency' or 'sqrt_inverse_frequency' "
-                  "(weighted draws with replacement; formula in chexpert_hf/trainer.py)"},
+                  "(weighted draws with replacement; formula in chexpert_hf/training/trainer.py)"},
     )
     pos_weight: str = field(
         default="none",

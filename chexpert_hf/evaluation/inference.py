@@ -4,7 +4,8 @@ Loading goes through ``AutoModelForImageClassification.from_pretrained`` (a loca
 code path) with safetensors only: pickled ``.bin`` weights can run code when loaded and are refused. A model whose
 code ships with the checkpoint (the ResNet+ViT hybrid) loads only with ``trust_remote_code=True``. Outputs are
 independent per-label probabilities (sigmoid), never a softmax, in float64 and computed by
-:func:`chexpert_hf.metrics.sigmoid` from the model's logits as the Trainer's scorer does: a float32 sigmoid is 1.0
+:func:`chexpert_hf.evaluation.metrics.sigmoid` from the model's logits as the Trainer's scorer does: a float32
+sigmoid is 1.0
 from a logit of about 16.7 and would make confident studies tie, so a score computed here would differ from the
 training run's.
 
@@ -31,11 +32,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
-from .data.images import open_radiograph
-from .data.transforms import decode_batch, image_bytes, to_float
-from .labels import CHEXPERT_LABELS, check_label_names
-from .metrics import sigmoid
-from .models import input_channels
+from chexpert_hf.data.images import open_radiograph
+from chexpert_hf.data.transforms import decode_batch, image_bytes, to_float
+from chexpert_hf.evaluation.metrics import sigmoid
+from chexpert_hf.labels import CHEXPERT_LABELS, check_label_names
+from chexpert_hf.models import input_channels
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..labels import CHEXPERT_LABELS, canonical_label
+from chexpert_hf.labels import CHEXPERT_LABELS, canonical_label
 
 SPLIT_FOLDERS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from scipy.stats import rankdata
 
-from .data.tables import CheXpertFormatError
-from .labels import canonical_label
+from chexpert_hf.data.chexpert_csv import CheXpertFormatError
+from chexpert_hf.labels import canonical_label
 
 LESION_COLUMNS = ("path", "label", "x0", "y0", "x1", "y1")
 DEFAULT_TOLERANCE = 15.0  # pixels of the original image, as in the pointing game's original definition

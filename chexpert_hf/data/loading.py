@@ -23,13 +23,13 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from ..labels import apply_uncertainty_policy, reorder_labels
-from .builder import label_names
-from .prepare import load_prepared, prepare
-from .splits import frontal_only, patient_split
-from .synthetic import DATASET_FOLDER, synthesize
-from .tables import find_split_files
-from .transforms import decode_batch, image_bytes
+from chexpert_hf.data.builder import label_names
+from chexpert_hf.data.chexpert_csv import find_split_files
+from chexpert_hf.data.prepare import load_prepared, prepare
+from chexpert_hf.data.splits import frontal_only, patient_split
+from chexpert_hf.data.synthetic import DATASET_FOLDER, synthesize
+from chexpert_hf.data.transforms import decode_batch, image_bytes
+from chexpert_hf.labels import apply_uncertainty_policy, reorder_labels
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``chexpert-hf benchmark``: a grid of recipes × seeds, each its own ``accelerate launch`` run, and its tables.
 
-Each run is ``accelerate launch -m chexpert_hf.train --recipe NAME --seed S --output_dir DIR/runs/NAME/seedS``
+Each run is ``accelerate launch -m chexpert_hf.training.train --recipe NAME --seed S --output_dir DIR/runs/NAME/seedS``
 (plus the recipe-field overrides given to the benchmark), its output in ``DIR/logs/NAME-seedS.log``. A run is
 finished when its folder holds ``run_info.json`` (the training job writes it last) and ``benchmark_run.json``
 (written here after the run succeeded: the settings it ran with). A second invocation with the same ``DIR``
@@ -46,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
-from .configs import DATACLASSES, available_recipes, parse_recipe, read_recipe_file, recipes_dir
-from .freeze import POLICIES
-from .labels import COMPETITION_LABELS
-from .model_card import format_duration
-from .reports import RUN_INFO, atomic_write, write_text
+from chexpert_hf.hub.model_card import format_duration
+from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.models.freeze import POLICIES
+from chexpert_hf.outputs import RUN_INFO
+from chexpert_hf.training.arguments import DATACLASSES, available_recipes, parse_recipe, read_recipe_file, recipes_dir
+from chexpert_hf.utils import atomic_write, write_text
 
 METRICS = "metrics.json"  # written by the training job's final evaluation
 BENCHMARK_RUN = "benchmark_run.json"  # written here once a run succeeded
@@ -202,7 +203,7 @@ class Run:
         placed = [] if self.prerequisite else ["--seed", str(self.seed), "--output_dir", str(self.output_dir)]
         # the benchmark decided to (re)train this run from scratch: a folder left by an unfinished or stale attempt
         # is replaced, not refused
-        return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "chexpert_hf.train",
+        return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "chexpert_hf.training.train",
                 *self.selector, *placed, "--overwrite_output_dir", "true", *self.overrides]
 
     def settings(self) -> dict[str, Any]:

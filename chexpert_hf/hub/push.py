@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from .model_card import CHEXPERT_BIBTEX, CHEXPERT_LICENSE_NAME, CHEXPERT_URL
+from chexpert_hf.hub.model_card import CHEXPERT_BIBTEX, CHEXPERT_LICENSE_NAME, CHEXPERT_URL
 
 StrPath = str | os.PathLike
 logger = logging.getLogger(__name__)
@@ -560,7 +560,7 @@ def push_output_folder(
 def _prepared_counts(prepared_dir: Path) -> tuple[dict[str, int], dict[str, int], list[str]]:
     """Split sizes, skipped rows and label order from ``prepare_info.json`` (only counts and names: it also holds
     the source path, which is never published)."""
-    from .labels import CHEXPERT_LABELS
+    from chexpert_hf.labels import CHEXPERT_LABELS
 
     info_path = prepared_dir / "prepare_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}

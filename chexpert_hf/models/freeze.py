@@ -321,8 +321,8 @@ def param_groups(
 
 def policy_table(labels: list[str] | None = None) -> list[dict[str, Any]]:
     """Parameter counts of every family and variant at full size under every policy (built on the meta device)."""
-    from .labels import CHEXPERT_LABELS
-    from .models import FAMILIES, build_model
+    from chexpert_hf.labels import CHEXPERT_LABELS
+    from chexpert_hf.models import FAMILIES, build_model
 
     rows = []
     for family_name, family in FAMILIES.items():

@@ -26,7 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.reports import atomic_write
+from chexpert_hf.utils import atomic_write
 
 CHEXPERT_URL = "https://stanfordmlgroup.github.io/competitions/chexpert/"
 CHEXPERT_LICENSE_NAME = "chexpert-research-use-agreement"
@@ -619,7 +619,7 @@ def build_model_card(info: CardInfo) -> ModelCard:
 
 
 def write_model_card(folder: str | Path, info: CardInfo) -> Path:
-    """Write ``folder/README.md`` with :func:`chexpert_hf.reports.atomic_write` (on disk, then renamed; the mode of
+    """Write ``folder/README.md`` with :func:`chexpert_hf.utils.atomic_write` (on disk, then renamed; the mode of
     any new file under the umask); returns its path.
 
     The card is built before anything touches the disk, so a refused ``info`` leaves the folder as it was.

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from .models import FAMILIES
+from chexpert_hf.models import FAMILIES
 
 CAM_METHODS = ("gradcam", "gradcam++")
 ROLLOUT = "attention_rollout"

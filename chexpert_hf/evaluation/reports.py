@@ -1,6 +1,6 @@
 """The files an evaluation leaves: ``metrics.json``, ``metrics.md``, ``roc.png`` (and the same table as text).
 
-``metrics.json`` holds :func:`chexpert_hf.metrics.score`'s result as it is (means, their intervals, per-label
+``metrics.json`` holds :func:`chexpert_hf.evaluation.metrics.score`'s result as it is (means, their intervals, per-label
 AUROC/AUPRC/counts with ``auroc_ci95``, skipped labels, bootstrap settings), plus what was scored (``split``,
 ``level``, ``source``). Every file is written to a temporary name and renamed, so a failed evaluation leaves the
 previous files or none, never half of one.
@@ -11,21 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .labels import COMPETITION_LABELS
-
-METRICS_JSON = "metrics.json"
-METRICS_MD = "metrics.md"
-ROC_PNG = "roc.png"
-RUN_INFO = "run_info.json"  # what a training run cost; written last by chexpert_hf.train, read by the benchmark
-_UMASK_LOCK = threading.Lock()
+from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.outputs import METRICS_JSON, METRICS_MD, ROC_PNG
+from chexpert_hf.utils import atomic_write, write_text
 
 
 def _ci(entry: dict[str, Any], key: str) -> str:
@@ -124,71 +118,6 @@ def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequ
     axes.legend(loc="lower right", fontsize=7, title="label (AUROC)", title_fontsize=7)
     figure.tight_layout()
     return figure
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where the system allows.
-
-    ``os.umask`` can only be read by setting it, which for an instant changes the mode of files other threads
-    create; Linux shows it in ``/proc/self/status`` (since 4.7), read first. Elsewhere it is set and put back under
-    a lock (threads of this module at least do not race each other).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _UMASK_LOCK:
-        umask = os.umask(0o077)
-        os.umask(umask)
-    return umask
-
-
-def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    try:
-        handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        if directory:  # a folder cannot be opened everywhere (Windows); the rename is still atomic
-            return
-        raise
-    try:
-        os.fsync(handle)
-    except OSError:
-        if not directory:
-            raise
-    finally:
-        os.close(handle)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """``write(temporary_name)``, then rename the temporary file to ``path``: never half a file at ``path``.
-
-    The temporary file is put on disk (fsync) before the rename and the folder after it, so a crash leaves the
-    previous file or the new one. ``mkstemp`` creates its file readable by its owner only (0600); it is given the
-    mode an ordinary new file gets (``0666`` less the umask) before it takes ``path``'s place, so a run's results
-    are as readable as any other file the user writes (``umask 022``: everyone can read them).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the same suffix, for writers that go by it (np.save adds ".npy" to a name without it)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        _fsync_path(temporary)
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent, directory=True)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """``text`` (UTF-8) at ``path``, written by :func:`atomic_write`."""
-    atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"))
 
 
 def _json_safe(value: Any) -> Any:

@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from .configs import ConfigurationError
-from .models import FAMILIES
+from chexpert_hf.models import FAMILIES
+from chexpert_hf.training.arguments import ConfigurationError
 
 logger = logging.getLogger(__name__)
 

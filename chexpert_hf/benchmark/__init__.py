@@ -1,0 +1,1 @@
+"""The AUROC benchmark grid: families × strategies × seeds, run, resumed and summarised (``grid``)."""

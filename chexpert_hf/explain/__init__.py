@@ -1,0 +1,2 @@
+"""The interpretability stage: saliency maps (``maps``), their localization scores against boxes
+(``localization``), and the ``explain`` command (``run``)."""
