@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from chexpert_hf.benchmark.grid import mean_std_text
+from chexpert_hf.benchmark.results import mean_std_text
 from chexpert_hf.outputs import RUN_INFO
 from chexpert_hf.training.train import main as train_main
 

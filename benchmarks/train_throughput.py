@@ -39,20 +39,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from chexpert_hf.labels import CHEXPERT_LABELS
 from chexpert_hf.models import FAMILIES, build_model
 from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy
+from chexpert_hf.models.tiny import TINY_IMAGE_SIZE, tiny_config
 
 # Tiny configurations for --quick (seconds on a CPU; the code path is the full-size one).
+_QUICK_VIT = dict(num_attention_heads=2, intermediate_size=64)  # over chexpert_hf.models.tiny's sizes
 QUICK_CONFIGS = {
-    "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8),
-    "deit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8),
-    "swin": dict(patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4),
-    "resnet_vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       backbone_config={"model_type": "bit", "depths": [1, 1], "hidden_sizes": [16, 32],
-                                        "embedding_size": 8, "num_groups": 4, "out_features": ["stage2"],
-                                        "global_padding": "same", "layer_type": "bottleneck",
-                                        "embedding_dynamic_padding": True}),
-    "densenet121": dict(model_args={"growth_rate": 8, "block_config": [1, 1, 1, 1]}),
+    "vit": tiny_config("vit", **_QUICK_VIT),
+    "deit": tiny_config("deit", **_QUICK_VIT),
+    "swin": tiny_config("swin", depths=[1, 1], num_heads=[2, 2]),
+    "resnet_vit": tiny_config("resnet_vit", **_QUICK_VIT),
+    "densenet121": tiny_config("densenet121"),
 }
-QUICK_SIZE = 32
+QUICK_SIZE = TINY_IMAGE_SIZE
 
 # The set that matters on one H100 (benchmarks/gpu_check.sh): family, size, strategy, compiled.
 SETS = {

@@ -27,7 +27,8 @@ from chexpert_hf.data.transforms import to_float
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models import label_config
 from chexpert_hf.training.arguments import CheXpertTrainingArguments
-from chexpert_hf.training.trainer import CheXpertTrainer, masked_bce_with_logits
+from chexpert_hf.training.losses import masked_bce_with_logits
+from chexpert_hf.training.trainer import CheXpertTrainer
 
 SIZE, LABELS = 64, COMPETITION_LABELS  # the demo's image size and labels
 

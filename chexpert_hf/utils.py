@@ -1,11 +1,13 @@
-"""Helpers every stage shares: the one atomic file write (fsync, the umask's mode)."""
+"""Helpers every stage shares: the one atomic file write (fsync, the umask's mode), and the one way to render a
+Markdown table and a duration, so that cards, reports and benchmark summaries print them alike."""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 _UMASK_LOCK = threading.Lock()
@@ -74,3 +76,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
 def write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` (UTF-8) at ``path``, written by :func:`atomic_write`."""
     atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"))
+
+
+_RULES = {"l": "---", "r": "---:", "c": ":---:"}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None, *,
+                   tight_rule: bool = False) -> list[str]:
+    """The lines of a Markdown table: ``| a | b |`` rows under ``header``; cells are written as given (escape ``|``
+    before). ``align`` has one letter per column, ``l``, ``r`` or ``c`` (default: all left); ``tight_rule`` writes
+    the rule as ``|---|---:|`` rather than ``| --- | ---: |``. A row shorter than the header ends in empty cells
+    (``| |``), for summary rows under a wider table.
+    """
+    align = align or "l" * len(header)
+    if len(align) != len(header) or set(align) - set(_RULES):
+        raise ValueError(f"align needs one of l, r, c per column ({len(header)}), got {align!r}")
+    rule = [_RULES[side] for side in align]
+    rule_line = "|" + "|".join(rule) + "|" if tight_rule else "| " + " | ".join(rule) + " |"
+    lines = ["| " + " | ".join(header) + " |", rule_line]
+    for row in rows:
+        cells = list(row)
+        if not cells or len(cells) > len(header):
+            raise ValueError(f"a row needs 1 to {len(header)} cells, got {len(cells)}")
+        lines.append("| " + " | ".join(cells) + " |" + " |" * (len(header) - len(cells)))
+    return lines
+
+
+def format_duration(seconds: float | None, missing: str = "not recorded") -> str:
+    """``207.4`` -> ``"3 min 27 s"``; ``5400`` -> ``"1 h 30 min"``; None -> ``missing``."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return missing
+    total = round(seconds)
+    if total < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{total} s"
+    hours, remainder = divmod(total, 3600)
+    minutes, secs = divmod(remainder, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s"

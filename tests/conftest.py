@@ -18,30 +18,14 @@ from PIL import Image  # noqa: E402
 
 from chexpert_hf.data import prepare, synthesize  # noqa: E402
 from chexpert_hf.data.synthetic import TRAIN_HEADER  # noqa: E402
+from chexpert_hf.models.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_config  # noqa: E402
 
-# Tiny configurations of every model family (a few thousand parameters, 32 px); the tests build them from these
-# and load them back through the real from_pretrained path.
-TINY_SIZE = 32
-_TINY_BIT = {
-    "model_type": "bit", "depths": [1, 1], "hidden_sizes": [16, 32], "embedding_size": 8, "num_groups": 4,
-    "out_features": ["stage2"], "global_padding": "same", "layer_type": "bottleneck", "embedding_dynamic_padding": True,
-}
-TINY_CONFIGS = {
-    "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, patch_size=8),
-    "swin": dict(patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 4], window_size=4),
-    "deit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, patch_size=8),
-    "resnet_vit": dict(backbone_config=_TINY_BIT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=37),
-    "densenet121": dict(model_args={"growth_rate": 8, "block_config": [1, 1, 1, 1]}),
-}
+# Tiny configurations of every model family (a few thousand parameters, 32 px; chexpert_hf.models.tiny); the tests
+# build them from these and load them back through the real from_pretrained path.
+TINY_SIZE = TINY_IMAGE_SIZE
+TINY_CONFIGS = {family: tiny_config(family) for family in TINY_FAMILIES}
 # The same, taking one-channel input.
-TINY_ONE_CHANNEL = {
-    "vit": dict(TINY_CONFIGS["vit"], num_channels=1),
-    "swin": dict(TINY_CONFIGS["swin"], num_channels=1),
-    "deit": dict(TINY_CONFIGS["deit"], num_channels=1),
-    "resnet_vit": dict(TINY_CONFIGS["resnet_vit"], num_channels=1, backbone_config=dict(_TINY_BIT, num_channels=1)),
-    "densenet121": dict(model_args=dict(TINY_CONFIGS["densenet121"]["model_args"], in_chans=1)),
-}
+TINY_ONE_CHANNEL = {family: tiny_config(family, num_channels=1) for family in TINY_FAMILIES}
 
 
 def tiny_model(family: str, labels=None, one_channel: bool = False, image_size: int = TINY_SIZE):

@@ -15,9 +15,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from chexpert_hf.benchmark import grid as bench
+from chexpert_hf.benchmark import launch, plan, results
+from chexpert_hf.benchmark.grid import benchmark
 from chexpert_hf.cli.main import main
 from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.models.tiny import tiny_config
 
 OFFSETS = np.array([-0.02, -0.01, 0.0, 0.01, 0.02])  # per label, around a run's mean: the mean stays exact
 # (recipe → mean AUROC per seed 0, 1, 2): full and last_block tie (0.83 vs 0.82, stds 0.03 and 0.005), head does not
@@ -40,7 +42,7 @@ def recipes(tmp_path) -> dict[str, Path]:
     return {name: write_recipe(folder, name, freeze_policy=name.removeprefix("tiny_")) for name in MEANS}
 
 
-def label_aurocs(run: bench.Run) -> np.ndarray:
+def label_aurocs(run: plan.Run) -> np.ndarray:
     """A run's per-label AUROC: its seed's mean plus a seed-dependent spread per label."""
     mean = MEANS.get(run.recipe, [0.75] * 3)[run.seed]
     return mean + OFFSETS * (1 + run.seed)
@@ -51,10 +53,10 @@ class FakeLauncher:
     after leaving a partial folder."""
 
     def __init__(self, fail=()):
-        self.calls: list[bench.Run] = []
+        self.calls: list[plan.Run] = []
         self.fail = set(fail)
 
-    def __call__(self, run: bench.Run) -> int:
+    def __call__(self, run: plan.Run) -> int:
         self.calls.append(run)
         folder = run.output_dir
         folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
     fake = FakeLauncher()
     output = tmp_path / "bench"
-    code = bench.benchmark([str(path) for path in recipes.values()], [0, 1, 2], output, ["--learning_rate", "0.01"],
+    code = benchmark([str(path) for path in recipes.values()], [0, 1, 2], output, ["--learning_rate", "0.01"],
                            command="chexpert-hf benchmark --recipes ...", launcher=fake, echo=lambda line: None)
     assert code == 0 and len(fake.calls) == 9
     # each run got its own seed and folder, through --config and the overrides
@@ -140,24 +142,24 @@ def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
 
 
 def test_ranks_follow_competition_ranking_and_need_two_seeds():
-    ranked = bench.rank_recipes([("a", 0.90, 0.01), ("b", 0.85, 0.02), ("c", 0.84, 0.005), ("d", 0.70, 0.01),
+    ranked = results.rank_recipes([("a", 0.90, 0.01), ("b", 0.85, 0.02), ("c", 0.84, 0.005), ("d", 0.70, 0.01),
                                  ("e", None, None)])
     assert ranked == [("a", "1"), ("b", "=2"), ("c", "=2"), ("d", "4"), ("e", "—")]
     # 0.001 apart, but one seed each: no spread known, so no tie
-    assert bench.rank_recipes([("a", 0.801, None), ("b", 0.800, None)]) == [("a", "1"), ("b", "2")]
+    assert results.rank_recipes([("a", 0.801, None), ("b", 0.800, None)]) == [("a", "1"), ("b", "2")]
     # ties do not chain: the first and the last differ by more than the spread
-    assert bench.rank_recipes([("a", 0.90, 0.015), ("b", 0.89, 0.015), ("c", 0.88, 0.015)]) == [
+    assert results.rank_recipes([("a", 0.90, 0.015), ("b", 0.89, 0.015), ("c", 0.88, 0.015)]) == [
         ("a", "=1"), ("b", "=1"), ("c", "2")]
     # a recipe with a wide spread ties with both neighbours, which do not tie with each other
-    assert bench.rank_recipes([("a", 0.900, 0.001), ("b", 0.895, 0.05), ("c", 0.880, 0.001)]) == [
+    assert results.rank_recipes([("a", 0.900, 0.001), ("b", 0.895, 0.05), ("c", 0.880, 0.001)]) == [
         ("a", "=1"), ("b", "=1"), ("c", "2")]
-    assert bench.mean_std_text([0.8]) == "0.8000" and bench.mean_std_text([]) == "—"
-    assert bench.human_seconds(125) == "2 min 5 s" and bench.human_seconds(3725) == "1 h 2 min"
+    assert results.mean_std_text([0.8]) == "0.8000" and results.mean_std_text([]) == "—"
+    assert launch.human_seconds(125) == "2 min 5 s" and launch.human_seconds(3725) == "1 h 2 min"
 
 
 def test_one_seed_has_no_spread_and_says_so(tmp_path, recipes):
     output = tmp_path / "bench"
-    assert bench.benchmark([str(recipes["tiny_full"]), str(recipes["tiny_head"])], [1], output,
+    assert benchmark([str(recipes["tiny_full"]), str(recipes["tiny_head"])], [1], output,
                            launcher=FakeLauncher(), echo=lambda line: None) == 0
     markdown = (output / "results.md").read_text()
     rows = table_rows(markdown)
@@ -169,7 +171,7 @@ def test_resume_skips_finished_runs_and_reruns_failed_or_changed_ones(tmp_path, 
     grid = [str(recipes["tiny_full"]), str(recipes["tiny_head"])]
     output = tmp_path / "bench"
     failing = FakeLauncher(fail={("tiny_head", 1)})
-    assert bench.benchmark(grid, [0, 1], output, launcher=failing) == 1  # a failed run: status 1 ...
+    assert benchmark(grid, [0, 1], output, launcher=failing) == 1  # a failed run: status 1 ...
     assert len(failing.calls) == 4  # ... after the other runs
     out = capsys.readouterr().out
     assert "[4/4] tiny_head seed 1" in out and "exit status 1" in out and "RuntimeError: out of memory" in out
@@ -181,7 +183,7 @@ def test_resume_skips_finished_runs_and_reruns_failed_or_changed_ones(tmp_path, 
     assert (output / "runs" / "tiny_head" / "seed1" / "checkpoint-1").is_dir()
 
     again = FakeLauncher()
-    assert bench.benchmark(grid, [0, 1], output, launcher=again) == 0
+    assert benchmark(grid, [0, 1], output, launcher=again) == 0
     assert [(run.recipe, run.seed) for run in again.calls] == [("tiny_head", 1)]
     assert not (output / "runs" / "tiny_head" / "seed1" / "checkpoint-1").exists()  # rerun from scratch
     out = capsys.readouterr().out
@@ -192,19 +194,37 @@ def test_resume_skips_finished_runs_and_reruns_failed_or_changed_ones(tmp_path, 
     with open(recipes["tiny_head"], "a") as handle:  # an edited recipe
         handle.write("learning_rate: 0.5\n")
     edited = FakeLauncher()
-    assert bench.benchmark(grid, [0, 1], output, launcher=edited) == 0
+    assert benchmark(grid, [0, 1], output, launcher=edited) == 0
     assert sorted((run.recipe, run.seed) for run in edited.calls) == [("tiny_full", 0), ("tiny_head", 0),
                                                                      ("tiny_head", 1)]
     assert "the recipe file changed" in capsys.readouterr().out
 
     changed = FakeLauncher()  # other overrides: every run is another run
-    assert bench.benchmark(grid, [0, 1], output, ["--weight_decay", "0.1"], launcher=changed) == 0
+    assert benchmark(grid, [0, 1], output, ["--weight_decay", "0.1"], launcher=changed) == 0
     assert len(changed.calls) == 4
     assert "overrides [] → ['--weight_decay', '0.1']" in capsys.readouterr().out
     record = json.loads((output / "runs" / "tiny_full" / "seed1" / "benchmark_run.json").read_text())
     assert record["overrides"] == ["--weight_decay", "0.1"] and record["seed"] == 1
-    assert record["recipe_sha256"] == bench.sha256_file(recipes["tiny_full"]) and record["accelerate_config"] is None
+    assert record["recipe_sha256"] == plan.sha256_file(recipes["tiny_full"]) and record["accelerate_config"] is None
     assert record["wall_seconds"] >= 0
+
+
+def test_a_run_recorded_under_the_old_module_path_is_still_finished(tmp_path, recipes):
+    """Runs launched as ``-m chexpert_hf.train`` (before the stage subpackages) are the same runs: the command is
+    recorded but is not one of the settings compared."""
+    output = tmp_path / "bench"
+    assert benchmark([str(recipes["tiny_head"])], [0], output, launcher=FakeLauncher(), echo=lambda line: None) == 0
+    path = output / "runs" / "tiny_head" / "seed0" / "benchmark_run.json"
+    record = json.loads(path.read_text())
+    assert " -m chexpert_hf.training.train " in record["command"]
+    record["command"] = record["command"].replace(" -m chexpert_hf.training.train ", " -m chexpert_hf.train ")
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+    the_plan = plan.plan([str(recipes["tiny_head"])], [0], output)
+    assert [plan.run_state(run) for run in the_plan.runs] == [("finished", "")]
+    again = FakeLauncher()
+    assert benchmark([str(recipes["tiny_head"])], [0], output, launcher=again, echo=lambda line: None) == 0
+    assert again.calls == [] and "command" not in plan.SETTINGS
 
 
 def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, capsys):
@@ -215,7 +235,7 @@ def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, caps
                             freeze_policy="head")
     fake = FakeLauncher()
     output = tmp_path / "bench"
-    assert bench.benchmark([str(finetune)], [0, 1], output, launcher=fake) == 0
+    assert benchmark([str(finetune)], [0, 1], output, launcher=fake) == 0
     assert [(run.recipe, run.prerequisite) for run in fake.calls] == [("pretrain", True), ("finetune", False),
                                                                      ("finetune", False)]
     first = fake.calls[0]
@@ -226,26 +246,26 @@ def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, caps
     assert list(pd.read_csv(output / "results.csv")["recipe"]) == ["finetune", "finetune"]
 
     again = FakeLauncher()  # the model exists now: neither it nor the finished runs run again
-    assert bench.benchmark([str(finetune)], [0, 1], output, launcher=again) == 0
+    assert benchmark([str(finetune)], [0, 1], output, launcher=again) == 0
     assert again.calls == []
 
     # new weights in the folder the runs started from: the runs are stale, the prerequisite (same settings) is not
     (first.output_dir / "model.safetensors").write_bytes(b"other weights")
     retrained = FakeLauncher()
-    assert bench.benchmark([str(finetune)], [0, 1], output, launcher=retrained) == 0
+    assert benchmark([str(finetune)], [0, 1], output, launcher=retrained) == 0
     assert [(run.recipe, run.seed) for run in retrained.calls] == [("finetune", 0), ("finetune", 1)]
     assert "the weights it starts from" in capsys.readouterr().out
 
     # other overrides: the prerequisite trained with the old ones is trained again before the runs
     other = FakeLauncher()
-    assert bench.benchmark([str(finetune)], [0], output, ["--num_train_epochs", "2"], launcher=other) == 0
+    assert benchmark([str(finetune)], [0], output, ["--num_train_epochs", "2"], launcher=other) == 0
     assert [(run.recipe, run.prerequisite) for run in other.calls] == [("pretrain", True), ("finetune", False)]
     assert "it was trained with other settings: overrides [] → ['--num_train_epochs', '2']" in capsys.readouterr().out
 
     # the prerequisite's folder removed after every run finished: nothing needs it, it is not trained again
     shutil.rmtree(first.output_dir)
     idle = FakeLauncher()
-    assert bench.benchmark([str(finetune)], [0], output, ["--num_train_epochs", "2"], launcher=idle) == 0
+    assert benchmark([str(finetune)], [0], output, ["--num_train_epochs", "2"], launcher=idle) == 0
     assert idle.calls == [] and "every run that starts from it has finished: not trained" in capsys.readouterr().out
 
 
@@ -254,7 +274,7 @@ def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monke
     orphan = write_recipe(tmp_path / "mine", "orphan", from_scratch=False, model_name_or_path="./nowhere/model")
     fake = FakeLauncher()
     with pytest.raises(FileNotFoundError, match="nowhere/model"):
-        bench.benchmark([str(orphan)], [0], tmp_path / "bench", launcher=fake)
+        benchmark([str(orphan)], [0], tmp_path / "bench", launcher=fake)
     assert fake.calls == [] and not (tmp_path / "bench").exists()
     assert main(["benchmark", "--recipes", str(orphan), "--output", str(tmp_path / "bench")]) == 2
     assert "no recipe in" in capsys.readouterr().err
@@ -266,7 +286,7 @@ def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monke
     (["--recipes", "demo", "--seeds", "0,x"], "non-negative integers"),
     (["--recipes", "demo", "--seeds", "1,2,1"], "seed\\(s\\) 1 more than once"),
     (["--recipes", "demo", "--seeds", ""], "non-negative integers"),
-    (["--recipes", "demo", "--learning_rat", "0.1"], "--learning_rat .*did you mean --learning_rate"),
+    (["--recipes", "demo", "--learning_rat", "0.1"], "unknown field 'learning_rat'; did you mean 'learning_rate'"),
     (["--recipes", "demo", "--num_train_epochs", "many"], "num_train_epochs.*invalid float value"),
     (["--recipes", "demo", "--freeze_policy", "most"], "unknown freeze policy 'most'"),
     (["--recipes", "demo", "--output_dir", "elsewhere"], "--output_dir cannot be overridden"),
@@ -276,7 +296,7 @@ def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monke
 ])
 def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatch, capsys, arguments, message):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(bench, "launch_run", lambda run: pytest.fail("nothing may run"))
+    monkeypatch.setattr(launch, "launch_run", lambda run: pytest.fail("nothing may run"))
     assert main(["benchmark", *arguments, "--output", str(tmp_path / "bench")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("chexpert-hf benchmark: error: ") and "\n" not in error
@@ -284,8 +304,8 @@ def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatc
     assert not (tmp_path / "bench").exists()
 
 
-TINY = ["--config_overrides", json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                          "intermediate_size": 64, "patch_size": 8}),
+TINY = ["--config_overrides", json.dumps(tiny_config("vit", num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=64)),
         "--image_size", "32", "--prepare_image_size", "32", "--synthetic_patients", "40",
         "--synthetic_valid_patients", "20", "--num_train_epochs", "1", "--save_strategy", "no", "--eval_strategy", "no",
         "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true"]
@@ -316,7 +336,7 @@ def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(
         assert "were not passed" not in log  # accelerate got explicit single-process settings
     assert "demo" in (output / "results.md").read_text()
 
-    monkeypatch.setattr(bench, "launch_run", lambda run: pytest.fail(f"{run.title} ran again"))
+    monkeypatch.setattr(launch, "launch_run", lambda run: pytest.fail(f"{run.title} ran again"))
     assert main(arguments) == 0
     assert capsys.readouterr().out.count("finished before, skipped") == 2
 
@@ -329,12 +349,12 @@ def test_an_interrupted_benchmark_writes_what_finished_and_says_how_to_resume(re
             return super().__call__(run)
 
     output = tmp_path / "bench"
-    assert bench.benchmark([str(recipes["tiny_full"])], [0, 1], output, launcher=Interrupting()) == 130
+    assert benchmark([str(recipes["tiny_full"])], [0, 1], output, launcher=Interrupting()) == 130
     table = pd.read_csv(output / "results.csv")
     assert list(table["status"]) == ["finished", "failed"]
     assert "Run the same command again to resume" in capsys.readouterr().out
     resumed = FakeLauncher()
-    assert bench.benchmark([str(recipes["tiny_full"])], [0, 1], output, launcher=resumed) == 0
+    assert benchmark([str(recipes["tiny_full"])], [0, 1], output, launcher=resumed) == 0
     assert [run.seed for run in resumed.calls] == [1]
 
 
@@ -354,7 +374,7 @@ def test_stopping_a_run_stops_its_whole_process_group(tmp_path):
         if child_pid.is_file() and child_pid.read_text():
             break
         time.sleep(0.1)
-    bench.stop_process_group(process, grace=1.0)
+    launch.stop_process_group(process, grace=1.0)
     assert process.poll() is not None
     time.sleep(0.3)
     status = Path(f"/proc/{child_pid.read_text()}/status")

@@ -13,10 +13,10 @@ from conftest import free_port
 from safetensors.torch import load_file
 
 from chexpert_hf.data import synthesize
+from chexpert_hf.models.tiny import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-            "patch_size": 8, "num_channels": 1, "hidden_dropout_prob": 0.1}
+TINY_VIT = tiny_config("vit", intermediate_size=64, num_channels=1, hidden_dropout_prob=0.1)
 
 
 @pytest.fixture(scope="module")

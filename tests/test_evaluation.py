@@ -322,3 +322,26 @@ def test_write_evaluation_keeps_the_previous_report_when_writing_fails(tmp_path,
         write_evaluation(tmp_path / "out", scored, summary, title="second")
     assert (tmp_path / "out" / "metrics.json").read_text() == before
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("scorable", [5, 1])
+def test_the_headline_mean_says_how_many_competition_labels_it_covers(scorable):
+    """A split where only one competition label has both classes has a "mean" of that one label: the table, the
+    Markdown and the ROC title say so, and say nothing extra when all five count."""
+    from chexpert_hf.evaluation.reports import metrics_markdown, roc_figure, scores_table
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, (60, len(COMPETITION_LABELS))).astype(float)
+    targets[:, scorable:] = 0.0  # one class only: AUROC undefined, the label is skipped
+    probabilities = np.clip(targets * 0.6 + rng.random(targets.shape) * 0.5, 0, 1)
+    scores = score(probabilities, targets, COMPETITION_LABELS)
+    assert len(scores["skipped_labels"]) == 5 - scorable
+    table, markdown = scores_table(scores), metrics_markdown(scores, title="t")
+    figure = roc_figure(probabilities, targets, COMPETITION_LABELS, scores)
+    title = figure.axes[0].get_title()
+    if scorable == 5:
+        assert "mean AUROC, competition labels: " in table and "**mean, competition labels ★**" in markdown
+        assert "mean AUROC (competition) " in title and " of 5 " not in table + markdown + title
+    else:
+        assert "mean AUROC over 1 of 5 competition labels: " in table
+        assert "**mean, 1 of 5 competition labels ★**" in markdown and "mean AUROC (1 of 5 competition labels)" in title

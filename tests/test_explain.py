@@ -123,7 +123,7 @@ def test_explain_the_hybrid_at_its_cnn_stage_needs_trust_remote_code(tmp_path_fa
     image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
     args = ["explain", "--model", str(model_dir), "--images", image, "--labels", "Edema", "--output"]
     assert main([*args, str(tmp_path / "refused"), "--target-layer", "cnn"]) == 2
-    assert "--trust-remote-code" in capsys.readouterr().err
+    assert "--trust_remote_code" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     assert main([*args, str(tmp_path / "cnn"), "--target-layer", "cnn", "--trust-remote-code"]) == 0
     assert len(list((tmp_path / "cnn").glob("patient*_study1_view1_frontal__edema.png"))) == 1
@@ -226,7 +226,7 @@ def test_the_output_is_never_the_working_directory_nor_a_folder_that_is_not_an_e
     assert (tmp_path / "keep.txt").read_text() == "precious" and (tmp_path / "notes" / "todo.md").is_file()
     assert main([*base, "maps"]) == 0 and main([*base, "maps"]) == 0  # an earlier output is replaced
     assert (tmp_path / "maps").stat().st_mode & 0o777 == 0o777 & ~_umask()  # an ordinary folder, not mkdtemp's 700
-    assert main([*base, "x", "--batch-size", "0"]) == 2 and "--batch-size must be at least 1" in capsys.readouterr().err
+    assert main([*base, "x", "--batch-size", "0"]) == 2 and "--batch_size must be at least 1" in capsys.readouterr().err
 
 
 def _umask() -> int:

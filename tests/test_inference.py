@@ -23,11 +23,12 @@ from chexpert_hf.evaluation.evaluate import evaluate_model, score_predictions, w
 from chexpert_hf.evaluation.inference import ModelLoadError, load_classifier, predict_files
 from chexpert_hf.hub.model_card import card_metrics
 from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.models.tiny import tiny_config
 from chexpert_hf.training.train import main as train_main
 from tests.conftest import tiny_model
 
-TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-            "patch_size": 8}  # three input channels, as every pretrained family: the pipeline feeds RGB
+# three input channels, as every pretrained family: the pipeline feeds RGB
+TINY_VIT = tiny_config("vit", intermediate_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +243,7 @@ def test_the_hybrid_loads_only_with_trust_remote_code(tmp_path, capsys):
     built = tiny_model("resnet_vit")
     built.model.save_pretrained(tmp_path / "hybrid")
     built.processor.save_pretrained(tmp_path / "hybrid")
-    with pytest.raises(ModelLoadError, match="--trust-remote-code") as raised:
+    with pytest.raises(ModelLoadError, match="--trust_remote_code") as raised:
         load_classifier(tmp_path / "hybrid", device="cpu")
     assert "modeling_resnet_vit.py" in str(raised.value)
     loaded = load_classifier(tmp_path / "hybrid", trust_remote_code=True, device="cpu")
@@ -253,6 +254,6 @@ def test_the_hybrid_loads_only_with_trust_remote_code(tmp_path, capsys):
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8)).save(image)
     assert cli_main(["predict", "--model", str(tmp_path / "hybrid"), str(image), "--device", "cpu"]) == 2
-    assert "--trust-remote-code" in capsys.readouterr().err
+    assert "--trust_remote_code" in capsys.readouterr().err
     assert cli_main(["predict", "--model", str(tmp_path / "hybrid"), str(image), "--device", "cpu",
                      "--trust-remote-code"]) == 0

@@ -38,11 +38,13 @@ from chexpert_hf.hub.push import (
     stage_model_folder,
     trainer_repo_id,
 )
+from chexpert_hf.models.tiny import tiny_config
 
 TOKEN = "hf_" + "a1B2c3D4e5" * 4  # shaped like a real token; never valid
 CARD_TEXT = "---\nlicense: apache-2.0\n---\n# tiny CheXpert model\n\nMean AUROC 0.9 (5 labels).\n"
 _real_whoami = HfApi.whoami  # before any test replaces it
 _REQUEST = httpx.Request("POST", "https://huggingface.co/api/repos/create")
+MICRO_VIT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)  # over tiny_config
 PUBLISHED_RESULTS = ["all_results.json", "eval_results.json", "metrics.json", "metrics.md", "roc.png",
                      "train_results.json"]
 
@@ -580,9 +582,8 @@ def _push_trainer(output: Path, **training):
     from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                                intermediate_size=16, image_size=16, patch_size=8,
-                                                num_channels=1, num_labels=2))
+    model = ViTForImageClassification(ViTConfig(**tiny_config("vit", **MICRO_VIT, num_channels=1), image_size=16,
+                                                num_labels=2))
     processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5], image_std=[0.5])
     settings = dict(output_dir=str(output), per_device_train_batch_size=8, use_cpu=True, report_to="none",
                     eval_strategy="no", save_strategy="steps", save_steps=2, max_steps=4, logging_steps=1,
@@ -648,8 +649,7 @@ def test_the_trainer_pushes_no_card_without_ours(tmp_path, hub):
 def _job_recipe(tmp_path: Path, data_dir: Path, **fields) -> Path:
     values = {
         "family": "vit", "from_scratch": True, "image_size": 32, "data_dir": str(data_dir),
-        "config_overrides": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                             "intermediate_size": 16, "patch_size": 8},
+        "config_overrides": tiny_config("vit", **MICRO_VIT),
         "data_cache_dir": str(tmp_path / "cache"), "prepare_image_size": 64, "learning_rate": 1e-3,
         "per_device_train_batch_size": 8, "max_steps": 2, "eval_strategy": "no", "save_strategy": "no",
         "use_cpu": True, "report_to": "none", "dataloader_num_workers": 0, "disable_tqdm": True,

@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from chexpert_hf.data import synthesize
 from chexpert_hf.evaluation.metrics import snake_case
 from chexpert_hf.labels import COMPETITION_LABELS
+from chexpert_hf.models.tiny import tiny_config
+from chexpert_hf.training.nonfinite import NonFiniteLossGuard
 from chexpert_hf.training.train import main as train_main
-from chexpert_hf.training.trainer import NonFiniteLossGuard
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-            "patch_size": 8, "num_channels": 1}
+TINY_VIT = tiny_config("vit", intermediate_size=64, num_channels=1)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,10 @@ import torch
 from conftest import free_port
 from scripts.tiny_rows import Rows
 
-from chexpert_hf.training.trainer import (
-    WeightedEpochSampler,
-    balanced_pos_weight,
-    light_affine,
-    masked_bce_with_logits,
-    positive_rates,
-    sample_weights,
-)
+from chexpert_hf.models.tiny import tiny_config
+from chexpert_hf.training.augmentation import light_affine
+from chexpert_hf.training.losses import balanced_pos_weight, masked_bce_with_logits
+from chexpert_hf.training.sampling import WeightedEpochSampler, positive_rates, sample_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 nan = np.nan
@@ -160,9 +156,8 @@ def _trainer(tmp_path, **training):
     from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                                intermediate_size=16, image_size=16, patch_size=8,
-                                                num_channels=1, num_labels=2))
+    config = tiny_config("vit", hidden_size=16, num_attention_heads=2, intermediate_size=16, num_channels=1)
+    model = ViTForImageClassification(ViTConfig(**config, image_size=16, num_labels=2))
     apply_freeze_policy(model, "vit", "last_block")
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to="none",
                     eval_strategy="no", save_strategy="steps", save_steps=2, max_steps=8, logging_steps=1,
@@ -191,7 +186,7 @@ def test_optimizer_is_adamw_over_trainable_groups_and_logs_the_counts(tmp_path, 
 
 @pytest.mark.parametrize("logging_steps", [1, 100])  # the check also runs at saves and epoch ends, not only logs
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, logging_steps):
-    from chexpert_hf.training.trainer import NonFiniteLossError
+    from chexpert_hf.training.nonfinite import NonFiniteLossError
 
     trainer = _trainer(tmp_path, logging_steps=logging_steps)
     model = trainer.model

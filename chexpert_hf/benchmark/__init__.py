@@ -1,1 +1,2 @@
-"""The AUROC benchmark grid: families × strategies × seeds, run, resumed and summarised (``grid``)."""
+"""The AUROC benchmark grid: families × strategies × seeds, planned (``plan``), run and resumed (``launch``),
+summarised (``results``); ``grid.benchmark`` does it all."""

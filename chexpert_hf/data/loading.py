@@ -24,12 +24,13 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from chexpert_hf.data.builder import label_names
-from chexpert_hf.data.chexpert_csv import find_split_files
+from chexpert_hf.data.chexpert_csv import CheXpertFormatError, find_split_files
 from chexpert_hf.data.prepare import load_prepared, prepare
 from chexpert_hf.data.splits import frontal_only, patient_split
 from chexpert_hf.data.synthetic import DATASET_FOLDER, synthesize
 from chexpert_hf.data.transforms import decode_batch, image_bytes
 from chexpert_hf.labels import apply_uncertainty_policy, reorder_labels
+from chexpert_hf.outputs import DATASET_DICT_JSON
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def resolve_prepared(
         path = Path(data_dir).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"data_dir {path} does not exist. {MISSING_DATA}")
-        if (path / "dataset_dict.json").is_file():
+        if (path / DATASET_DICT_JSON).is_file():
             return path
         if not any((path / name).is_file() for name in ("train.csv", "valid.csv")):
             raise FileNotFoundError(f"data_dir {path} is neither a prepared dataset nor a CheXpert root "
@@ -126,7 +127,7 @@ def resolve_prepared(
         data_root = path
     prepared = cache / "prepared" / _source_key(data_root, image_size)
     with cache_lock(prepared, f"preparing {data_root}"):
-        if not (prepared / "dataset_dict.json").is_file():
+        if not (prepared / DATASET_DICT_JSON).is_file():
             logger.info("preparing %s into %s (once; later runs reuse it)", data_root, prepared)
             summary = prepare(data_root, prepared, image_size=image_size, num_proc=num_proc, overwrite=True)
             for line in summary.lines():
@@ -201,6 +202,10 @@ class DecodeCollator:
         }
 
 
+class MissingSplitError(CheXpertFormatError):
+    """A prepared dataset lacks a split that training needs (reported in one line, naming the splits it has)."""
+
+
 @dataclass
 class TrainingSplits:
     train: LabelledImages
@@ -222,12 +227,13 @@ def load_training_splits(
     """Training and validation sets of a prepared dataset, with targets for ``labels`` (in that order)."""
     dataset = load_prepared(prepared)
     names = label_names(dataset)
-    if "train" not in dataset:
-        raise ValueError(f"{prepared} has no train split (splits: {', '.join(dataset)})")
+    if "train" not in dataset:  # e.g. a test-only folder: one line, as every error a user can fix (not a traceback)
+        raise MissingSplitError(f"{prepared} has no train split to train on; its splits are: {', '.join(dataset)}")
     train = dataset["train"]
     if validation_fraction is None:
         if "validation" not in dataset or not len(dataset["validation"]):
-            raise ValueError(f"{prepared} has no official validation split; use validation_split: patients:0.1")
+            raise MissingSplitError(f"{prepared} has no official validation split (its splits are: "
+                                    f"{', '.join(dataset)}); use validation_split: patients:0.1")
         validation = dataset["validation"]
     else:
         train, validation = patient_split(train, validation_fraction, seed=seed)
@@ -239,7 +245,7 @@ def load_training_splits(
         validation = validation.select(range(min(max_eval_samples, len(validation))))
     for split_name, split in (("training", train), ("validation", validation)):
         if not len(split):
-            raise ValueError(f"the {split_name} set of {prepared} is empty (views={views!r})")
+            raise MissingSplitError(f"the {split_name} set of {prepared} is empty (views={views!r})")
 
     rng = np.random.default_rng(seed)
 
@@ -249,3 +255,48 @@ def load_training_splits(
         return LabelledImages(split, targets, raw, labels)
 
     return TrainingSplits(labelled(train), labelled(validation))
+
+
+VIEWS = ("all", "frontal")
+
+
+def check_views(views: str) -> None:
+    """A ValueError for a ``views`` setting other than ``all`` or ``frontal`` (callers check before slow work)."""
+    if views not in VIEWS:
+        raise ValueError(f"views must be 'all' or 'frontal', got {views!r}")
+
+
+@dataclass
+class PreparedSplit:
+    """One split of a prepared dataset as :func:`load_prepared_split` filtered it."""
+
+    prepared: Path  # the prepared folder it came from
+    rows: datasets.Dataset
+    raw: np.ndarray  # raw labels (1 / 0 / -1 / NaN) in the order asked for, one row per image
+
+
+def load_prepared_split(
+    data: str | os.PathLike | None,
+    labels: list[str],
+    *,
+    split: str = "validation",
+    views: str = "all",
+    limit: int = 0,
+    image_size: int = 320,
+    cache_dir: str | os.PathLike | None = None,
+) -> PreparedSplit:
+    """The images of one split of ``data`` (prepared, or prepared now into the cache: :func:`resolve_prepared`), only
+    the frontal ones with ``views="frontal"``, the first ``limit`` of them (0: all), with raw labels in ``labels``'
+    order: what evaluating and explaining a model read, the same way."""
+    check_views(views)
+    prepared = resolve_prepared(data, cache_dir=cache_dir, image_size=image_size)
+    dataset = load_prepared(prepared)
+    if split not in dataset:
+        raise ValueError(f"{data} has no {split!r} split; its splits are: {', '.join(dataset)}")
+    rows = frontal_only(dataset[split]) if views == "frontal" else dataset[split]
+    if limit:
+        rows = rows.select(range(min(limit, len(rows))))
+    if not len(rows):
+        raise ValueError(f"the {split} split of {data} has no {'frontal ' if views == 'frontal' else ''}images")
+    raw = reorder_labels(np.asarray(rows["labels"][:], dtype=np.float32), label_names(dataset), labels)
+    return PreparedSplit(Path(prepared), rows, raw)

@@ -23,9 +23,9 @@ from datasets.exceptions import DatasetGenerationError
 
 from chexpert_hf.data.builder import CheXpert, StrictSkipError
 from chexpert_hf.labels import CHEXPERT_LABELS
+from chexpert_hf.outputs import DATASET_DICT_JSON, PREPARE_INFO_JSON, SKIPPED_CSV
 
-SKIPPED_CSV = "skipped.csv"
-INFO_JSON = "prepare_info.json"
+INFO_JSON = PREPARE_INFO_JSON  # the name this module has always exported
 
 
 @dataclass
@@ -163,7 +163,7 @@ def _write_skipped(path: Path, rows: list[dict[str, str]]) -> None:
 def load_prepared(path: str | Path) -> datasets.DatasetDict:
     """The ``DatasetDict`` of a folder written by :func:`prepare`, with a clear error for anything else."""
     path = Path(path)
-    if not (path / "dataset_dict.json").is_file():
+    if not (path / DATASET_DICT_JSON).is_file():
         hint = " (it holds a CSV: run `chexpert-hf prepare` on it first)" if any(path.glob("*.csv")) else ""
         raise FileNotFoundError(f"{path} is not a prepared CheXpert dataset{hint}")
     return datasets.load_from_disk(str(path))

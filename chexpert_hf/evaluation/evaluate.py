@@ -36,11 +36,11 @@ from chexpert_hf.data.chexpert_csv import (
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, evaluation_targets, score, scored_rows
 from chexpert_hf.evaluation.reports import write_reports
 from chexpert_hf.labels import CHEXPERT_LABELS, canonical_label
+from chexpert_hf.outputs import PREDICTIONS_CSV, RECIPE_YAML
 from chexpert_hf.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
-PREDICTIONS_CSV = "predictions.csv"
 PROBABILITY_FORMAT = "%.17g"  # enough digits to read back the exact float64
 _SHOWN = 5  # rows or studies named in an error message
 
@@ -84,13 +84,19 @@ def _key_columns(table: CsvTable) -> tuple[str, str]:
     return ("image", path_column) if path_column else ("study", study_column)
 
 
+def _chexpert_tail(path: str, parts: int) -> str:
+    """The last ``parts`` components of a path: ``valid/patientN/studyN/file`` of the absolute path that
+    ``chexpert-hf predict --output`` writes for an image inside a CheXpert tree."""
+    return "/".join(path.strip().replace("\\", "/").rstrip("/").split("/")[-parts:])
+
+
 def _parse_keys(table: CsvTable, level: str, column: str) -> tuple[np.ndarray, np.ndarray | None]:
     cells = table.frame[column].str.strip()
     if level == "image":
-        parts = cells.map(split_image_path)
+        parts = cells.map(lambda cell: split_image_path(cell) or split_image_path(_chexpert_tail(cell, 4)))
         expected = "[CheXpert-v1.0-small/]valid/patientNNNNN/studyN/viewN_frontal.jpg"
     else:
-        parts = cells.map(split_study_path)
+        parts = cells.map(lambda cell: split_study_path(cell) or split_study_path(_chexpert_tail(cell, 3)))
         expected = "[CheXpert-v1.0/]test/patientNNNNN/studyN"
     malformed = parts.isna().to_numpy()
     if malformed.any():
@@ -248,27 +254,15 @@ def evaluate_model(model_name_or_path: str, data: str | os.PathLike, *, split: s
     """Run a model over a prepared split and score it; returns the scores, the per-image predictions table and a
     summary of what was scored. ``data`` is a prepared folder, or a CheXpert root prepared (once, into the cache)
     at ``prepare_image_size``."""
-    from chexpert_hf.data.builder import label_names
-    from chexpert_hf.data.loading import resolve_prepared
-    from chexpert_hf.data.prepare import load_prepared
-    from chexpert_hf.data.splits import frontal_only
+    from chexpert_hf.data.loading import check_views, load_prepared_split
     from chexpert_hf.evaluation.inference import load_classifier, predict_split
-    from chexpert_hf.labels import reorder_labels
 
-    if views not in ("all", "frontal"):
-        raise ValueError(f"views must be 'all' or 'frontal', got {views!r}")
+    check_views(views)  # before the model is loaded
     loaded = load_classifier(model_name_or_path, trust_remote_code=trust_remote_code, device=device)
-    prepared = resolve_prepared(data, cache_dir=data_cache_dir, image_size=prepare_image_size)
-    dataset = load_prepared(prepared)
-    if split not in dataset:
-        raise ValueError(f"{data} has no {split!r} split; its splits are: {', '.join(dataset)}")
-    rows = dataset[split]
-    if views == "frontal":
-        rows = frontal_only(rows)
-    if not len(rows):
-        raise ValueError(f"the {split} split of {data} has no {'frontal ' if views == 'frontal' else ''}images")
-    raw = reorder_labels(np.asarray(rows["labels"][:], dtype=np.float32), label_names(dataset), loaded.labels)
-    logger.info("evaluating %s on %d %s images of %s", model_name_or_path, len(rows), split, prepared)
+    part = load_prepared_split(data, loaded.labels, split=split, views=views, image_size=prepare_image_size,
+                               cache_dir=data_cache_dir)
+    rows, raw = part.rows, part.raw
+    logger.info("evaluating %s on %d %s images of %s", model_name_or_path, len(rows), split, part.prepared)
     probabilities = predict_split(loaded, rows, batch_size=batch_size, progress=progress)
     targets = evaluation_targets(raw)
     studies = np.asarray(rows["study_id"][:])
@@ -290,7 +284,7 @@ def recipe_settings(model_name_or_path: str) -> dict[str, Any]:
     training), for the evaluation defaults; empty for a Hub id or a folder without one."""
     import yaml
 
-    recipe = Path(model_name_or_path) / "recipe.yaml"
+    recipe = Path(model_name_or_path) / RECIPE_YAML
     if not recipe.is_file():
         return {}
     values = yaml.safe_load(recipe.read_text()) or {}

@@ -25,6 +25,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,10 +87,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _looks_like_path(source: str) -> bool:
+    """Whether a model name is meant as a local folder: more than one ``owner/name`` separator, a leading ``.``,
+    ``/`` or ``~``, a backslash, or a parent folder that exists here (``outputs/dmeo`` beside ``outputs/``)."""
+    if source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1:
+        return True
+    parent = Path(source).parent
+    return parent != Path(".") and parent.is_dir()
+
+
 def load_classifier(model_name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
                     device: str | torch.device | None = None) -> LoadedModel:
     """A CheXpert classifier and its image processor, in eval mode on ``device`` (default: CUDA if present)."""
     source = str(model_name_or_path)
+    if source.startswith("~"):
+        source = str(Path(source).expanduser())
+    if _looks_like_path(source) and not Path(source).exists():  # else the Hub is asked, and a typo reads as no network
+        raise ModelLoadError(f"no such folder: {model_name_or_path}")
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(source)
     except (OSError, ValueError) as error:
@@ -101,7 +115,7 @@ def load_classifier(model_name_or_path: str | os.PathLike, *, trust_remote_code:
         code = sorted({ref.split(".")[0] + ".py" for ref in config_dict["auto_map"].values() if isinstance(ref, str)})
         raise ModelLoadError(
             f"{source} is a {model_type!r} model whose code ships with the checkpoint ({', '.join(code)}), and that "
-            "code runs when it loads. Pass --trust-remote-code (Python: trust_remote_code=True) if you trust it; "
+            "code runs when it loads. Pass --trust_remote_code (Python: trust_remote_code=True) if you trust it; "
             "read those files first if you did not make the checkpoint yourself."
         )
     try:
@@ -147,13 +161,13 @@ def predict_files(loaded: LoadedModel, paths: Sequence[str | os.PathLike], *, ba
     """``(len(paths), L)`` float64 probabilities for image files. An unreadable file raises
     :class:`chexpert_hf.data.images.UnreadableImage` whose message names it, before any output is produced."""
     out = np.empty((len(paths), len(loaded.labels)), dtype=np.float64)
-    bar = tqdm(total=len(paths), desc="predicting", unit=" images", disable=not progress)
-    for start, stop in _batches(len(paths), batch_size):
-        images = [open_radiograph(str(path)) for path in paths[start:stop]]
-        pixels = loaded.processor(images=images, return_tensors="pt")["pixel_values"]
-        out[start:stop] = _probabilities(loaded, pixels)
-        bar.update(stop - start)
-    bar.close()
+    # closed (ending its line) also when a file fails, so the error is not printed on the bar's line
+    with tqdm(total=len(paths), desc="predicting", unit=" images", disable=not progress) as bar:
+        for start, stop in _batches(len(paths), batch_size):
+            images = [open_radiograph(str(path)) for path in paths[start:stop]]
+            pixels = loaded.processor(images=images, return_tensors="pt")["pixel_values"]
+            out[start:stop] = _probabilities(loaded, pixels)
+            bar.update(stop - start)
     return out
 
 

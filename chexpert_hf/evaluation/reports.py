@@ -19,7 +19,7 @@ import numpy as np
 
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.outputs import METRICS_JSON, METRICS_MD, ROC_PNG
-from chexpert_hf.utils import atomic_write, write_text
+from chexpert_hf.utils import atomic_write, markdown_table, write_text
 
 
 def _ci(entry: dict[str, Any], key: str) -> str:
@@ -37,6 +37,16 @@ def _count(scores: dict[str, Any]) -> tuple[int, str]:
     return (scores["n_studies"], "studies") if "n_studies" in scores else (scores["n_images"], "images")
 
 
+def mean_label(scores: dict[str, Any]) -> str:
+    """What the headline mean covers: "competition labels" when all five were scorable, else "N of 5 competition
+    labels", so that a mean of one label (a split where the others have one class only) never reads as the usual
+    five-label mean."""
+    covered = sum(label in scores["per_label"] for label in COMPETITION_LABELS)
+    if covered == len(COMPETITION_LABELS):
+        return "competition labels"
+    return f"{covered} of {len(COMPETITION_LABELS)} competition labels"
+
+
 def scores_table(scores: dict[str, Any]) -> str:
     """The scores as a plain-text table (the one printed at the end of training and evaluation)."""
     with_ci = "bootstrap" in scores
@@ -50,7 +60,8 @@ def scores_table(scores: dict[str, Any]) -> str:
         lines.append(f"{label:<28}{'skipped: one class only':>30}")
     count, unit = _count(scores)
     mean_ci = f" (95% CI {_ci(scores, 'mean_auroc_ci95')})" if _ci(scores, "mean_auroc_ci95") else ""
-    lines.append(f"mean AUROC, competition labels: {_number(scores['mean_auroc'])}{mean_ci}; all scored labels: "
+    over = ", competition labels" if mean_label(scores) == "competition labels" else f" over {mean_label(scores)}"
+    lines.append(f"mean AUROC{over}: {_number(scores['mean_auroc'])}{mean_ci}; all scored labels: "
                  f"{_number(scores['mean_auroc_all'])} ({count} {unit})")
     return "\n".join(lines)
 
@@ -68,16 +79,15 @@ def metrics_markdown(scores: dict[str, Any], title: str, details: Sequence[str] 
         units = "studies" if bootstrap["unit"] == "study" else "images"
         lines.append(f"- 95% confidence intervals: percentile bootstrap over {units}, "
                      f"{bootstrap['resamples']:,} resamples, seed {bootstrap['seed']}")
-    lines += ["", "| label | AUROC | 95% CI | AUPRC | positives | negatives |", "|---|---:|---:|---:|---:|---:|"]
-    for label, entry in scores["per_label"].items():
-        name = f"{label} ★" if label in COMPETITION_LABELS else label
-        lines.append(f"| {name} | {entry['auroc']:.4f} | {_ci(entry, 'auroc_ci95')} | {entry['auprc']:.4f} | "
-                     f"{entry['positives']:,} | {entry['negatives']:,} |")
-    lines.append(f"| **mean, competition labels ★** | **{_number(scores['mean_auroc'])}** | "
-                 f"{_ci(scores, 'mean_auroc_ci95')} | | | |")
-    lines.append(f"| mean, all scored labels | {_number(scores['mean_auroc_all'])} | "
-                 f"{_ci(scores, 'mean_auroc_all_ci95')} | | | |")
-    lines.append("")
+    rows = [[f"{label} ★" if label in COMPETITION_LABELS else label, f"{entry['auroc']:.4f}",
+             _ci(entry, "auroc_ci95"), f"{entry['auprc']:.4f}", f"{entry['positives']:,}", f"{entry['negatives']:,}"]
+            for label, entry in scores["per_label"].items()]
+    # the two means fill the first three columns only
+    rows.append([f"**mean, {mean_label(scores)} ★**", f"**{_number(scores['mean_auroc'])}**",
+                 _ci(scores, "mean_auroc_ci95")])
+    rows.append(["mean, all scored labels", _number(scores["mean_auroc_all"]), _ci(scores, "mean_auroc_all_ci95")])
+    header = ["label", "AUROC", "95% CI", "AUPRC", "positives", "negatives"]
+    lines += ["", *markdown_table(header, rows, "lrrrrr", tight_rule=True), ""]
     lines.append("★ the five CheXpert competition labels; their mean AUROC is the headline number.")
     if scores["skipped_labels"]:
         lines += ["", "Not scored (one class only in this split, so AUROC is undefined): "
@@ -113,7 +123,8 @@ def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequ
     count, unit = _count(scores)
     axes.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
              xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
-    axes.set_title(f"ROC per label, {count:,} {unit}; mean AUROC (competition) {_number(scores['mean_auroc'])}",
+    covered = "competition" if mean_label(scores) == "competition labels" else mean_label(scores)
+    axes.set_title(f"ROC per label, {count:,} {unit}; mean AUROC ({covered}) {_number(scores['mean_auroc'])}",
                    fontsize=10)
     axes.legend(loc="lower right", fontsize=7, title="label (AUROC)", title_fontsize=7)
     figure.tight_layout()

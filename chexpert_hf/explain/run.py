@@ -27,10 +27,11 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm.auto import tqdm
 
 from chexpert_hf.data.transforms import image_bytes
@@ -52,15 +53,12 @@ from chexpert_hf.explain.maps import (
     target_layer,
     to_size,
 )
+from chexpert_hf.explain.render import PNG_COMPRESSION, render_overlay, write_sheet
 from chexpert_hf.labels import canonical_label
+from chexpert_hf.outputs import HEATMAPS_NPZ, LOCALIZATION_JSON
 from chexpert_hf.utils import current_umask
 
 logger = logging.getLogger(__name__)
-
-HEATMAPS_NPZ = "heatmaps.npz"
-LOCALIZATION_JSON = "localization.json"
-PNG_COMPRESSION = 1  # zlib level: PNG encoding was most of a run's time at the default (6); files grow ~1.3x
-
 
 @dataclass
 class Radiograph:
@@ -114,29 +112,21 @@ def read_image_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Radiograp
         skipped
 
 
-def read_split(data: str | os.PathLike, model_labels: Sequence[str], *, split: str = "validation",
-               num_images: int = 16, views: str = "frontal", prepare_image_size: int = 320) -> SplitImages:
-    """The first ``num_images`` (0: all) images of a prepared split, with their raw labels."""
-    from chexpert_hf.data.builder import label_names
-    from chexpert_hf.data.loading import resolve_prepared
-    from chexpert_hf.data.prepare import load_prepared
-    from chexpert_hf.data.splits import frontal_only
-    from chexpert_hf.labels import reorder_labels
+def split_images(data: str | os.PathLike, model_labels: Sequence[str], *, split: str = "validation",
+                 num_images: int = 16, views: str = "frontal", prepare_image_size: int = 320) -> SplitImages:
+    """The first ``num_images`` (0: all) images of a prepared split, with their raw labels, read as ``evaluate``
+    reads a split (:func:`chexpert_hf.data.loading.load_prepared_split`)."""
+    from chexpert_hf.data.loading import check_views, load_prepared_split
 
-    if views not in ("all", "frontal"):
-        raise ValueError(f"views must be 'all' or 'frontal', got {views!r}")
+    check_views(views)
     if num_images < 0:
         raise ValueError(f"--num-images must be 0 (all) or more, got {num_images}")
-    dataset = load_prepared(resolve_prepared(data, image_size=prepare_image_size))
-    if split not in dataset:
-        raise ValueError(f"{data} has no {split!r} split; its splits are: {', '.join(dataset)}")
-    rows = frontal_only(dataset[split]) if views == "frontal" else dataset[split]
-    if num_images:
-        rows = rows.select(range(min(num_images, len(rows))))
-    if not len(rows):
-        raise ValueError(f"the {split} split of {data} has no {'frontal ' if views == 'frontal' else ''}images")
-    raw = reorder_labels(np.asarray(rows["labels"][:], dtype=np.float32), label_names(dataset), model_labels)
-    return SplitImages(rows, raw)
+    part = load_prepared_split(data, list(model_labels), split=split, views=views, limit=num_images,
+                               image_size=prepare_image_size)
+    return SplitImages(part.rows, part.raw)
+
+
+read_split = split_images  # the name chexpert_hf.cli.main still imports; chexpert_csv.read_split reads a CSV
 
 
 class SplitImages(Sequence):
@@ -178,68 +168,6 @@ def resolve_labels(model_labels: Sequence[str], requested: Sequence[str] | None)
         if model_labels.index(label) not in indices:
             indices.append(model_labels.index(label))
     return indices
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
-
-
-MIN_DISPLAY_WIDTH = 256  # overlays of small (prepared) images are drawn enlarged, so that they can be read
-
-
-def _fitting_font(draw: ImageDraw.ImageDraw, text: str, width: int) -> ImageFont.ImageFont:
-    size = max(10, width // 18)
-    font = _font(size)
-    while size > 8 and draw.textlength(text, font=font) > width - 8:
-        size -= 1
-        font = _font(size)
-    return font
-
-
-def render_overlay(image: Image.Image, heatmap: np.ndarray, caption: str) -> Image.Image:
-    """The radiograph with the heatmap blended on (jet colour map, half and half) and ``caption`` in the top-left
-    corner; at least :data:`MIN_DISPLAY_WIDTH` pixels wide (the map itself stays at the image's size)."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    if image.width < MIN_DISPLAY_WIDTH:
-        size = (MIN_DISPLAY_WIDTH, round(image.height * MIN_DISPLAY_WIDTH / image.width))
-        image = image.resize(size, Image.BILINEAR)
-        heatmap = np.asarray(Image.fromarray(heatmap.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
-    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    heatmap = np.clip(heatmap, 0.0, 1.0)
-    blended = show_cam_on_image(np.repeat(grey[..., None], 3, axis=2), heatmap, use_rgb=True, image_weight=0.5)
-    overlay = Image.fromarray(blended)
-    draw = ImageDraw.Draw(overlay)
-    font = _fitting_font(draw, caption, overlay.width)
-    _, _, right, bottom = draw.textbbox((4, 3), caption, font=font)
-    draw.rectangle((0, 0, min(overlay.width, right + 4), bottom + 4), fill=(0, 0, 0))
-    draw.text((4, 3), caption, fill=(255, 255, 255), font=font)
-    return overlay
-
-
-SHEET_PANEL_MAX_WIDTH = 512  # sheet panels shrink to this: 14 panels of a 2,500 px radiograph would be 100+ Mpx
-
-
-def write_sheet(path: Path, image: Image.Image, overlays: Sequence[Image.Image], titles: Sequence[str]) -> None:
-    """One PNG: the radiograph, then each label's overlay, side by side under their titles."""
-    width = min(max(image.width, MIN_DISPLAY_WIDTH), SHEET_PANEL_MAX_WIDTH)
-    height = round(image.height * width / image.width)
-    font = _font(max(11, width // 20))
-    title_height = 2 * (font.getbbox("Ag")[3] + 4)
-    gap = 6
-    panels = [image.convert("RGB"), *overlays]
-    sheet = Image.new("RGB", (len(panels) * (width + gap) - gap, height + title_height), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for position, (panel, title) in enumerate(zip(panels, ["radiograph", *titles], strict=True)):
-        left = position * (width + gap)
-        draw.multiline_text((left + 2, 2), title, fill=(0, 0, 0), font=font, spacing=2)
-        if panel.size != (width, height):
-            panel = panel.resize((width, height), Image.BILINEAR)
-        sheet.paste(panel, (left, title_height))
-    sheet.save(path, compress_level=PNG_COMPRESSION)
 
 
 class NpzWriter:
@@ -345,6 +273,44 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
     ``localization.json``."""
     family = model_family(loaded.model)
     methods = list(dict.fromkeys(methods))
+    selected = _check_request(loaded, family, methods, labels, top_k, layer, lesions)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if not tolerance >= 0:
+        raise ValueError(f"--tolerance must be 0 or more pixels, got {tolerance}")
+    if not len(radiographs):
+        raise ValueError("no image to explain")
+    _check_processor(loaded)
+    output = check_output(output, overwrite, keep)
+    sanity_check = sanity_check or lesions is not None
+    staging = _staging(output)
+    writers: dict[str, NpzWriter] = {}
+    try:
+        folders = {method: staging / method if len(methods) > 1 else staging for method in methods}
+        for folder in folders.values():
+            folder.mkdir(exist_ok=True)
+        writers = {method: NpzWriter(folders[method] / HEATMAPS_NPZ) for method in methods}
+        session = _Session(loaded, methods, layer, selected, top_k, lesions, tolerance, folders, writers,
+                           tallies={method: MethodTally(randomized=sanity_check) for method in methods},
+                           randomized=randomized_copy(loaded.model, seed) if sanity_check else None)
+        bar = tqdm(total=len(radiographs), desc="explaining", unit=" images", disable=not progress)
+        for start in range(0, len(radiographs), batch_size):
+            batch = radiographs[start:start + batch_size]
+            _explain_batch(session, batch)
+            bar.update(len(batch))
+        bar.close()
+        localization, notes = _write_outputs(session, staging, output, family, len(radiographs), sanity_check)
+    except BaseException:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExplainResult(output, len(radiographs), session.maps_written, localization, notes)
+
+
+def _check_request(loaded, family: str, methods: Sequence[str], labels: Sequence[str] | None, top_k: int | None,
+                   layer: str | None, lesions: Lesions | None) -> list[int]:
+    """Refuse a request the model cannot answer before anything is computed; the selected label indices."""
     if not methods:
         raise ValueError("no method given")
     for method in methods:
@@ -362,117 +328,131 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
         if lesions is not None:
             raise ValueError("--lesions scores every positive image of the requested labels; use --labels (or "
                              "nothing, for all labels) instead of --top-k")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    if not tolerance >= 0:
-        raise ValueError(f"--tolerance must be 0 or more pixels, got {tolerance}")
-    if not len(radiographs):
-        raise ValueError("no image to explain")
-    _check_processor(loaded)
-    output = check_output(output, overwrite, keep)
-    sanity_check = sanity_check or lesions is not None
-    staging = _staging(output)
-    notes: list[str] = []
-    writers: dict[str, NpzWriter] = {}
-    try:
-        folders = {method: staging / method if len(methods) > 1 else staging for method in methods}
-        for folder in folders.values():
-            folder.mkdir(exist_ok=True)
-        writers = {method: NpzWriter(folders[method] / HEATMAPS_NPZ) for method in methods}
-        tallies = {method: MethodTally(randomized=sanity_check) for method in methods}
-        randomized = randomized_copy(loaded.model, seed) if sanity_check else None
-        unscaled = 0
-        maps_written = 0
-        bar = tqdm(total=len(radiographs), desc="explaining", unit=" images", disable=not progress)
-        for start in range(0, len(radiographs), batch_size):
-            batch = radiographs[start:start + batch_size]
-            pixels = _pixels(loaded, [item.image for item in batch])
-            with torch.no_grad():
-                probabilities = torch.sigmoid(loaded.model(pixel_values=pixels).logits.float()).cpu().numpy()
-            if top_k is not None:
-                chosen = [[int(i) for i in np.argsort(-row, kind="stable")[:top_k]] for row in probabilities]
-            else:
-                chosen = [selected] * len(batch)
-            needed = sorted({index for indices in chosen for index in indices})
-            column = {index: position for position, index in enumerate(needed)}
-            # where each image's boxes were drawn: looked up once per image, whatever the number of methods
-            geometry = [_box_geometry(lesions, item) for item in batch] if lesions is not None else [None] * len(batch)
-            unscaled += sum(1 for entry in geometry if entry is not None and entry[2])
-            for method in methods:
-                method_layer = None if method == ROLLOUT else layer
-                maps = explanation_maps(loaded.model, pixels, needed, method=method, layer=method_layer)
-                random_maps = None
-                if randomized is not None:
-                    random_maps = explanation_maps(randomized, pixels, needed, method=method, layer=method_layer)
-                for b, item in enumerate(batch):
-                    width, height = item.image.size
-                    overlays, titles = [], []
-                    for index in chosen[b]:
-                        label = loaded.labels[index]
-                        heatmap = to_size(maps[b, column[index]], width, height)
-                        writers[method].add(f"{item.name}/{label}", heatmap)
-                        maps_written += 1
-                        caption = f"{label}  p={probabilities[b, index]:.2f}  {method}"
-                        overlay = render_overlay(item.image, heatmap, caption)
-                        overlay.save(folders[method] / f"{item.name}__{label_file_name(label)}.png",
-                                     compress_level=PNG_COMPRESSION)
-                        overlays.append(overlay)
-                        titles.append(f"{label}\np = {probabilities[b, index]:.2f}")
-                        # rollout's map is one per image, whatever the label: compare it once
-                        if random_maps is not None and (method != ROLLOUT or index == chosen[b][0]):
-                            tallies[method].correlations.append(
-                                rank_correlations(maps[b, column[index]], random_maps[b, column[index]]))
-                        if lesions is None:
-                            continue
-                        boxes = lesions.for_image(item.key, label)
-                        if not boxes:
-                            continue
-                        positive = item.labels[index] == 1 if item.labels is not None else \
-                            lesions.positive(item.key, label)
-                        if positive is False:
-                            continue  # a box of an uncertain (-1) finding, drawn fainter: not a positive
-                        original, scale, _ = geometry[b]
-                        randomized_hit = None
-                        if random_maps is not None:
-                            randomized_hit = pointing_hit(to_size(random_maps[b, column[index]], width, height),
-                                                          boxes, tolerance, scale)
-                        tallies[method].labels[label].add(pointing_hit(heatmap, boxes, tolerance, scale),
-                                                          chance_hit_rate(boxes, *original, tolerance),
-                                                          randomized_hit, flat=heatmap.max() <= heatmap.min())
-                    write_sheet(folders[method] / f"{item.name}__sheet.png", item.image, overlays, titles)
-            bar.update(len(batch))
-        bar.close()
-        for writer in writers.values():
-            writer.close()
-        if unscaled:
-            notes.append(f"{unscaled} image(s) whose original file was not found next to {lesions.path.name}: their "
-                         "boxes were taken to be in the explained image's pixels")
-        localization = None
-        if sanity_check:
-            if ROLLOUT in methods:
-                notes.append("attention_rollout maps do not depend on the label")
-            from chexpert_hf.evaluation.evaluate import _public_name
+    return selected
 
-            localization = {
-                "model": _public_name(loaded.source),
-                "family": family,
-                "images": len(radiographs),
-                "tolerance_px": tolerance,
-                "lesions": lesions.path.name if lesions is not None else None,
-                "methods": {method: tallies[method].summary(loaded.labels) for method in methods},
-                "notes": notes,
-            }
-            (staging / LOCALIZATION_JSON).write_text(json.dumps(localization, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        for writer in writers.values():
-            writer.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return ExplainResult(output, len(radiographs), maps_written, localization, notes)
+
+@dataclass
+class _Session:
+    """What every batch of one :func:`explain` call shares: the request, where each method writes, the tallies."""
+
+    loaded: Any
+    methods: list[str]
+    layer: str | None
+    selected: list[int]
+    top_k: int | None
+    lesions: Lesions | None
+    tolerance: float
+    folders: dict[str, Path]  # method -> the folder its files go to
+    writers: dict[str, NpzWriter]
+    tallies: dict[str, MethodTally]
+    randomized: Any  # the model with re-initialised weights (sanity check), or None
+    unscaled: int = 0  # images with boxes whose original file was not found
+    maps_written: int = 0
+
+
+def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
+    """One forward pass for the probabilities, then each method's maps for the labels any image of the batch needs."""
+    loaded, lesions = session.loaded, session.lesions
+    pixels = _pixels(loaded, [item.image for item in batch])
+    with torch.no_grad():
+        probabilities = torch.sigmoid(loaded.model(pixel_values=pixels).logits.float()).cpu().numpy()
+    if session.top_k is not None:
+        chosen = [[int(i) for i in np.argsort(-row, kind="stable")[:session.top_k]] for row in probabilities]
+    else:
+        chosen = [session.selected] * len(batch)
+    needed = sorted({index for indices in chosen for index in indices})
+    column = {index: position for position, index in enumerate(needed)}
+    # where each image's boxes were drawn: looked up once per image, whatever the number of methods
+    geometry = [_box_geometry(lesions, item) for item in batch] if lesions is not None else [None] * len(batch)
+    session.unscaled += sum(1 for entry in geometry if entry is not None and entry[2])
+    for method in session.methods:
+        method_layer = None if method == ROLLOUT else session.layer
+        maps = explanation_maps(loaded.model, pixels, needed, method=method, layer=method_layer)
+        random_maps = None
+        if session.randomized is not None:
+            random_maps = explanation_maps(session.randomized, pixels, needed, method=method, layer=method_layer)
+        for b, item in enumerate(batch):
+            _explain_image(session, method, item, chosen[b], probabilities[b], maps[b],
+                           None if random_maps is None else random_maps[b], column, geometry[b])
+
+
+def _explain_image(session: _Session, method: str, item: Radiograph, chosen: Sequence[int], probabilities: np.ndarray,
+                   maps: np.ndarray, random_maps: np.ndarray | None, column: dict[int, int], geometry) -> None:
+    """One image, one method: each chosen label's map into the archive and its overlay, the sheet, the scores
+    (``maps``: the image's maps, one per needed label, ``column`` says which)."""
+    width, height = item.image.size
+    folder = session.folders[method]
+    overlays, titles = [], []
+    for index in chosen:
+        label = session.loaded.labels[index]
+        heatmap = to_size(maps[column[index]], width, height)
+        session.writers[method].add(f"{item.name}/{label}", heatmap)
+        session.maps_written += 1
+        overlay = render_overlay(item.image, heatmap, f"{label}  p={probabilities[index]:.2f}  {method}")
+        overlay.save(folder / f"{item.name}__{label_file_name(label)}.png", compress_level=PNG_COMPRESSION)
+        overlays.append(overlay)
+        titles.append(f"{label}\np = {probabilities[index]:.2f}")
+        random_map = None if random_maps is None else random_maps[column[index]]
+        # rollout's map is one per image, whatever the label: compare it once
+        if random_map is not None and (method != ROLLOUT or index == chosen[0]):
+            session.tallies[method].correlations.append(rank_correlations(maps[column[index]], random_map))
+        if session.lesions is not None:
+            _score_pointing(session, method, item, index, heatmap, random_map, geometry)
+    write_sheet(folder / f"{item.name}__sheet.png", item.image, overlays, titles)
+
+
+def _score_pointing(session: _Session, method: str, item: Radiograph, index: int, heatmap: np.ndarray,
+                    random_map, geometry) -> None:
+    """The pointing game for one (image, label) with boxes of a positive finding, into the method's tally."""
+    lesions = session.lesions
+    label = session.loaded.labels[index]
+    boxes = lesions.for_image(item.key, label)
+    if not boxes:
+        return
+    positive = item.labels[index] == 1 if item.labels is not None else lesions.positive(item.key, label)
+    if positive is False:
+        return  # a box of an uncertain (-1) finding, drawn fainter: not a positive
+    original, scale, _ = geometry
+    width, height = item.image.size
+    randomized_hit = None
+    if random_map is not None:
+        randomized_hit = pointing_hit(to_size(random_map, width, height), boxes, session.tolerance, scale)
+    session.tallies[method].labels[label].add(pointing_hit(heatmap, boxes, session.tolerance, scale),
+                                              chance_hit_rate(boxes, *original, session.tolerance),
+                                              randomized_hit, flat=heatmap.max() <= heatmap.min())
+
+
+def _write_outputs(session: _Session, staging: Path, output: Path, family: str, images: int,
+                   sanity_check: bool) -> tuple[dict | None, list[str]]:
+    """Close the archives, write ``localization.json`` (with scores), then put the staging folder in place of
+    ``output``; the localization summary (None without scores) and the notes."""
+    for writer in session.writers.values():
+        writer.close()
+    notes: list[str] = []
+    if session.unscaled:
+        notes.append(f"{session.unscaled} image(s) whose original file was not found next to "
+                     f"{session.lesions.path.name}: their boxes were taken to be in the explained image's pixels")
+    localization = None
+    if sanity_check:
+        if ROLLOUT in session.methods:
+            notes.append("attention_rollout maps do not depend on the label")
+        from chexpert_hf.evaluation.evaluate import _public_name
+
+        localization = {
+            "model": _public_name(session.loaded.source),
+            "family": family,
+            "images": images,
+            "tolerance_px": session.tolerance,
+            "lesions": session.lesions.path.name if session.lesions is not None else None,
+            "methods": {method: session.tallies[method].summary(session.loaded.labels) for method in session.methods},
+            "notes": notes,
+        }
+        (staging / LOCALIZATION_JSON).write_text(json.dumps(localization, indent=2) + "\n")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(staging, output)
+    return localization, notes
 
 
 __all__ = ["ExplainResult", "Radiograph", "SplitImages", "check_output", "explain", "read_image_files", "read_split",
-           "resolve_labels"]
+           "resolve_labels", "split_images"]

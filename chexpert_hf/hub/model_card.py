@@ -20,13 +20,15 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from chexpert_hf.hub.privacy import PATH, PATIENT, first_leak
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.utils import atomic_write
+from chexpert_hf.outputs import MODEL_CARD, ROC_PNG
+from chexpert_hf.utils import atomic_write, format_duration, markdown_table
 
 CHEXPERT_URL = "https://stanfordmlgroup.github.io/competitions/chexpert/"
 CHEXPERT_LICENSE_NAME = "chexpert-research-use-agreement"
@@ -39,12 +41,6 @@ _MEAN_ALL_NAME = "Mean AUROC (all scored labels)"
 # "Mean AUROC (5 competition labels)", or "(4 of 5 competition labels)" when one could not be scored.
 _MEAN_COMPETITION_PATTERN = re.compile(r"Mean AUROC \((?:\d+ of )?\d+ competition labels\)")
 PLACEHOLDER_REPO_ID = "path/to/model"
-
-_PATIENT_ID = re.compile(r"patient\d+", re.IGNORECASE)
-# Hugging Face user/org tokens, and the common shapes of other providers' keys.
-_TOKEN = re.compile(r"\b(?:hf_[A-Za-z0-9]{20,}|api_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})")
-# An absolute path inside free text: a word that starts at "/", "~/" or a drive letter ("C:\", "D:/").
-_EMBEDDED_ABSOLUTE_PATH = re.compile(r"(?:^|[\s\"'`(=,;])(?:/[\w.~-]|~[/\\]|[A-Za-z]:[\\/])")
 
 FAMILY_NAMES = {
     "vit": "ViT (Vision Transformer)",
@@ -126,30 +122,24 @@ class CardInfo:
     metrics: dict[str, Any] = field(repr=False)  # the metrics.json dict
     repo_id: str | None = None  # Hub id for the usage snippets; None: a placeholder
     trust_remote_code: bool = False  # True when the modelling code ships next to the weights (resnet_vit)
-    roc_figure: str | None = "roc.png"  # a file next to README.md, or None
+    roc_figure: str | None = ROC_PNG  # a file next to README.md, or None
     license: str | None = None  # None: apache-2.0 for synthetic data, else "other" with the CheXpert agreement
 
 
 # --- safety checks ------------------------------------------------------------------------------------------------
 
 
-def _is_absolute_path(text: str) -> bool:
-    return (
-        PurePosixPath(text).is_absolute()
-        or PureWindowsPath(text).is_absolute()
-        or text.startswith(("~/", "~\\", "\\\\"))
-        or bool(_EMBEDDED_ABSOLUTE_PATH.search(text))
-    )
-
-
 def _check_text(field_name: str, text: str) -> None:
-    """A ValueError naming ``field_name`` when ``text`` holds an absolute path, a patient id or a token."""
-    if _is_absolute_path(text):
+    """A ValueError naming ``field_name`` when ``text`` holds a token, an absolute path or a patient id (the patterns
+    of :mod:`chexpert_hf.hub.privacy`, which the publishing audit applies too); a token is never quoted."""
+    leak = first_leak(text, value=True)
+    if leak is None:
+        return
+    if leak.kind == PATH:
         raise ValueError(f"{field_name} must not be or contain an absolute local path (the card is public): {text!r}")
-    if _PATIENT_ID.search(text):
+    if leak.kind == PATIENT:
         raise ValueError(f"{field_name} must not contain a patient identifier (the card is public): {text!r}")
-    if _TOKEN.search(text):
-        raise ValueError(f"{field_name} looks like it contains an access token; refusing to write it into the card")
+    raise ValueError(f"{field_name} looks like it contains an access token; refusing to write it into the card")
 
 
 def _strings_in(value: Any, name: str) -> Iterable[tuple[str, str]]:
@@ -212,20 +202,6 @@ def _interval(value: Any) -> tuple[float, float] | None:
 
 def format_interval(interval: tuple[float, float] | None) -> str:
     return "—" if interval is None else f"{interval[0]:.4f}–{interval[1]:.4f}"
-
-
-def format_duration(seconds: float | None, missing: str = "not recorded") -> str:
-    """``207.4`` -> ``"3 min 27 s"``; ``5400`` -> ``"1 h 30 min"``; None -> ``missing``."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return missing
-    total = round(seconds)
-    if total < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{total} s"
-    hours, remainder = divmod(total, 3600)
-    minutes, secs = divmod(remainder, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s"
 
 
 def _format_value(value: Any) -> str:
@@ -329,14 +305,6 @@ def _ordered_labels(labels: Iterable[str], per_label: Mapping[str, Any]) -> list
     return ordered + [label for label in per_label if label not in ordered]
 
 
-def _table(header: list[str], rows: Iterable[list[str]], align: str | None = None) -> list[str]:
-    align = align or "l" * len(header)
-    rule = ["---:" if side == "r" else "---" for side in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _overview(info: CardInfo) -> list[str]:
     family = FAMILY_NAMES.get(info.family, info.family)
     if info.base_model:
@@ -381,7 +349,7 @@ def _recipe(info: CardInfo) -> list[str]:
     ]
     if info.hyperparameters:
         rows = [[f"`{key}`", _format_value(value)] for key, value in info.hyperparameters.items()]
-        lines += ["", "Hyperparameters:", "", *_table(["Hyperparameter", "Value"], rows)]
+        lines += ["", "Hyperparameters:", "", *markdown_table(["Hyperparameter", "Value"], rows)]
     return lines
 
 
@@ -403,7 +371,7 @@ def _data(info: CardInfo) -> list[str]:
         )
     if info.split_sizes:
         rows = [[split, f"{count:,}"] for split, count in info.split_sizes.items()]
-        lines += ["", *_table(["Split", "Images"], rows, "lr")]
+        lines += ["", *markdown_table(["Split", "Images"], rows, "lr")]
     return lines
 
 
@@ -468,7 +436,7 @@ def _results(info: CardInfo) -> list[str]:
             _format_value(result.get("negatives")),
         ])  # fmt: skip
     if rows:
-        lines += _table(["Finding", "AUROC", "95% CI", "AUPRC", "Positives", "Negatives"], rows, "lrrrrr")
+        lines += markdown_table(["Finding", "AUROC", "95% CI", "AUPRC", "Positives", "Negatives"], rows, "lrrrrr")
     else:
         lines.append("No label could be scored on this split.")
     lines.append("")
@@ -627,7 +595,7 @@ def write_model_card(folder: str | Path, info: CardInfo) -> Path:
     text = str(build_model_card(info))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "README.md"
+    target = folder / MODEL_CARD
     atomic_write(target, lambda name: Path(name).write_text(text, encoding="utf-8", newline=""))
     return target
 
@@ -637,7 +605,7 @@ def _load_card(card: ModelCard | str | Path) -> ModelCard:
         return card
     path = Path(card)
     if path.is_dir():
-        path = path / "README.md"
+        path = path / MODEL_CARD
     if not path.is_file():
         # ModelCard.load would treat a missing path as a Hub repo id and go to the network.
         raise FileNotFoundError(f"no model card at {path}")

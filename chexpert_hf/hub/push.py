@@ -2,8 +2,8 @@
 
 Nothing is ever uploaded from a training output folder directly. The files that may be published are copied into
 a staging folder (an allowlist: the model, its processor and code, the card, the metrics and results), the two that
-hold local paths are rewritten (``recipe.yaml``, ``trainer_state.json``), and the staged folder is audited: a Hub
-token, an absolute path of this machine or a CheXpert patient identifier anywhere in a text file stops the push.
+hold local paths are rewritten (``recipe.yaml``, ``trainer_state.json``), and the staged folder is audited: an access
+token, an absolute path or a CheXpert patient identifier anywhere in a text file stops the push.
 ``training_args.bin`` (a pickle holding ``hub_token`` in clear), TensorBoard logs, predictions and evaluation
 folders (patient identifiers) are never staged.
 
@@ -32,28 +32,41 @@ from typing import Any
 import yaml
 
 from chexpert_hf.hub.model_card import CHEXPERT_BIBTEX, CHEXPERT_LICENSE_NAME, CHEXPERT_URL
+from chexpert_hf.hub.privacy import find_leaks, first_leak, is_absolute_path, redact_tokens
+from chexpert_hf.outputs import (
+    DATASET_DICT_JSON,
+    GENERATION_CONFIG,
+    METRICS_JSON,
+    METRICS_MD,
+    MODEL_CARD,
+    MODEL_CONFIG,
+    PREPARE_INFO_JSON,
+    PROCESSOR_FILES,
+    RECIPE_YAML,
+    RESULTS_JSONS,
+    RESUME_FILES,
+    RNG_STATE_PATTERN,
+    ROC_PNG,
+    SAFE_WEIGHTS,
+    SAFE_WEIGHTS_INDEX,
+    TRAINER_STATE,
+)
 
 StrPath = str | os.PathLike
 logger = logging.getLogger(__name__)
 
 # --- what is published -----------------------------------------------------------------------------------------
-SAFE_WEIGHTS = "model.safetensors"
-SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
-CONFIG = "config.json"
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-CARD = "README.md"
-CARD_COMPANIONS = ("roc.png", "metrics.json", "metrics.md")  # written with the card
-RESULTS = ("train_results.json", "eval_results.json", "all_results.json")
-OPTIONAL_MODEL_FILES = ("generation_config.json",)
-TRAINER_STATE = "trainer_state.json"
-RECIPE = "recipe.yaml"
-# what a checkpoint needs to resume, beside the model (never training_args.bin)
-RESUME_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")
-RESUME_PATTERNS = ("rng_state*.pth",)
+# (names from chexpert_hf.outputs; SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, PROCESSOR_FILES, TRAINER_STATE, RESUME_FILES too)
+CONFIG = MODEL_CONFIG
+CARD = MODEL_CARD
+CARD_COMPANIONS = (ROC_PNG, METRICS_JSON, METRICS_MD)  # written with the card
+RESULTS = RESULTS_JSONS
+OPTIONAL_MODEL_FILES = (GENERATION_CONFIG,)
+RECIPE = RECIPE_YAML
+# what a checkpoint needs to resume, beside the model (RESUME_FILES; never training_args.bin)
+RESUME_PATTERNS = (RNG_STATE_PATTERN,)
 
-# --- what must never be published --------------------------------------------------------------------------------
-TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
-PATIENT_PATTERN = re.compile(r"patient\d{5}", re.IGNORECASE)
+# what must never be published: the patterns of chexpert_hf.hub.privacy
 _SNIFF_BYTES = 8192
 
 
@@ -71,7 +84,7 @@ class PublishError(RuntimeError):
 
 
 def _redact(text: str, token: str | None) -> str:
-    text = TOKEN_PATTERN.sub("hf_***", text)
+    text = redact_tokens(text)
     return text.replace(token, "***") if token else text
 
 
@@ -289,7 +302,7 @@ def _write_recipe(source: Path, target: Path) -> None:
     for line in text.splitlines():
         if not line.startswith("#"):
             break
-        if not _machine_path_hits(line, ()) and not TOKEN_PATTERN.search(line):
+        if first_leak(line, machine_paths=()) is None:  # a comment that would stop the audit is dropped
             header.append(line)
     body = yaml.safe_dump(scrub(values or {}), sort_keys=False)
     target.write_text("\n".join([*header, body]) if header else body, encoding="utf-8")
@@ -310,71 +323,41 @@ def _write_trainer_state(source: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _machine_roots(forbidden_paths: Iterable[StrPath]) -> list[str]:
-    """The local paths that must not appear in a published file, each also in its resolved form."""
-    roots = {"/tmp/"}
-    for path in (_home(), os.getcwd(), *forbidden_paths):
-        for form in {os.path.abspath(os.fspath(path)), os.path.realpath(os.fspath(path))}:
-            form = form.rstrip("/\\")
-            if len(form) > 1 and form not in ("/",):
-                roots.add(form)
-    return sorted(roots, key=len, reverse=True)
+def _text_problems(text: str, tokens: Sequence[str], forbidden_paths: Sequence[StrPath], binary: bool = False
+                   ) -> list[str]:
+    """What :func:`chexpert_hf.hub.privacy.find_leaks` finds, the paths of this machine included (only those in
+    text read out of a binary file)."""
+    leaks = find_leaks(text, tokens=tokens, machine_paths=forbidden_paths, any_path=not binary)
+    return [leak.describe() for leak in leaks]
 
 
-def _machine_path_hits(text: str, forbidden_paths: Iterable[StrPath]) -> list[str]:
-    hits = []
-    for root in _machine_roots(forbidden_paths):
-        # a path, not part of a word or a URL path ("https://x.co/root" is not /root)
-        end = "" if root.endswith("/") else r"(?![\w.-])"
-        if re.search(r"(?<![\w.~-])" + re.escape(root) + end, text):
-            hits.append(root)
-    return hits
-
-
-def _line(text: str, position: int) -> int:
-    return text.count("\n", 0, position) + 1
-
-
-def _text_problems(text: str, tokens: Sequence[str], forbidden_paths: Sequence[StrPath]) -> list[str]:
-    problems = []
-    if any(token in text for token in tokens):
-        problems.append("the Hub token")
-    found = TOKEN_PATTERN.search(text)
-    if found and not any(token in text for token in tokens):
-        problems.append(f"a Hub token (line {_line(text, found.start())})")
-    for root in _machine_path_hits(text, forbidden_paths):
-        problems.append(f"an absolute path of this machine ({root})")
-    found = PATIENT_PATTERN.search(text)
-    if found:
-        problems.append(f"a CheXpert patient identifier (line {_line(text, found.start())})")
-    return problems
-
-
-def _readable_texts(path: Path) -> list[str]:
-    """The text an auditor must read in ``path``: the whole file when it is UTF-8 text, the JSON header of a
-    safetensors file, the pickles inside a ``torch.save`` zip; nothing for other binaries (images)."""
+def _readable_texts(path: Path) -> list[tuple[str, bool]]:
+    """The text an auditor must read in ``path``, each with whether it was decoded from binary data: the whole file
+    when it is UTF-8 text, the JSON header of a safetensors file, the pickles inside a ``torch.save`` zip (binary);
+    nothing for other binaries (images)."""
     if path.suffix == ".safetensors":
         with open(path, "rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
-            return [handle.read(min(size, 100_000_000)).decode("utf-8", errors="replace")]
+            return [(handle.read(min(size, 100_000_000)).decode("utf-8", errors="replace"), False)]
     with open(path, "rb") as handle:
         head = handle.read(_SNIFF_BYTES)
     if b"\x00" not in head:
         try:
-            return [path.read_bytes().decode("utf-8")]
+            return [(path.read_bytes().decode("utf-8"), False)]
         except UnicodeDecodeError:
             return []
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            return [archive.read(name).decode("latin-1") for name in archive.namelist() if name.endswith(".pkl")]
+            return [(archive.read(name).decode("latin-1"), True) for name in archive.namelist()
+                    if name.endswith(".pkl")]
     return []
 
 
 def audit_folder(folder: StrPath, *, token: str | None = None, forbidden_paths: Sequence[StrPath] = ()) -> None:
     """Raise :class:`PublishError` naming each file of ``folder`` and the kind of problem (never the token) when a
-    file holds the token (``token`` or the one stored on this machine), anything shaped like a Hub token, an absolute
-    path of this machine (home, working directory, ``/tmp/``, ``forbidden_paths``) or a CheXpert patient
-    identifier."""
+    file holds the token (``token`` or the one stored on this machine), anything shaped like an access token, an
+    absolute path (of this machine: home, working directory, ``/tmp/``, ``forbidden_paths``; or any other) or a
+    CheXpert patient identifier: the patterns of :mod:`chexpert_hf.hub.privacy`, which the model card applies too."""
     from huggingface_hub import get_token
 
     folder = Path(folder)
@@ -382,8 +365,8 @@ def audit_folder(folder: StrPath, *, token: str | None = None, forbidden_paths: 
     problems = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = path.relative_to(folder).as_posix()
-        for text in _readable_texts(path):
-            problems += [f"{relative}: {problem}" for problem in _text_problems(text, tokens, forbidden_paths)]
+        for text, binary in _readable_texts(path):
+            problems += [f"{relative}: {problem}" for problem in _text_problems(text, tokens, forbidden_paths, binary)]
     if problems:
         listed = "; ".join(dict.fromkeys(problems))
         raise PublishError(f"{folder} must not be published: {listed}")
@@ -562,7 +545,7 @@ def _prepared_counts(prepared_dir: Path) -> tuple[dict[str, int], dict[str, int]
     the source path, which is never published)."""
     from chexpert_hf.labels import CHEXPERT_LABELS
 
-    info_path = prepared_dir / "prepare_info.json"
+    info_path = prepared_dir / PREPARE_INFO_JSON
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     images = {str(k): int(v) for k, v in (info.get("images") or {}).items()}
     skipped = {str(k): int(v) for k, v in (info.get("skipped") or {}).items()}
@@ -647,7 +630,7 @@ def push_prepared_dataset(prepared_dir: StrPath, repo_id: str, *, token: str | N
     from huggingface_hub import HfApi, get_token
 
     prepared_dir = Path(prepared_dir)
-    if not (prepared_dir / "dataset_dict.json").is_file():
+    if not (prepared_dir / DATASET_DICT_JSON).is_file():
         raise PublishError(f"{prepared_dir} is not a prepared CheXpert dataset (no dataset_dict.json); run "
                            f"`chexpert-hf prepare` first and push its output folder")
     check_hub_access(token, repo_id, repo_type="dataset")
@@ -656,7 +639,7 @@ def push_prepared_dataset(prepared_dir: StrPath, repo_id: str, *, token: str | N
     if not isinstance(dataset, datasets.DatasetDict):
         raise PublishError(f"{prepared_dir} holds one split, not a prepared CheXpert DatasetDict")
     for split, part in dataset.items():
-        if "path" in part.column_names and any(_is_local_path(p) for p in part.select_columns(["path"])["path"]):
+        if "path" in part.column_names and any(is_absolute_path(p) for p in part.select_columns(["path"])["path"]):
             raise PublishError(f"{prepared_dir}: split {split} has absolute image paths in its `path` column")
 
     images, skipped, labels = _prepared_counts(prepared_dir)

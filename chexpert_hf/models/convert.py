@@ -24,7 +24,7 @@ import torch
 from transformers import AutoConfig, ViTModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-from chexpert_hf.models import resize_position_embeddings
+from chexpert_hf.models.resize import resize_position_embeddings
 from chexpert_hf.models.resnet_vit import ResNetViTConfig, ResNetViTForImageClassification
 
 _TIMM_BACKBONE_RULES = [

@@ -14,13 +14,14 @@ import dataclasses
 import difflib
 import json
 import logging
+import re
 import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -34,6 +35,7 @@ from chexpert_hf.labels import (
     UNCERTAINTY_POLICIES,
     check_label_names,
 )
+from chexpert_hf.models import FAMILIES
 from chexpert_hf.models.freeze import POLICIES
 
 logger = logging.getLogger(__name__)
@@ -48,24 +50,40 @@ def recipes_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return RECIPES_DIR
+
+
 SAMPLING = ("none", "inverse_frequency", "sqrt_inverse_frequency")
 AUGMENTATIONS = ("none", "light")
 EVAL_LEVELS = ("study", "image")
 VIEWS = ("frontal", "all")
+# The fields with a fixed set of values are typed by it: HfArgumentParser turns a Literal into argparse choices,
+# and parse_recipe checks a recipe file's values against the same choices, so no dataclass checks them again.
+FamilyName = Literal[tuple(FAMILIES)]
+View = Literal[VIEWS]
+EvalLevel = Literal[EVAL_LEVELS]
+Augmentation = Literal[AUGMENTATIONS]
+FreezePolicy = Literal[POLICIES]
+UncertaintyPolicy = Literal[tuple(UNCERTAINTY_POLICIES)]
+BlankPolicy = Literal[BLANK_POLICIES]
+Sampling = Literal[SAMPLING]
+# How a field with choices is named in the error for a value outside them (otherwise by its own name).
+CHOICE_NAMES = {"family": "model family", "freeze_policy": "freeze policy", "uncertainty_policy": "uncertainty policy",
+                "blank_policy": "blank policy"}
 
 
 class ConfigurationError(ValueError):
     """A recipe asks for a combination that cannot work (reported in one line, without a traceback)."""
 
 
-def _choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+def choice_error(field_name: str, value: Any, choices: Sequence[Any]) -> str:
+    """The one message for a value outside a field's choices, whether it came from a flag or a recipe file."""
+    name = CHOICE_NAMES.get(field_name, field_name)
+    return f"unknown {name} {value!r}; choose one of: {', '.join(str(choice) for choice in choices)}"
 
 
 @dataclass
 class ModelArguments:
-    family: str = field(
+    family: FamilyName = field(
         default="vit", metadata={"help": "model family: vit, swin, deit, resnet_vit or densenet121"}
     )
     variant: str | None = field(
@@ -92,11 +110,9 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        from chexpert_hf.models import FAMILIES
-
-        _choice("model family", self.family, list(FAMILIES))
-        if self.variant is not None:
-            _choice(f"{self.family} variant", self.variant, list(FAMILIES[self.family].variants))
+        variants = list(FAMILIES[self.family].variants) if self.family in FAMILIES else []
+        if self.variant is not None and variants and self.variant not in variants:  # depends on family: checked here
+            raise ValueError(f"unknown {self.family} variant {self.variant!r}; choose one of: {', '.join(variants)}")
         if isinstance(self.config_overrides, str):
             try:
                 self.config_overrides = json.loads(self.config_overrides)
@@ -127,11 +143,11 @@ class DataArguments:
         metadata={"help": "'official' (CheXpert's valid.csv) or 'patients:<fraction>' (a patient-disjoint "
                   "share of train)"},
     )
-    views: str = field(default="frontal", metadata={"help": "'frontal' (the usual benchmark) or 'all'"})
-    eval_level: str = field(
+    views: View = field(default="frontal", metadata={"help": "'frontal' (the usual benchmark) or 'all'"})
+    eval_level: EvalLevel = field(
         default="study", metadata={"help": "'study' (max over a study's views, as the CheXpert paper) or 'image'"}
     )
-    augmentation: str = field(
+    augmentation: Augmentation = field(
         default="none",
         metadata={"help": "'none' or 'light' (small rotation, scale and shift; never a flip: laterality matters)"},
     )
@@ -177,9 +193,6 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        _choice("views", self.views, VIEWS)
-        _choice("eval_level", self.eval_level, EVAL_LEVELS)
-        _choice("augmentation", self.augmentation, AUGMENTATIONS)
         if self.prepare_num_proc is not None and self.prepare_num_proc < 1:
             raise ValueError(f"prepare_num_proc must be at least 1, got {self.prepare_num_proc}")
         self.validation_fraction()
@@ -203,24 +216,24 @@ class DataArguments:
 
 @dataclass
 class PolicyArguments:
-    freeze_policy: str = field(
+    freeze_policy: FreezePolicy = field(
         default="full", metadata={"help": "what trains: 'head', 'last_block' (head + last block) or 'full'"}
     )
     layer_decay: float = field(
         default=1.0, metadata={"help": "layer-wise learning-rate decay (1 = off); depth d gets lr * decay**(top-d)"}
     )
-    uncertainty_policy: str = field(
+    uncertainty_policy: UncertaintyPolicy = field(
         default="u_mixed",
         metadata={"help": "what uncertain (-1) labels become: " + ", ".join(UNCERTAINTY_POLICIES)
                   + " (u_mixed: U-Ones for Atelectasis and Edema, U-Zeros for the rest)"},
     )
-    blank_policy: str = field(
+    blank_policy: BlankPolicy = field(
         default="negative", metadata={"help": "what blank labels become: 'negative' or 'mask' (left out of the loss)"}
     )
-    sampling: str = field(
+    sampling: Sampling = field(
         default="none",
         metadata={"help": "training sampler: 'none' (shuffle), 'inverse_frequency' or 'sqrt_inverse_frequency' "
-                  "(weighted draws with replacement; formula in chexpert_hf/training/trainer.py)"},
+                  "(weighted draws with replacement; formula in chexpert_hf/training/sampling.py)"},
     )
     pos_weight: str = field(
         default="none",
@@ -229,10 +242,6 @@ class PolicyArguments:
     )
 
     def __post_init__(self) -> None:
-        _choice("freeze policy", self.freeze_policy, POLICIES)
-        _choice("uncertainty policy", self.uncertainty_policy, list(UNCERTAINTY_POLICIES))
-        _choice("blank policy", self.blank_policy, BLANK_POLICIES)
-        _choice("sampling", self.sampling, SAMPLING)
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         self.pos_weight_values()
@@ -374,16 +383,63 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
     return values
 
 
-def _parser() -> HfArgumentParser:
-    parser = HfArgumentParser(
+# The fields most runs change, shown first in ``chexpert-hf train --help`` (after --recipe and --config).
+COMMON_FIELDS = ("output_dir", "data_dir", "family", "variant", "model_name_or_path", "labels", "freeze_policy",
+                 "learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "resume_from_checkpoint")
+_GROUPS = ((ModelArguments, "model"), (DataArguments, "data"),
+           (PolicyArguments, "policies (uncertain and blank labels, loss, sampling)"),
+           (CheXpertTrainingArguments, "Transformers TrainingArguments (the defaults chosen for CheXpert)"))
+
+
+class _OneSpelling(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag by its recipe-field spelling (``--data_dir``); the hyphenated twin still parses."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            return super()._format_action_invocation(action)
+        if action.nargs == 0:
+            return action.option_strings[0]
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{action.option_strings[0]} {metavar}"
+
+
+class RecipeParser(HfArgumentParser):
+    """The recipe fields as flags, whose every error is one line (a ValueError) rather than the full usage."""
+
+    def error(self, message: str):
+        # "argument --use_cpu/--use-cpu: ..." names the flag once, as the help does
+        raise ValueError(re.sub(r"^argument (--[\w-]+)(?:/--[\w-]+)*: ", r"\1: ", message))
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(None, choice_error(action.dest, value, action.choices))
+
+
+def _parser() -> RecipeParser:
+    """The one parser of ``chexpert-hf train``: --recipe and --config, the common fields, then one group per
+    dataclass (HfArgumentParser lists every field in one group, in dataclass order, --recipe last)."""
+    parser = RecipeParser(
         DATACLASSES,
         prog="chexpert-hf train",
+        usage="chexpert-hf train [--recipe NAME | --config FILE] [--field value ...]",
+        formatter_class=_OneSpelling,
         allow_abbrev=False,  # --learning_rat 3 must be an error, not learning_rate=3
         description="Fine-tune a model on CheXpert. A recipe (--recipe NAME or --config FILE) gives the fields; "
-        "every field below is also a flag, and a flag overrides the recipe.",
+        "every field below is also a flag, and a flag overrides the recipe. Docs: docs/training.md",
     )
-    parser.add_argument("--recipe", help="a recipe in recipes/ by name: " + ", ".join(available_recipes()))
-    parser.add_argument("--config", help="a recipe YAML file anywhere")
+    parser.add_argument("--recipe", metavar="NAME",
+                        help="a recipe in recipes/ by name: " + ", ".join(available_recipes()))
+    parser.add_argument("--config", metavar="FILE", help="a recipe YAML file anywhere")
+    options = parser._optionals
+    options.title = "recipe"
+    common = parser.add_argument_group("most used fields")
+    groups = {dc: parser.add_argument_group(title) for dc, title in _GROUPS}
+    owner = {item.name: dc for dc in DATACLASSES for item in dataclasses.fields(dc)}
+    fields = [action for action in options._group_actions if action.dest in owner]
+    options._group_actions[:] = [action for action in options._group_actions if action.dest not in owner]
+    for action in fields:
+        (common if action.dest in COMMON_FIELDS else groups[owner[action.dest]])._group_actions.append(action)
+    common._group_actions.sort(key=lambda action: COMMON_FIELDS.index(action.dest))
     return parser
 
 
@@ -392,45 +448,73 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def _coerce(key: str, value: Any, action: argparse.Action, source: str) -> Any:
-    """A YAML value through the flag's own type (so ``lr: 1e-4``, which YAML reads as a string, is a float)."""
+    """A YAML value through the flag's own type (so ``lr: 1e-4``, which YAML reads as a string, is a float), and
+    checked against the flag's choices, as a flag's value is."""
     convert = action.type
     if convert is str and isinstance(value, bool | int | float):  # `resume_from_checkpoint: true`, `pos_weight: 3`
-        return str(value).lower() if isinstance(value, bool) else str(value)
-    if not isinstance(value, str) or convert in (None, str) or not callable(convert):
-        return value
-    try:
-        return convert(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: key {key!r} has value {value!r}, which is not valid: {error}") from None
+        value = str(value).lower() if isinstance(value, bool) else str(value)
+    elif isinstance(value, str) and convert not in (None, str) and callable(convert):
+        try:
+            value = convert(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            raise ValueError(f"{source}: key {key!r} has value {value!r}, which is not valid: {error}") from None
+    if action.choices is not None and value is not None and value not in action.choices:
+        raise ValueError(f"{source}: {choice_error(key, value, action.choices)}")
+    return value
+
+
+def _unknown_flag(extras: Sequence[str], fields: Sequence[str]) -> str:
+    """One line for what the parser does not know, with the closest field as for a recipe file's keys."""
+    flags = [token for token in extras if token.startswith("-")]
+    if not flags:
+        return f"unexpected argument(s) {' '.join(extras)}: fields are given as --field value"
+    name = flags[0].lstrip("-").split("=", 1)[0].replace("-", "_")
+    hint = difflib.get_close_matches(name, fields, n=1)
+    return f"unknown field {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                                         "; `chexpert-hf train --help` lists the fields")
+
+
+def _given(argv: Sequence[str], parser: argparse.ArgumentParser) -> set[str]:
+    """The fields named on the command line (every flag is spelt out: abbreviations are refused)."""
+    dests = set()
+    for token in argv:
+        action = parser._option_string_actions.get(token.split("=", 1)[0]) if token.startswith("--") else None
+        if action is not None:
+            dests.add(action.dest)
+    return dests
 
 
 def parse_recipe(argv: Sequence[str] | None = None) -> Recipe:
-    """The recipe named on the command line, overridden by the other flags, as dataclasses."""
+    """The recipe named on the command line, overridden by the other flags, as dataclasses.
+
+    One parser, one pass: the recipe file's values (checked and typed as flags are) become the parser's defaults,
+    and the flags override them. An unknown key or flag is an error that names the closest field."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        _parser().parse_args(argv)  # prints the help and exits
-    selector = argparse.ArgumentParser(add_help=False)
-    selector.add_argument("--recipe")
-    selector.add_argument("--config")
-    chosen, rest = selector.parse_known_args(argv)
-    if chosen.recipe and chosen.config:
+    parser = _parser()
+    selector = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    selector.add_argument("--recipe", action="append")
+    selector.add_argument("--config", action="append")
+    chosen, _ = selector.parse_known_args(argv)
+    asks_help = "-h" in argv or "--help" in argv
+    if len(chosen.recipe or ()) + len(chosen.config or ()) > 1 and not asks_help:
         raise ValueError("give either --recipe NAME or --config FILE, not both")
+    recipe, config = (chosen.recipe or [None])[-1], (chosen.config or [None])[-1]
     values: dict[str, Any] = {}
     name, source = "defaults", "command line"
-    if chosen.recipe:
+    if recipe:
         known = available_recipes()
         if not known:
             raise ValueError(f"no recipes found in {recipes_dir()}: the recipes/ folder comes with the source "
                              f"checkout (git clone, then pip install -e .); or give --config PATH")
-        if chosen.recipe not in known:
-            raise ValueError(f"unknown recipe {chosen.recipe!r}; available: {', '.join(known)}")
-        path = recipes_dir() / f"{chosen.recipe}.yaml"
-        values, name, source = read_recipe_file(path), chosen.recipe, str(path)
-    elif chosen.config:
-        path = Path(chosen.config)
+        if recipe not in known:
+            raise ValueError(f"unknown recipe {recipe!r}; available: {', '.join(known)}")
+        path = recipes_dir() / f"{recipe}.yaml"
+        values, name, source = read_recipe_file(path), recipe, str(path)
+    elif config:
+        path = Path(config)
         values, name, source = read_recipe_file(path), path.stem, str(path)
 
-    actions = _actions(_parser())
+    actions = _actions(parser)
     unknown = [key for key in values if key not in actions]
     if unknown:
         hints = {key: difflib.get_close_matches(key, actions, n=1) for key in unknown}
@@ -438,15 +522,11 @@ def parse_recipe(argv: Sequence[str] | None = None) -> Recipe:
                               for key, hint in hints.items())
         raise ValueError(f"{source}: unknown key(s) {described}; `chexpert-hf train --help` lists the fields")
     values = {key: _coerce(key, value, actions[key], source) for key, value in values.items()}
-
-    overrides = _parser()
-    for action in overrides._actions:
-        if action.dest != "help":
-            action.default, action.required = argparse.SUPPRESS, False
-    given = vars(overrides.parse_args(rest))
-    given.pop("recipe", None)
-    given.pop("config", None)
-    values.update(given)
+    parser.set_defaults(**values)  # `--help` with a recipe shows its values as the defaults
+    namespace, extras = parser.parse_known_args(argv)
+    if extras:
+        raise ValueError(_unknown_flag(extras, list(actions)))
+    values.update({dest: getattr(namespace, dest) for dest in _given(argv, parser) & set(actions)})
     values.setdefault("output_dir", str(Path("outputs") / name))
-    model, data, policy, training = _parser().parse_dict(values)
+    model, data, policy, training = parser.parse_dict(values)
     return Recipe(model, data, policy, training, name, values)

@@ -55,6 +55,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from chexpert_hf.data.loading import DecodeCollator, LabelledImages, cache_lock
 from chexpert_hf.data.transforms import to_float
 from chexpert_hf.models import checkpoint_name, classifier, input_channels
+from chexpert_hf.outputs import PREPARE_INFO_JSON
 from chexpert_hf.utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def config_fingerprint(model: PreTrainedModel) -> str:
 def dataset_fingerprint(prepared: str | os.PathLike) -> str:
     """The prepared dataset: its folder and the contents of its ``prepare_info.json`` (source, size, counts)."""
     prepared = Path(prepared).expanduser().resolve()
-    info = prepared / "prepare_info.json"
+    info = prepared / PREPARE_INFO_JSON
     digest = hashlib.sha256(str(prepared).encode())
     if info.is_file():
         digest.update(info.read_bytes())

@@ -1,4 +1,5 @@
-"""The training job, top to bottom: seed, data, model, freeze, trainer, train, evaluate, save, card, push.
+"""The training job, top to bottom: seed, data, model, freeze, trainer, train, evaluate, report and card, save and
+push; :func:`run` is that recipe, one short call per stage, and the stages follow it in the same order.
 
     accelerate launch [--config_file accelerate_configs/X.yaml] recipes/train.py --recipe NAME [--field value ...]
     chexpert-hf train --recipe NAME [--field value ...]          # the same, without accelerate launch
@@ -17,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -33,24 +32,245 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from chexpert_hf.data.loading import DecodeCollator, load_training_splits, resolve_prepared
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from chexpert_hf.evaluation.reports import scores_table, write_reports
-from chexpert_hf.hub.model_card import CardInfo, write_model_card
-from chexpert_hf.models import FAMILIES, build_model, checkpoint_name, input_channels
+from chexpert_hf.hub.model_card import write_model_card
+from chexpert_hf.models import build_model, input_channels
 from chexpert_hf.models.freeze import apply_freeze_policy
-from chexpert_hf.outputs import METRICS_JSON, METRICS_MD, ROC_PNG, RUN_INFO
+from chexpert_hf.outputs import (
+    BENCHMARK_RUN,
+    METRICS_JSON,
+    METRICS_MD,
+    MODEL_CARD,
+    MODEL_CONFIG,
+    PROCESSOR_FILES,
+    PYTORCH_WEIGHTS,
+    RECIPE_YAML,
+    RESULTS_JSONS,
+    ROC_PNG,
+    RUN_INFO,
+    SAFE_WEIGHTS,
+    TRAINER_STATE,
+    TRAINING_ARGS_BIN,
+)
 from chexpert_hf.training.arguments import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from chexpert_hf.training.distributed import end_process_group_at_exit
 from chexpert_hf.training.feature_cache import FeatureHeadModel, attach_cached_features, default_root, feature_cache
 from chexpert_hf.training.fsdp import apply_fsdp_wrap_policy
-from chexpert_hf.training.trainer import (
-    CheXpertTrainer,
-    NonFiniteLossError,
-    balanced_pos_weight,
-    sample_weights,
-    weights_fingerprint,
-)
+from chexpert_hf.training.losses import balanced_pos_weight
+from chexpert_hf.training.nonfinite import NonFiniteLossError
+from chexpert_hf.training.run_info import card_info_from_run, collect_run_info, mixed_precision
+from chexpert_hf.training.sampling import sample_weights
+from chexpert_hf.training.trainer import CheXpertTrainer, weights_fingerprint
 from chexpert_hf.utils import write_text
 
 logger = logging.getLogger("chexpert_hf")
+
+
+def run(recipe: Recipe) -> dict[str, float]:
+    """Train and evaluate as ``recipe`` says; returns the final evaluation metrics."""
+    model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
+    # --- setup: logging, CPU threads, the checkpoint to resume, Hub access, the output folder ------------------
+    _setup_logging(recipe)
+    labels = model_args.label_names()
+    threads = _cpu_threads(args)
+    resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.do_train else None
+    if args.push_to_hub:  # fail now, not after hours of training: the token must be able to write to the repo
+        _check_push_access(args)
+    if not resume:
+        _claim_output_dir(args)
+
+    # --- seed ----------------------------------------------------------------------------------------------
+    set_seed(args.seed, deterministic=args.full_determinism)
+
+    # --- data ----------------------------------------------------------------------------------------------
+    prepared, splits = _load_data(recipe, labels)
+
+    # --- model ---------------------------------------------------------------------------------------------
+    built = _build_model(recipe, labels)
+
+    # --- freeze --------------------------------------------------------------------------------------------
+    summary = apply_freeze_policy(built.model, model_args.family, policy.freeze_policy)
+    logger.info("%s", summary)
+    _check_image_caches(recipe, built, splits)
+
+    # --- trainer -------------------------------------------------------------------------------------------
+    scorer = SplitScorer(splits.validation.raw, splits.validation.study_ids, labels, data_args.eval_level)
+    trainer = _build_trainer(recipe, built, splits, scorer, labels)
+    extraction_seconds = _cache_features(recipe, built, splits, prepared, trainer) if data_args.cache_features else None
+    if trainer.is_world_process_zero():
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / RECIPE_YAML).write_text(recipe.to_yaml())
+
+    # --- train ---------------------------------------------------------------------------------------------
+    if args.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(args.device)
+    train_metrics, training_history = _train(trainer, resume) if args.do_train else ({}, [])
+
+    # --- evaluate (with bootstrap confidence intervals) ------------------------------------------------------
+    metrics, scores = _evaluate(trainer, scorer)
+
+    # --- report and card (first: a save with push_to_hub publishes the card) -------------------------------
+    if trainer.is_world_process_zero() and scores is not None:
+        _write_reports(recipe, built, scorer, scores, labels)
+        if args.do_train:
+            info = card_info_from_run(recipe, built, summary, splits, scores, train_metrics.get("train_runtime"),
+                                      threads)
+            write_model_card(args.output_dir, info)
+
+    # --- save and push ---------------------------------------------------------------------------------------
+    # The model (safetensors, config.json) and the image processor. With push_to_hub, Trainer.save_model also
+    # publishes the folder (staged: see chexpert_hf.hub.staging), which is why the card is written first.
+    if args.do_train:
+        trainer.save_model()
+        if trainer.is_world_process_zero():
+            info = collect_run_info(recipe, built, summary, train_metrics, training_history, threads,
+                                    extraction_seconds, resume)
+            write_text(Path(args.output_dir) / RUN_INFO, json.dumps(info, indent=2) + "\n")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stages, in run()'s order
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_push_access(args) -> None:
+    """Stop before training when the token cannot write to the repository the run will push to."""
+    from chexpert_hf.hub.push import check_hub_access, trainer_repo_id
+
+    repo_id = trainer_repo_id(args.hub_model_id, args.output_dir)
+    user = check_hub_access(args.hub_token, repo_id=repo_id)
+    logger.info("will push to the Hub as %s: %s (hub_strategy %s)", user, repo_id,
+                getattr(args.hub_strategy, "value", args.hub_strategy))
+
+
+def _load_data(recipe: Recipe, labels: list[str]):
+    """The prepared dataset's folder and the training and validation splits the recipe asks for."""
+    data_args, policy, args = recipe.data, recipe.policy, recipe.training
+    # Every process resolves the data: the first to lock the cache entry prepares it, the others wait on the lock
+    # (a collective barrier would give up after ddp_timeout while a raw CheXpert tree is prepared).
+    prepared = resolve_prepared(
+        data_args.data_dir,
+        cache_dir=data_args.data_cache_dir,
+        image_size=data_args.prepare_image_size,
+        synthetic=(data_args.synthetic_patients, data_args.synthetic_valid_patients, data_args.synthetic_seed),
+        num_proc=data_args.prepare_num_proc,
+    )
+    splits = load_training_splits(
+        prepared,
+        labels,
+        validation_fraction=data_args.validation_fraction(),
+        views=data_args.views,
+        uncertainty_policy=policy.uncertainty_policy,
+        blank_policy=policy.blank_policy,
+        seed=args.seed,
+        max_train_samples=data_args.max_train_samples,
+        max_eval_samples=data_args.max_eval_samples,
+    )
+    logger.info("data %s: %d training and %d validation images (%s views), labels %s",
+                prepared, len(splits.train), len(splits.validation), data_args.views, labels)
+    return prepared, splits
+
+
+def _build_model(recipe: Recipe, labels: list[str]):
+    model_args = recipe.model
+    built = build_model(
+        model_args.family,
+        model_name_or_path=model_args.model_name_or_path,
+        variant=model_args.variant,
+        labels=labels,
+        image_size=model_args.image_size,
+        from_scratch=model_args.from_scratch,
+        config_overrides=model_args.config_overrides,
+    )
+    logger.info("model %s (%s) from %s at %d px", model_args.family, built.variant, built.source, built.image_size)
+    return built
+
+
+def _check_image_caches(recipe: Recipe, built, splits) -> None:
+    """``decode_cache``: decode every image now (when this machine's memory holds them); ``cache_features``:
+    refuse the settings it cannot honour. Both need the built model (its image size, its trainable part)."""
+    data_args, policy, args = recipe.data, recipe.policy, recipe.training
+    if data_args.decode_cache:
+        check_decode_cache_memory([len(splits.train), len(splits.validation)], built.image_size,
+                                  _local_processes(args))
+        for split in (splits.train, splits.validation):
+            split.decode_all(built.image_size)
+
+    if data_args.cache_features:
+        if policy.freeze_policy != "head":
+            raise ConfigurationError(f"cache_features needs freeze_policy: head (the features of a backbone that "
+                                     f"trains change every step); this recipe has {policy.freeze_policy!r}")
+        if data_args.augmentation != "none":
+            logger.warning("augmentation %r does not apply with cache_features: the features are computed once, "
+                           "from unaugmented images", data_args.augmentation)
+        if args.gradient_checkpointing:
+            raise ConfigurationError("gradient_checkpointing has nothing to save when only a head trains on cached "
+                                     "features: turn it off")
+
+
+def _build_trainer(recipe: Recipe, built, splits, scorer: SplitScorer, labels: list[str]) -> CheXpertTrainer:
+    model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
+    trainer = CheXpertTrainer(
+        model=FeatureHeadModel(built.model) if data_args.cache_features else built.model,
+        args=args,
+        train_dataset=splits.train,
+        eval_dataset=splits.validation,
+        data_collator=DecodeCollator(built.image_size),
+        processing_class=built.processor,
+        compute_metrics=scorer,
+        family=model_args.family,
+        image_mean=built.processor.image_mean,
+        image_std=built.processor.image_std,
+        num_channels=input_channels(built.model),
+        sample_weights=None if policy.sampling == "none" else sample_weights(splits.train.targets, policy.sampling),
+        pos_weight=_pos_weight(policy, splits.train.targets, labels),
+        layer_decay=policy.layer_decay,
+        augmentation=data_args.augmentation,
+    )
+    # FSDP shards exactly the family's transformer block (the registry says which; DenseNet is refused)
+    apply_fsdp_wrap_policy(trainer.accelerator, model_args.family)
+    return trainer
+
+
+def _train(trainer: CheXpertTrainer, resume: str | None) -> tuple[dict, list[dict]]:
+    """Train (from ``resume`` when given); returns the training metrics and the log history before the final
+    evaluation adds its own entry."""
+    if resume:
+        logger.info("resuming from %s", resume)
+        trainer.finite_guard.last_checkpoint = resume
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_metrics, training_history = dict(result.metrics), list(trainer.state.log_history)
+    check_same_weights(trainer)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return train_metrics, training_history
+
+
+def _evaluate(trainer: CheXpertTrainer, scorer: SplitScorer) -> tuple[dict[str, float], dict | None]:
+    """The final evaluation, with bootstrap intervals; returns its metrics and the scorer's scores (printed)."""
+    scorer.n_bootstrap, scorer.seed = BOOTSTRAP_RESAMPLES, trainer.args.seed
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    scores = scorer.last_scores
+    if trainer.is_world_process_zero() and scores is not None:
+        print(scores_table(scores), flush=True)
+    return metrics, scores
+
+
+def _write_reports(recipe: Recipe, built, scorer: SplitScorer, scores: dict, labels: list[str]) -> None:
+    model_args, data_args = recipe.model, recipe.data
+    write_reports(recipe.training.output_dir, scores, *scorer.last_scored, labels,
+                  title=f"CheXpert validation: {recipe.name}",
+                  details=[f"model: {model_args.family} ({built.variant}), freeze policy {recipe.policy.freeze_policy}",
+                           f"validation: {data_args.validation_split}, {data_args.views} views"],
+                  extra={"split": "validation", "level": data_args.eval_level})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the stages use
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def _setup_logging(recipe: Recipe) -> None:
@@ -77,6 +297,7 @@ def _cpu_threads(args) -> int | None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = max(1, cpus // _local_processes(args))
     torch.set_num_threads(threads)
+    logger.info("training on the CPU with %d thread(s) per process, %d process(es)", threads, args.world_size)
     return threads
 
 
@@ -113,9 +334,9 @@ def check_decode_cache_memory(rows: Sequence[int], image_size: int, processes: i
     return per_process
 
 
-RUN_MARKERS = ("model.safetensors", "pytorch_model.bin", "trainer_state.json", RUN_INFO, METRICS_JSON)
-RUN_FILES = (*RUN_MARKERS, "config.json", "preprocessor_config.json", "recipe.yaml", "README.md", "training_args.bin",
-             "train_results.json", "eval_results.json", "all_results.json", METRICS_MD, ROC_PNG, "benchmark_run.json")
+RUN_MARKERS = (SAFE_WEIGHTS, PYTORCH_WEIGHTS, TRAINER_STATE, RUN_INFO, METRICS_JSON)
+RUN_FILES = (*RUN_MARKERS, MODEL_CONFIG, PROCESSOR_FILES[0], RECIPE_YAML, MODEL_CARD, TRAINING_ARGS_BIN, *RESULTS_JSONS,
+             METRICS_MD, ROC_PNG, BENCHMARK_RUN)
 
 
 def _earlier_run(output_dir: Path) -> list[str]:
@@ -191,149 +412,6 @@ def _pos_weight(policy: PolicyArguments, targets: np.ndarray, labels: list[str])
     return values
 
 
-def _hardware(args, threads: int | None) -> str:
-    """What the run trained on, for the card: GPU model and count, or the CPU and its threads."""
-    if args.device.type == "cuda":
-        return f"{args.world_size} × {torch.cuda.get_device_name(args.device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"CPU ({cpu}), {args.world_size} process(es) × {threads or torch.get_num_threads()} thread(s)"
-
-
-def _precision(args) -> str:
-    """``bf16``, ``fp16`` or ``fp32``: the training arguments' mixed precision."""
-    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-
-
-def _peak_memory(device: torch.device) -> tuple[float, str]:
-    """Peak memory of this process in MiB and what was measured: CUDA memory allocated by tensors since training
-    began, or on the CPU the peak resident set size of the whole process (data preparation included)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"  # Linux reports KiB
-
-
-def _variant_label(recipe: Recipe, built) -> str:
-    """The variant as a table should name it: ``base``/``large`` for a family's own configuration or checkpoint;
-    ``custom`` for a configuration with overrides; the folder name or Hub id of any other checkpoint."""
-    if recipe.model.from_scratch:
-        return "custom" if recipe.model.config_overrides else built.variant
-    if built.source == FAMILIES[recipe.model.family].variants[built.variant].checkpoint:
-        return built.variant
-    return checkpoint_name(built.source) or built.variant
-
-
-def _run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: list[dict], threads: int | None,
-              extraction_seconds: float | None, resumed_from: str | None = None) -> dict:
-    """What the run cost, for ``run_info.json``. Training images/s leaves out the evaluations inside training; a
-    resumed run has none (its time covers only the part after the checkpoint, its history the whole run)."""
-    args = recipe.training
-    runtime = float(train_metrics.get("train_runtime", 0.0))
-    eval_seconds = sum(float(entry.get("eval_runtime", 0.0)) for entry in log_history)
-    images = float(train_metrics.get("train_samples_per_second", 0.0)) * runtime
-    step_seconds = runtime - eval_seconds
-    peak, kind = _peak_memory(args.device)
-    total = summary.trainable_params + summary.frozen_params
-    return {
-        "recipe": recipe.name,
-        "family": recipe.model.family,
-        "variant": _variant_label(recipe, built),
-        "freeze_policy": recipe.policy.freeze_policy,
-        "seed": args.seed,
-        "image_size": built.image_size,
-        "trainable_parameters": summary.trainable_params,
-        "total_parameters": total,
-        "trainable_share": summary.trainable_params / total if total else 0.0,
-        "train_seconds": runtime,
-        "eval_seconds_in_training": eval_seconds,
-        "train_images": round(images),
-        "train_images_per_second": images / step_seconds if step_seconds > 0 and not resumed_from else None,
-        "resumed_from": Path(resumed_from).name if resumed_from else None,
-        "feature_extraction_seconds": extraction_seconds,
-        "peak_memory_mib": peak,
-        "peak_memory_kind": kind,
-        "precision": _precision(args),
-        "world_size": args.world_size,
-        "hardware": _hardware(args, threads),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _base_model(source: str) -> str | None:
-    """The Hub id the weights started from; None for random weights or a local folder (no local path in a card)."""
-    candidate = source.split(" + ")[-1]  # the hybrid built from two checkpoints: its ViT encoder's
-    if source == "config" or Path(candidate).exists() or not _HUB_ID.match(candidate):
-        return None
-    return candidate
-
-
-def _card_info(recipe: Recipe, built, summary, splits, scores: dict, train_seconds: float | None,
-               threads: int | None) -> CardInfo:
-    model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
-    synthetic = not data_args.data_dir
-    if synthetic:
-        described = (f"synthetic CheXpert from chexpert_hf's generator ({data_args.synthetic_patients:,} training "
-                     f"and {data_args.synthetic_valid_patients:,} validation patients, seed {data_args.synthetic_seed})"
-                     f", prepared at {data_args.prepare_image_size} px")
-    else:
-        described = f"{Path(data_args.data_dir).name}, prepared at {data_args.prepare_image_size} px"
-    fraction = data_args.validation_fraction()
-    precision = _precision(args)
-    hyperparameters = {
-        "optimizer": f"{args.optim.value if hasattr(args.optim, 'value') else args.optim}",
-        "learning_rate": args.learning_rate,
-        "layer_decay": policy.layer_decay,
-        "weight_decay": args.weight_decay,
-        "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
-        "warmup_steps": args.warmup_steps,
-        "epochs": args.num_train_epochs,
-        "per_device_batch_size": args.per_device_train_batch_size,
-        "effective_batch_size": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
-        "augmentation": data_args.augmentation,
-        "precision": precision,
-        "seed": args.seed,
-    }
-    return CardInfo(
-        model_name=(args.hub_model_id or Path(args.output_dir).resolve().name).split("/")[-1],
-        family=model_args.family,
-        variant=built.variant,
-        base_model=_base_model(built.source),
-        freeze_policy=policy.freeze_policy,
-        trainable_parameters=summary.trainable_params,
-        total_parameters=summary.trainable_params + summary.frozen_params,
-        image_size=built.image_size,
-        labels=list(splits.validation.label_names),
-        uncertainty_policy=policy.uncertainty_policy,
-        blank_policy=policy.blank_policy,
-        sampling=policy.sampling,
-        pos_weight=policy.pos_weight,
-        hyperparameters=hyperparameters,
-        hardware=_hardware(args, threads),
-        wall_time_seconds=train_seconds,
-        synthetic_data=synthetic,
-        dataset_id="chexpert-synthetic" if synthetic else "chexpert",
-        dataset_description=described,
-        views=data_args.views,
-        split_sizes={"train": len(splits.train), "validation": len(splits.validation)},
-        evaluated_split="validation" if fraction is None else f"validation (held-out {fraction:g} of patients)",
-        eval_level=data_args.eval_level,
-        metrics=scores,
-        repo_id=args.hub_model_id if args.push_to_hub else None,
-        trust_remote_code=model_args.family == "resnet_vit",
-    )
-
-
 def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheXpertTrainer) -> float:
     """Give the training and validation sets the frozen backbone's features (from the cache, or computed now by the
     main process and stored); returns the seconds this process spent extracting."""
@@ -341,7 +419,7 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         raise ConfigurationError("cache_features trains a head of a few thousand weights: run it with DDP or one "
                                  "device (accelerate_configs/single_gpu.yaml), not FSDP or DeepSpeed")
-    precision = _precision(args)
+    precision = mixed_precision(args)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model = built.model.to(args.device)
     cache = feature_cache(model, recipe.model.family, built.source, built.image_size, built.processor.image_mean,
@@ -364,159 +442,6 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
     return result.seconds
 
 
-def run(recipe: Recipe) -> dict[str, float]:
-    """Train and evaluate as ``recipe`` says; returns the final evaluation metrics."""
-    model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
-    _setup_logging(recipe)
-    labels = model_args.label_names()
-
-    threads = _cpu_threads(args)
-    if threads is not None:
-        logger.info("training on the CPU with %d thread(s) per process, %d process(es)", threads, args.world_size)
-
-    resume = _resume_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.do_train else None
-    if args.push_to_hub:  # fail now, not after hours of training: the token must be able to write to the repo
-        from chexpert_hf.hub.push import check_hub_access, trainer_repo_id
-
-        repo_id = trainer_repo_id(args.hub_model_id, args.output_dir)
-        user = check_hub_access(args.hub_token, repo_id=repo_id)
-        logger.info("will push to the Hub as %s: %s (hub_strategy %s)", user, repo_id,
-                    getattr(args.hub_strategy, "value", args.hub_strategy))
-    if not resume:
-        _claim_output_dir(args)
-
-    # --- seed ----------------------------------------------------------------------------------------------
-    set_seed(args.seed, deterministic=args.full_determinism)
-
-    # --- data ----------------------------------------------------------------------------------------------
-    # Every process resolves the data: the first to lock the cache entry prepares it, the others wait on the lock
-    # (a collective barrier would give up after ddp_timeout while a raw CheXpert tree is prepared).
-    prepared = resolve_prepared(
-        data_args.data_dir,
-        cache_dir=data_args.data_cache_dir,
-        image_size=data_args.prepare_image_size,
-        synthetic=(data_args.synthetic_patients, data_args.synthetic_valid_patients, data_args.synthetic_seed),
-        num_proc=data_args.prepare_num_proc,
-    )
-    splits = load_training_splits(
-        prepared,
-        labels,
-        validation_fraction=data_args.validation_fraction(),
-        views=data_args.views,
-        uncertainty_policy=policy.uncertainty_policy,
-        blank_policy=policy.blank_policy,
-        seed=args.seed,
-        max_train_samples=data_args.max_train_samples,
-        max_eval_samples=data_args.max_eval_samples,
-    )
-    logger.info("data %s: %d training and %d validation images (%s views), labels %s",
-                prepared, len(splits.train), len(splits.validation), data_args.views, labels)
-
-    # --- model ---------------------------------------------------------------------------------------------
-    built = build_model(
-        model_args.family,
-        model_name_or_path=model_args.model_name_or_path,
-        variant=model_args.variant,
-        labels=labels,
-        image_size=model_args.image_size,
-        from_scratch=model_args.from_scratch,
-        config_overrides=model_args.config_overrides,
-    )
-    logger.info("model %s (%s) from %s at %d px", model_args.family, built.variant, built.source, built.image_size)
-
-    # --- freeze --------------------------------------------------------------------------------------------
-    summary = apply_freeze_policy(built.model, model_args.family, policy.freeze_policy)
-    logger.info("%s", summary)
-
-    if data_args.decode_cache:
-        check_decode_cache_memory([len(splits.train), len(splits.validation)], built.image_size,
-                                  _local_processes(args))
-        for split in (splits.train, splits.validation):
-            split.decode_all(built.image_size)
-
-    if data_args.cache_features:
-        if policy.freeze_policy != "head":
-            raise ConfigurationError(f"cache_features needs freeze_policy: head (the features of a backbone that "
-                                     f"trains change every step); this recipe has {policy.freeze_policy!r}")
-        if data_args.augmentation != "none":
-            logger.warning("augmentation %r does not apply with cache_features: the features are computed once, "
-                           "from unaugmented images", data_args.augmentation)
-        if args.gradient_checkpointing:
-            raise ConfigurationError("gradient_checkpointing has nothing to save when only a head trains on cached "
-                                     "features: turn it off")
-
-    # --- trainer -------------------------------------------------------------------------------------------
-    scorer = SplitScorer(splits.validation.raw, splits.validation.study_ids, labels, data_args.eval_level)
-    trainer = CheXpertTrainer(
-        model=FeatureHeadModel(built.model) if data_args.cache_features else built.model,
-        args=args,
-        train_dataset=splits.train,
-        eval_dataset=splits.validation,
-        data_collator=DecodeCollator(built.image_size),
-        processing_class=built.processor,
-        compute_metrics=scorer,
-        family=model_args.family,
-        image_mean=built.processor.image_mean,
-        image_std=built.processor.image_std,
-        num_channels=input_channels(built.model),
-        sample_weights=None if policy.sampling == "none" else sample_weights(splits.train.targets, policy.sampling),
-        pos_weight=_pos_weight(policy, splits.train.targets, labels),
-        layer_decay=policy.layer_decay,
-        augmentation=data_args.augmentation,
-    )
-    # FSDP shards exactly the family's transformer block (the registry says which; DenseNet is refused)
-    apply_fsdp_wrap_policy(trainer.accelerator, model_args.family)
-    extraction_seconds = _cache_features(recipe, built, splits, prepared, trainer) if data_args.cache_features else None
-    if trainer.is_world_process_zero():
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "recipe.yaml").write_text(recipe.to_yaml())
-
-    # --- train ---------------------------------------------------------------------------------------------
-    train_seconds, train_metrics, training_history = None, {}, []
-    if args.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(args.device)
-    if args.do_train:
-        if resume:
-            logger.info("resuming from %s", resume)
-            trainer.finite_guard.last_checkpoint = resume
-        result = trainer.train(resume_from_checkpoint=resume)
-        train_seconds, train_metrics = result.metrics.get("train_runtime"), dict(result.metrics)
-        training_history = list(trainer.state.log_history)  # before the final evaluation adds its own entry
-        check_same_weights(trainer)
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-
-    # --- evaluate (with bootstrap confidence intervals) ------------------------------------------------------
-    scorer.n_bootstrap, scorer.seed = BOOTSTRAP_RESAMPLES, args.seed
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    scores = scorer.last_scores
-    if trainer.is_world_process_zero() and scores is not None:
-        print(scores_table(scores), flush=True)
-
-    # --- report and card (first: a save with push_to_hub publishes the card) -------------------------------
-    if trainer.is_world_process_zero() and scores is not None:
-        write_reports(args.output_dir, scores, *scorer.last_scored, labels,
-                      title=f"CheXpert validation: {recipe.name}",
-                      details=[f"model: {model_args.family} ({built.variant}), freeze policy {policy.freeze_policy}",
-                               f"validation: {data_args.validation_split}, {data_args.views} views"],
-                      extra={"split": "validation", "level": data_args.eval_level})
-        if args.do_train:
-            info = _card_info(recipe, built, summary, splits, scores, train_seconds, threads)
-            write_model_card(args.output_dir, info)
-
-    # --- save and push ---------------------------------------------------------------------------------------
-    # The model (safetensors, config.json) and the image processor. With push_to_hub, Trainer.save_model also
-    # publishes the folder (staged: see CheXpertTrainer.push_to_hub), which is why the card is written first.
-    if args.do_train:
-        trainer.save_model()
-        if trainer.is_world_process_zero():
-            info = _run_info(recipe, built, summary, train_metrics, training_history, threads,
-                             extraction_seconds, resume)
-            write_text(Path(args.output_dir) / RUN_INFO, json.dumps(info, indent=2) + "\n")
-    return metrics
 
 
 def _how_to_resume(output_dir: str) -> str:

@@ -1,235 +1,43 @@
-"""The Trainer subclass: weighted sampling, masked BCE, AdamW with layer decay, on-device preprocessing.
+"""The Trainer subclass: its hooks for weighted sampling, masked BCE, AdamW with layer decay, on-device
+preprocessing, the non-finite-loss stop, checkpoint loading and (through :class:`HubStagingMixin`) staged pushes.
 
-Weighted sampling (``sampling: inverse_frequency``)
-    For label ``j`` let ``p_j`` be the mean training target over the rows where it is not masked (the positive
-    rate; soft targets count by their value). A row's weight is the mean over its unmasked labels of
-
-        ``y_ij / (2 p_j) + (1 - y_ij) / (2 (1 - p_j))``
-
-    so for every label, positives and negatives carry the same total weight (N/2 each) and a row that is positive
-    for rare findings is drawn more often. ``sqrt_inverse_frequency`` uses the square root of that weight (a
-    softer rebalancing). Weights are scaled to mean 1 and drawn with replacement, N draws per epoch.
-
-    Every process draws the same sequence, seeded by (seed, epoch); Accelerate then deals the batches out to
-    the processes, so one epoch over N processes covers exactly the draws of one process.
-
-Loss
-    Binary cross-entropy with logits over the entries whose target is not NaN (the uncertainty policy's
-    ``u_ignore`` and ``blank_policy: mask`` produce NaN), averaged over those entries; an optional ``pos_weight``
-    per label. The multi-label loss built into Transformers models does not mask, so it is never used.
+What the hooks use lives beside them: the sampling weights and sampler in :mod:`chexpert_hf.training.sampling`
+(with the formula), the loss in :mod:`chexpert_hf.training.losses`, the augmentation in
+:mod:`chexpert_hf.training.augmentation`, the stop in :mod:`chexpert_hf.training.nonfinite`, the Hub staging in
+:mod:`chexpert_hf.hub.staging`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
-from transformers.utils import PushInProgress, hf_api
 
 from chexpert_hf.data.transforms import to_float
-from chexpert_hf.hub.push import check_hub_access, stage_checkpoint_folder, stage_model_folder, trainer_repo_id
+from chexpert_hf.hub.staging import HubStagingMixin
 from chexpert_hf.models.freeze import param_groups
+from chexpert_hf.outputs import PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX, SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX
 from chexpert_hf.training.arguments import ConfigurationError
+from chexpert_hf.training.augmentation import augmentation_generator, light_affine
+from chexpert_hf.training.losses import masked_bce_with_logits
+from chexpert_hf.training.nonfinite import NonFiniteLossError, NonFiniteLossGuard
+from chexpert_hf.training.sampling import SamplerEpoch, WeightedEpochSampler, epoch_samplers
 
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Sampling
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def positive_rates(targets: np.ndarray) -> np.ndarray:
-    """Per-label mean target over the unmasked rows (NaN = masked), clipped away from 0 and 1."""
-    targets = np.asarray(targets, dtype=np.float64)
-    counted = (~np.isnan(targets)).sum(axis=0)
-    rates = np.nansum(targets, axis=0) / np.maximum(counted, 1)
-    floor = 1.0 / max(len(targets), 2)
-    return np.clip(rates, floor, 1.0 - floor)
-
-
-def sample_weights(targets: np.ndarray, method: str) -> np.ndarray:
-    """Per-row sampling weights (mean 1) for multi-label ``targets``; see the module doc for the formula."""
-    if method not in ("inverse_frequency", "sqrt_inverse_frequency"):
-        raise ValueError(f"unknown sampling {method!r}; choose inverse_frequency or sqrt_inverse_frequency")
-    targets = np.asarray(targets, dtype=np.float64)
-    rates = positive_rates(targets)
-    per_entry = targets / (2 * rates) + (1 - targets) / (2 * (1 - rates))
-    known = ~np.isnan(per_entry)
-    counts = known.sum(axis=1)
-    weights = np.where(counts > 0, np.nansum(per_entry, axis=1) / np.maximum(counts, 1), 1.0)
-    if method == "sqrt_inverse_frequency":
-        weights = np.sqrt(weights)
-    return weights / weights.mean()
-
-
-class WeightedEpochSampler(torch.utils.data.Sampler[int]):
-    """``num_samples`` indices drawn with replacement by ``weights``, the same on every process for one epoch."""
-
-    def __init__(self, weights: Sequence[float], num_samples: int | None = None, seed: int = 0):
-        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
-        if self.weights.ndim != 1 or not len(self.weights) or (self.weights < 0).any() or self.weights.sum() <= 0:
-            raise ValueError("sampling weights must be a non-empty 1-D array of non-negative numbers, not all 0")
-        self.num_samples = len(self.weights) if num_samples is None else num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def draws(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.draws(self.epoch))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def _epoch_samplers(loader: Any) -> list[Any]:
-    """The samplers with ``set_epoch`` inside a (prepared) training dataloader, however Accelerate wrapped them."""
-    found, stack, seen = [], [loader], set()
-    while stack:
-        item = stack.pop()
-        for name in ("batch_sampler", "sampler"):
-            child = getattr(item, name, None)
-            if child is None or id(child) in seen:
-                continue
-            seen.add(id(child))
-            if hasattr(child, "set_epoch"):
-                found.append(child)
-            stack.append(child)
-    return found
-
-
-class SamplerEpoch(TrainerCallback):
-    """Sets the training samplers' epoch from the training state at the start of every epoch.
-
-    Transformers calls ``set_epoch`` on the dataloader, but on a run resumed mid-epoch under several processes the
-    dataloader is Accelerate's batch-skipping copy, whose ``set_epoch`` does not reach a sampler inside its batch
-    sampler shard: the resumed epoch would replay epoch 0's draws. ``state.epoch`` is the resumed checkpoint's
-    (e.g. 2.5 for half of the third epoch) or, at an epoch's start, exactly the epochs completed."""
-
-    def __init__(self):
-        self.samplers: list[Any] = []
-
-    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        epoch = math.floor((state.epoch or 0.0) + 1e-6)
-        for sampler in self.samplers:
-            sampler.set_epoch(epoch)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loss
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def masked_bce_with_logits(
-    logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean binary cross-entropy over the entries of ``targets`` that are not NaN (0 when all are masked)."""
-    known = ~torch.isnan(targets)
-    safe_targets = torch.where(known, targets, torch.zeros_like(targets))
-    losses = F.binary_cross_entropy_with_logits(
-        logits.float(), safe_targets.float(), pos_weight=pos_weight, reduction="none"
-    )
-    return (losses * known).sum() / known.sum().clamp(min=1)
-
-
-def balanced_pos_weight(targets: np.ndarray) -> np.ndarray:
-    """Negatives over positives per label (unmasked entries; soft targets count by value)."""
-    rates = positive_rates(targets)
-    return (1 - rates) / rates
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Augmentation (on the device, a batch at a time; never a flip: laterality matters on a radiograph)
-# ---------------------------------------------------------------------------------------------------------------
-
-LIGHT_AUGMENTATION = {"degrees": 7.0, "scale": (0.95, 1.05), "translate": 0.04}
-
-
-def light_affine(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A small random rotation, scale and shift per image of a float ``(B, C, H, W)`` batch (zeros outside),
-    drawn from ``generator`` (on the batch's device; None: torch's default generator)."""
-    batch = pixels.shape[0]
-    device = pixels.device
-    angle = (torch.empty(batch, device=device).uniform_(-1, 1, generator=generator)
-             * math.radians(LIGHT_AUGMENTATION["degrees"]))
-    low, high = LIGHT_AUGMENTATION["scale"]
-    scale = torch.empty(batch, device=device).uniform_(low, high, generator=generator)
-    shift = (torch.empty(batch, 2, device=device).uniform_(-1, 1, generator=generator)
-             * 2 * LIGHT_AUGMENTATION["translate"])
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
-    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def augmentation_generator(seed: int, process: int, step: int, batch: int, device: torch.device) -> torch.Generator:
-    """The generator for one training batch's augmentation: seeded by (seed, process, optimizer step, batch within
-    the step), so every process draws its own transforms (every process is seeded alike, so torch's default
-    generator would give each the same) and a run resumed from a checkpoint draws what the uninterrupted run did."""
-    state = np.random.SeedSequence([seed, process, step, batch]).generate_state(2, dtype=np.uint32)
-    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Non-finite loss
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
-
-
-class NonFiniteLossGuard(TrainerCallback):
-    """Stops training when a loss was not finite, before anything is saved after it.
-
-    The trainer records the first bad step on the device (no synchronisation per step); this callback reads it
-    only when the Trainer is about to log, evaluate or save, and at the end, so the last checkpoint written is
-    always one from before the bad step. It remembers the checkpoints this run wrote, for the error message.
-    """
-
-    def __init__(self, trainer: CheXpertTrainer):
-        self.trainer = trainer
-        self.last_checkpoint: str | None = None
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
-            self.trainer.check_finite()
-
-    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.trainer.check_finite()
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        self.last_checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The Trainer
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _holds_weights(folder: str) -> bool:
-    return any(Path(folder, name).is_file() for name in ("model.safetensors", "model.safetensors.index.json",
-                                                          "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    return any(Path(folder, name).is_file() for name in (SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, PYTORCH_WEIGHTS,
+                                                          PYTORCH_WEIGHTS_INDEX))
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -242,12 +50,13 @@ def weights_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class CheXpertTrainer(Trainer):
+class CheXpertTrainer(HubStagingMixin, Trainer):
     """``Trainer`` for multi-label CheXpert.
 
     Extra arguments: ``family`` (for layer decay), ``image_mean``/``image_std``/``num_channels`` (batches arrive
     as ``uint8`` and are normalised on the device), ``sample_weights`` (None: shuffle), ``pos_weight``,
-    ``layer_decay`` and ``augmentation`` (``"none"`` or ``"light"``).
+    ``layer_decay`` and ``augmentation`` (``"none"`` or ``"light"``). Every Hub push goes through a staging folder
+    (:class:`chexpert_hf.hub.staging.HubStagingMixin`).
     """
 
     def __init__(
@@ -290,7 +99,7 @@ class CheXpertTrainer(Trainer):
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         loader = super().get_train_dataloader()
-        self.epoch_setter.samplers = _epoch_samplers(loader)
+        self.epoch_setter.samplers = epoch_samplers(loader)
         return loader
 
     def _next_augmentation_generator(self, device: torch.device) -> torch.Generator:
@@ -464,114 +273,3 @@ class CheXpertTrainer(Trainer):
                 100 * trainable / max(total, 1), self.layer_decay,
             )
         return self.optimizer
-
-    # --- the Hub: every push goes through an allowlisted, sanitized, audited staging folder -------------------
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Check for a token that can push (and a reachable Hub) before anything else, then create the repo."""
-        if self.is_world_process_zero():
-            check_hub_access(token if token is not None else self.args.hub_token,
-                             repo_id=trainer_repo_id(self.args.hub_model_id, self.args.output_dir))
-        super().init_hf_repo(token=token, private=private)
-
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """Nothing: the training job writes our own card, and the Trainer's generic one must never replace it."""
-
-    def _staging_folder(self, name: str) -> str:
-        """A new folder to stage one upload in, under a temporary folder next to the outputs (same disk)."""
-        root = getattr(self, "_hub_staging_root", None)
-        if root is None or not os.path.isdir(root):
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            root = self._hub_staging_root = tempfile.mkdtemp(prefix=".hub-staging-", dir=self.args.output_dir)
-        return tempfile.mkdtemp(prefix=f"{name}-", dir=root)
-
-    def _remove_staging_root(self) -> None:
-        root = getattr(self, "_hub_staging_root", None)
-        if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
-            self._hub_staging_root = None
-
-    def _upload_staged(self, folder: str, commit_message: str, token: str | None, revision: str | None,
-                       blocking: bool, path_in_repo: str | None = None):
-        """Upload ``folder``; it is removed once its upload has finished (at once when blocking), never before."""
-        try:
-            result = hf_api().upload_folder(repo_id=self.hub_model_id, folder_path=folder, path_in_repo=path_in_repo,
-                                            commit_message=commit_message, token=token, run_as_future=not blocking,
-                                            revision=revision)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        if blocking:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            result.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
-        return result
-
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, private: bool | None = None,
-                    **kwargs: Any):
-        """Upload the staged output folder (:func:`chexpert_hf.hub.push.stage_model_folder`), not the folder itself:
-        never ``training_args.bin``, TensorBoard logs, predictions or checkpoints, and never without the card."""
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        token = token if token is not None else self.args.hub_token
-        if self.hub_model_id is None:  # push_to_hub=False in the arguments
-            self.init_hf_repo(token=token, private=private)
-        self.save_model(_internal_call=True)
-        if not self.is_world_process_zero():
-            return None
-        revision = revision if revision is not None else self.args.hub_revision
-        self._finish_current_push()
-        staging = self._staging_folder("model")
-        try:
-            stage_model_folder(self.args.output_dir, staging, token=token)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        result = self._upload_staged(staging, commit_message, token, revision, blocking)
-        if blocking:
-            self._finish_current_push()  # nothing is uploading now: the staging root goes too
-        return result
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """As the base class (in the background, one push at a time unless ``hub_always_push``), but uploading staged
-        copies: the checkpoint's model with the card, metrics and recipe that exist so far, and for ``checkpoint`` /
-        ``all_checkpoints`` the checkpoint's resume files (never ``training_args.bin``)."""
-        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
-            return
-        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
-            return
-        self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        if self.args.save_strategy == SaveStrategy.STEPS:
-            commit_message = f"Training in progress, step {self.state.global_step}"
-        else:
-            commit_message = f"Training in progress, epoch {int(self.state.epoch)}"
-        token, revision = self.args.hub_token, self.args.hub_revision
-
-        model_staging = self._staging_folder("model")
-        checkpoint_staging = None
-        try:
-            stage_model_folder(self.args.output_dir, model_staging, token=token, model_dir=checkpoint_folder,
-                               require_card=False)  # the card is written after training
-            if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
-                checkpoint_staging = self._staging_folder("checkpoint")
-                stage_checkpoint_folder(checkpoint_folder, checkpoint_staging, token=token)
-        except BaseException:
-            for folder in (model_staging, checkpoint_staging):
-                if folder is not None:
-                    shutil.rmtree(folder, ignore_errors=True)
-            raise
-        jobs = [self._upload_staged(model_staging, commit_message, token, revision, blocking=False)]
-        if checkpoint_staging is not None:
-            path_in_repo = ("last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT
-                            else Path(checkpoint_folder).name)
-            jobs.append(self._upload_staged(checkpoint_staging, commit_message + ", checkpoint", token, revision,
-                                            blocking=False, path_in_repo=path_in_repo))
-        if self.push_in_progress is None or self.push_in_progress.is_done():
-            self.push_in_progress = PushInProgress(jobs)
-        else:
-            self.push_in_progress.jobs.extend(jobs)
-
-    def _finish_current_push(self) -> None:
-        """Wait for the uploads in progress, then remove the staging folders (each goes when its upload ends)."""
-        super()._finish_current_push()
-        if getattr(self, "push_in_progress", None) is None or self.push_in_progress.is_done():
-            self._remove_staging_root()

@@ -29,8 +29,9 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from chexpert_hf.training.arguments import CheXpertTrainingArguments
+from chexpert_hf.training.nonfinite import NonFiniteLossGuard
 from chexpert_hf.training.train import main as train_main
-from chexpert_hf.training.trainer import CheXpertTrainer, NonFiniteLossGuard
+from chexpert_hf.training.trainer import CheXpertTrainer
 
 RANK = int(os.environ.get("RANK", "0"))
 

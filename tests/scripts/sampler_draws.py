@@ -16,7 +16,8 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from chexpert_hf.training.arguments import CheXpertTrainingArguments
 from chexpert_hf.training.distributed import end_process_group
-from chexpert_hf.training.trainer import CheXpertTrainer, sample_weights
+from chexpert_hf.training.sampling import sample_weights
+from chexpert_hf.training.trainer import CheXpertTrainer
 
 
 class Rows(torch.utils.data.Dataset):

@@ -1,0 +1,53 @@
+"""``chexpert-hf predict``: per-label probabilities for image files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from chexpert_hf.cli.commands._common import OneSpelling, add_model_options, docs
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "predict",
+        help="Print per-label probabilities (sigmoid) for image files.",
+        formatter_class=OneSpelling,
+        description="Run a trained model on image files (JPEG, PNG including 16-bit, grayscale, RGB, RGBA ...), "
+        "with the model's own image processor after decoding each file to 8-bit grey, and print one row of "
+        "independent per-label probabilities per image. Only safetensors weights are loaded." + docs("evaluation"),
+    )
+    parser.add_argument("--model", required=True, help="a trained output folder or a Hub model id")
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write the table as CSV (Path + one column per label), the format "
+                        "`chexpert-hf evaluate --predictions` reads")
+    add_model_options(parser, batch_size=32)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from chexpert_hf.evaluation.evaluate import predictions_frame, write_predictions_csv
+    from chexpert_hf.evaluation.inference import load_classifier, predict_files
+
+    loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+    probabilities = predict_files(loaded, args.images, batch_size=args.batch_size)
+    frame = predictions_frame([str(path) for path in args.images], probabilities, loaded.labels)
+    if args.output:
+        write_predictions_csv(args.output, frame)
+    print(predictions_text(frame))
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def predictions_text(frame) -> str:
+    """Per-image probabilities as an aligned table (labels across, images down)."""
+    labels = list(frame.columns[1:])
+    width = max(12, *(len(str(path)) for path in frame["Path"]))
+    lines = ["image".ljust(width) + "".join(f"  {label:>{max(6, len(label))}}" for label in labels)]
+    for row in frame.itertuples(index=False):
+        cells = "".join(f"  {value:>{max(6, len(label))}.3f}" for label, value in zip(labels, row[1:], strict=True))
+        lines.append(str(row[0]).ljust(width) + cells)
+    return "\n".join(lines)
