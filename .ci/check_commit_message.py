@@ -1,6 +1,6 @@
 """commit-msg hook: a subject of at most 72 characters, then a blank line and a body that says why.
 
-    python .ci/check_commit_message.py .git/COMMIT_EDITMSG
+python .ci/check_commit_message.py .git/COMMIT_EDITMSG
 """
 
 import sys

@@ -40,8 +40,12 @@ def _sklearn_seconds(probabilities: np.ndarray, targets: np.ndarray, resamples: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--sklearn-resamples", type=int, default=100,
-                        help="resamples timed for the scikit-learn loop, scaled to --resamples (default 100)")
+    parser.add_argument(
+        "--sklearn-resamples",
+        type=int,
+        default=100,
+        help="resamples timed for the scikit-learn loop, scaled to --resamples (default 100)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
     args = parser.parse_args(argv)
     print(f"{'studies':>8} {'labels':>6} {'chexpert_hf (s)':>16} {'sklearn loop (s)':>17}")

@@ -63,8 +63,9 @@ class EpochClock(TrainerCallback):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=191_027, help="rows per epoch (CheXpert's frontal training "
-                        "images: 191,027)")
+    parser.add_argument(
+        "--rows", type=int, default=191_027, help="rows per epoch (CheXpert's frontal training images: 191,027)"
+    )
     parser.add_argument("--dim", type=int, default=768, help="feature width (ViT-B: 768)")
     parser.add_argument("--labels", type=int, default=len(CHEXPERT_LABELS), help="head outputs (default 14)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -74,24 +75,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     labels = list(CHEXPERT_LABELS)[: args.labels]
-    config = ViTConfig(hidden_size=args.dim, num_hidden_layers=1, num_attention_heads=1, intermediate_size=4,
-                       image_size=32, patch_size=16, **label_config(labels))
+    config = ViTConfig(
+        hidden_size=args.dim,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=4,
+        image_size=32,
+        patch_size=16,
+        **label_config(labels),
+    )
     head = FeatureHeadModel(ViTForImageClassification(config))
     data = CachedRows(args.rows, args.dim, len(labels))
     clock = EpochClock()
     with tempfile.TemporaryDirectory() as output:
         training = CheXpertTrainingArguments(
-            output_dir=output, per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
-            learning_rate=1e-3, eval_strategy="no", save_strategy="no", logging_steps=500, report_to="none",
-            disable_tqdm=True, dataloader_num_workers=args.workers, use_cpu=args.device == "cpu",
+            output_dir=output,
+            per_device_train_batch_size=args.batch_size,
+            num_train_epochs=args.epochs,
+            learning_rate=1e-3,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=500,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=args.workers,
+            use_cpu=args.device == "cpu",
             metric_for_best_model=None,
         )
-        trainer = CheXpertTrainer(model=head, args=training, train_dataset=data, data_collator=DecodeCollator(32),
-                                  family="vit", image_mean=[0.5] * 3, image_std=[0.5] * 3, callbacks=[clock])
+        trainer = CheXpertTrainer(
+            model=head,
+            args=training,
+            train_dataset=data,
+            data_collator=DecodeCollator(32),
+            family="vit",
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+            callbacks=[clock],
+        )
         trainer.train()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"head {args.dim} → {len(labels)}, {args.rows:,} rows, batch {args.batch_size}, {args.workers} workers, "
-          f"{device}")
+    print(
+        f"head {args.dim} → {len(labels)}, {args.rows:,} rows, batch {args.batch_size}, {args.workers} workers, "
+        f"{device}"
+    )
     for epoch, seconds in enumerate(clock.seconds, 1):
         print(f"epoch {epoch}: {seconds:.1f} s, {args.rows / seconds:,.0f} rows/s")
     return 0

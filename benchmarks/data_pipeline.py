@@ -50,8 +50,12 @@ def arrow_paths(prepared: Path, split: str, count: int, size: int, batch: int) -
 
     def to_normalised():
         for start in range(0, count, batch):
-            to_float(decode_batch(image_bytes(dataset, start, min(start + batch, count)), size),
-                     (0.5,) * 3, (0.5,) * 3, channels=3)
+            to_float(
+                decode_batch(image_bytes(dataset, start, min(start + batch, count)), size),
+                (0.5,) * 3,
+                (0.5,) * 3,
+                channels=3,
+            )
 
     stored = load_prepared(prepared)[split][0]["image"].size
     tag = f"arrow ({min(stored)} px stored)"
@@ -71,6 +75,7 @@ def file_paths(files: list[str], size: int, batch: int) -> dict[str, float]:
     processors[type(ViTImageProcessor()).__mro__[1].__name__] = ViTImageProcessor(size={"height": size, "width": size})
     results = {}
     for name, processor in processors.items():
+
         def run(processor=processor):
             for start in range(0, len(files), batch):
                 images = [Image.open(path).convert("RGB") for path in files[start : start + batch]]
@@ -83,8 +88,13 @@ def file_paths(files: list[str], size: int, batch: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", type=Path, help="CheXpert tree (folder with train.csv) for the file path")
-    parser.add_argument("--prepared", type=Path, action="append", default=[],
-                        help="prepared dataset(s) of the same tree; repeat to compare stored sizes")
+    parser.add_argument(
+        "--prepared",
+        type=Path,
+        action="append",
+        default=[],
+        help="prepared dataset(s) of the same tree; repeat to compare stored sizes",
+    )
     parser.add_argument("--split", default="train", choices=["train", "valid"])
     parser.add_argument("--num-images", type=int, default=1024, help="images per measurement (default 1024)")
     parser.add_argument("--image-size", type=int, default=224, help="model input size (default 224)")
@@ -111,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         results.update(arrow_paths(prepared, split, args.num_images, args.image_size, args.batch_size))
 
     baseline = max(rate for name, rate in results.items() if name.startswith("files"))
-    print(f"\nimages/s per core, batches of {args.batch_size} at {args.image_size} px "
-          f"(torch {torch.__version__}, {os.cpu_count()} CPUs visible, 1 thread used)")
+    print(
+        f"\nimages/s per core, batches of {args.batch_size} at {args.image_size} px "
+        f"(torch {torch.__version__}, {os.cpu_count()} CPUs visible, 1 thread used)"
+    )
     print(f"{'path':<44}{'images/s':>10}{'vs best file path':>20}")
     for name, rate in results.items():
         print(f"{name:<44}{rate:>10,.0f}{rate / baseline:>19.1f}x")

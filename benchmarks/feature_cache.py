@@ -29,9 +29,23 @@ from chexpert_hf.training.train import main as train_main
 
 
 def _run(recipe: str, output: Path, seed: int, epochs: int, cached: bool, cache_dir: Path, extra: list[str]) -> dict:
-    arguments = ["--recipe", recipe, "--seed", str(seed), "--num_train_epochs", str(epochs), "--output_dir",
-                 str(output), "--cache_features", str(cached).lower(), "--feature_cache_dir", str(cache_dir),
-                 "--disable_tqdm", "true", *extra]
+    arguments = [
+        "--recipe",
+        recipe,
+        "--seed",
+        str(seed),
+        "--num_train_epochs",
+        str(epochs),
+        "--output_dir",
+        str(output),
+        "--cache_features",
+        str(cached).lower(),
+        "--feature_cache_dir",
+        str(cache_dir),
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
     began = time.perf_counter()
     status = train_main(arguments)
     wall = time.perf_counter() - began
@@ -39,9 +53,15 @@ def _run(recipe: str, output: Path, seed: int, epochs: int, cached: bool, cache_
         raise SystemExit(f"training {recipe} (seed {seed}, cache_features {cached}) failed with status {status}")
     info = json.loads((output / RUN_INFO).read_text())
     metrics = json.loads((output / "metrics.json").read_text())
-    return {"seed": seed, "cached": cached, "train_seconds": info["train_seconds"],
-            "extraction_seconds": info["feature_extraction_seconds"] or 0.0, "wall_seconds": wall,
-            "mean_auroc": metrics["mean_auroc"], "hardware": info["hardware"]}
+    return {
+        "seed": seed,
+        "cached": cached,
+        "train_seconds": info["train_seconds"],
+        "extraction_seconds": info["feature_extraction_seconds"] or 0.0,
+        "wall_seconds": wall,
+        "mean_auroc": metrics["mean_auroc"],
+        "hardware": info["hardware"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for cached in (False, True):
                 mode = "cached" if cached else "on_the_fly"
-                runs.append(_run(args.recipe, root / f"{mode}-seed{seed}", seed, args.epochs, cached, cache_dir,
-                                 extra))
-                print(f"seed {seed} {mode}: training {runs[-1]['train_seconds']:.1f} s, extraction "
-                      f"{runs[-1]['extraction_seconds']:.1f} s, AUROC {runs[-1]['mean_auroc']:.4f}", flush=True)
+                runs.append(_run(args.recipe, root / f"{mode}-seed{seed}", seed, args.epochs, cached, cache_dir, extra))
+                print(
+                    f"seed {seed} {mode}: training {runs[-1]['train_seconds']:.1f} s, extraction "
+                    f"{runs[-1]['extraction_seconds']:.1f} s, AUROC {runs[-1]['mean_auroc']:.4f}",
+                    flush=True,
+                )
 
     fly = [run for run in runs if not run["cached"]]
     cached = [run for run in runs if run["cached"]]
@@ -79,27 +101,38 @@ def main(argv: list[str] | None = None) -> int:
     cached_seconds = statistics.mean(run["train_seconds"] for run in cached)
     extraction = cached[0]["extraction_seconds"]
     summary = {
-        "recipe": args.recipe, "epochs": args.epochs, "seeds": seeds, "hardware": runs[0]["hardware"],
-        "on_the_fly_train_seconds": fly_seconds, "cached_train_seconds": cached_seconds,
+        "recipe": args.recipe,
+        "epochs": args.epochs,
+        "seeds": seeds,
+        "hardware": runs[0]["hardware"],
+        "on_the_fly_train_seconds": fly_seconds,
+        "cached_train_seconds": cached_seconds,
         "extraction_seconds": extraction,
         "speedup_training": fly_seconds / cached_seconds,
         "speedup_with_extraction": fly_seconds / (cached_seconds + extraction),
-        "auroc_on_the_fly": [run["mean_auroc"] for run in fly], "auroc_cached": [run["mean_auroc"] for run in cached],
+        "auroc_on_the_fly": [run["mean_auroc"] for run in fly],
+        "auroc_cached": [run["mean_auroc"] for run in cached],
     }
     print(f"\n{args.recipe}, {args.epochs} epochs, seeds {args.seeds}, on {summary['hardware']}")
     print("| mode | training (s, mean over seeds) | extraction (s) | mean AUROC (mean ± std) |")
     print("|---|---:|---:|---:|")
     print(f"| on the fly | {fly_seconds:.1f} | – | {mean_std_text(summary['auroc_on_the_fly'])} |")
-    print(f"| cached features | {cached_seconds:.1f} | {extraction:.1f} (first seed; later seeds reuse it) | "
-          f"{mean_std_text(summary['auroc_cached'])} |")
-    print(f"speed-up of the training: {summary['speedup_training']:.1f}x; of a first run including its extraction: "
-          f"{summary['speedup_with_extraction']:.1f}x")
+    print(
+        f"| cached features | {cached_seconds:.1f} | {extraction:.1f} (first seed; later seeds reuse it) | "
+        f"{mean_std_text(summary['auroc_cached'])} |"
+    )
+    print(
+        f"speed-up of the training: {summary['speedup_training']:.1f}x; of a first run including its extraction: "
+        f"{summary['speedup_with_extraction']:.1f}x"
+    )
     if len(seeds) > 1:
         gap = abs(statistics.mean(summary["auroc_on_the_fly"]) - statistics.mean(summary["auroc_cached"]))
         spread = max(statistics.stdev(summary["auroc_on_the_fly"]), statistics.stdev(summary["auroc_cached"]))
         summary["auroc_gap"], summary["auroc_seed_spread"] = gap, spread
-        print(f"mean AUROC difference {gap:.4f}, seed spread (larger std) {spread:.4f}: "
-              f"{'within' if gap <= spread else 'OUTSIDE'} the seed spread")
+        print(
+            f"mean AUROC difference {gap:.4f}, seed spread (larger std) {spread:.4f}: "
+            f"{'within' if gap <= spread else 'OUTSIDE'} the seed spread"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
     return 0

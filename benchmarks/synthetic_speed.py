@@ -1,6 +1,6 @@
 """Images/s of the synthetic CheXpert generator on one core (rendering + JPEG encoding, no disk writes).
 
-    python benchmarks/synthetic_speed.py [--patients 300]
+python benchmarks/synthetic_speed.py [--patients 300]
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         images = sum(len(synthesize_patient(0, "train", patient)[2]) for patient in range(1, args.patients + 1))
         best = min(best, time.perf_counter() - start)
-    print(f"{images} images of {WIDTH}x{HEIGHT} from {args.patients} patients in {best:.2f} s: "
-          f"{images / best:,.0f} images/s on one core")
+    print(
+        f"{images} images of {WIDTH}x{HEIGHT} from {args.patients} patients in {best:.2f} s: "
+        f"{images / best:,.0f} images/s on one core"
+    )
     return 0
 
 

@@ -54,7 +54,8 @@ QUICK_SIZE = TINY_IMAGE_SIZE
 
 # The set that matters on one H100 (benchmarks/gpu_check.sh): family, size, strategy, compiled.
 SETS = {
-    "h100": [("vit", "base", strategy, compiled) for compiled in (False, True) for strategy in POLICIES] + [
+    "h100": [("vit", "base", strategy, compiled) for compiled in (False, True) for strategy in POLICIES]
+    + [
         ("vit", "large", "full", False),
         ("swin", "base", "full", False),
         ("deit", "base", "full", False),
@@ -108,8 +109,9 @@ def make_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, channels
     return step
 
 
-def flops_per_image(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, channels: int,
-                    dtype: str) -> float:
+def flops_per_image(
+    model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, channels: int, dtype: str
+) -> float:
     """Forward + backward FLOPs of one training step on the eager model, per image."""
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -127,18 +129,36 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def build(family: str, size: str, strategy: str, image_size: int, quick: bool, device: torch.device):
-    built = build_model(family, variant=size, from_scratch=True, image_size=image_size,
-                        config_overrides=QUICK_CONFIGS[family] if quick else None,
-                        labels=CHEXPERT_LABELS)
+    built = build_model(
+        family,
+        variant=size,
+        from_scratch=True,
+        image_size=image_size,
+        config_overrides=QUICK_CONFIGS[family] if quick else None,
+        labels=CHEXPERT_LABELS,
+    )
     model = built.model.to(device)
     summary = apply_freeze_policy(model, family, strategy)
     model.train()
     return model, summary
 
 
-def measure(family: str, size: str | None, strategy: str, *, compiled: bool = False, device: str | None = None,
-            dtype: str | None = None, image_size: int = 224, batch_size: int | None = None, steps: int = 30,
-            warmup: int = 5, quick: bool = False, data: str | None = None, workers: int = 14) -> Row:
+def measure(
+    family: str,
+    size: str | None,
+    strategy: str,
+    *,
+    compiled: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    image_size: int = 224,
+    batch_size: int | None = None,
+    steps: int = 30,
+    warmup: int = 5,
+    quick: bool = False,
+    data: str | None = None,
+    workers: int = 14,
+) -> Row:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or ("bf16" if device.type == "cuda" else "fp32")
     size = size or FAMILIES[family].default_variant
@@ -152,8 +172,9 @@ def measure(family: str, size: str | None, strategy: str, *, compiled: bool = Fa
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
     generator = torch.Generator(device=device).manual_seed(0)
-    pixels = torch.randint(0, 256, (batch_size, 1, image_size, image_size), dtype=torch.uint8, device=device,
-                           generator=generator)
+    pixels = torch.randint(
+        0, 256, (batch_size, 1, image_size, image_size), dtype=torch.uint8, device=device, generator=generator
+    )
     labels = torch.randint(0, 2, (batch_size, len(CHEXPERT_LABELS)), device=device, generator=generator).float()
     flops = flops_per_image(model, pixels, labels, channels, dtype)
     # --quick traces with dynamo but skips inductor's code generation (minutes on a CPU, and it needs a compiler)
@@ -168,29 +189,50 @@ def measure(family: str, size: str | None, strategy: str, *, compiled: bool = Fa
     synchronize(device)
     seconds = time.perf_counter() - start
     images_per_s = steps * batch_size / seconds
-    row = Row(family, size, strategy, compiled, device.type, dtype, image_size, batch_size,
-              summary.trainable_params / max(1, summary.trainable_params + summary.frozen_params), images_per_s,
-              flops / 1e9, flops * images_per_s / 1e12, peak_memory_gib(device))
+    row = Row(
+        family,
+        size,
+        strategy,
+        compiled,
+        device.type,
+        dtype,
+        image_size,
+        batch_size,
+        summary.trainable_params / max(1, summary.trainable_params + summary.frozen_params),
+        images_per_s,
+        flops / 1e9,
+        flops * images_per_s / 1e12,
+        peak_memory_gib(device),
+    )
     if data:
-        row.pipeline_images_per_s, row.data_wait_share = measure_pipeline(step, data, image_size, batch_size, steps,
-                                                                          warmup, workers, device)
+        row.pipeline_images_per_s, row.data_wait_share = measure_pipeline(
+            step, data, image_size, batch_size, steps, warmup, workers, device
+        )
     return row
 
 
-def measure_pipeline(step, data: str, image_size: int, batch_size: int, steps: int, warmup: int, workers: int,
-                     device: torch.device) -> tuple[float, float]:
+def measure_pipeline(
+    step, data: str, image_size: int, batch_size: int, steps: int, warmup: int, workers: int, device: torch.device
+) -> tuple[float, float]:
     """Images/s and the share of step time spent waiting for data, through the project's training input path."""
     from chexpert_hf.data.loading import DecodeCollator, load_training_splits, resolve_prepared
 
     splits = load_training_splits(resolve_prepared(data, image_size=max(image_size, 64)), list(CHEXPERT_LABELS))
     loader = torch.utils.data.DataLoader(
-        splits.train, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-        collate_fn=DecodeCollator(image_size), pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        splits.train,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=DecodeCollator(image_size),
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
     if len(loader) < warmup + 1:
-        raise ValueError(f"{data} has {len(splits.train)} training images: too few for {warmup + 1} batches of "
-                         f"{batch_size}")
+        raise ValueError(
+            f"{data} has {len(splits.train)} training images: too few for {warmup + 1} batches of {batch_size}"
+        )
     waited = computed = 0.0
     measured = 0
     batches = iter(loader)
@@ -214,22 +256,27 @@ def measure_pipeline(step, data: str, image_size: int, batch_size: int, steps: i
 
 
 def table(rows: list[Row]) -> str:
-    header = ("| family | size | strategy | compiled | device | dtype | px | batch | trainable | img/s synthetic | "
-              "GFLOP/img | TFLOP/s | peak GiB | img/s pipeline | data wait |")
+    header = (
+        "| family | size | strategy | compiled | device | dtype | px | batch | trainable | img/s synthetic | "
+        "GFLOP/img | TFLOP/s | peak GiB | img/s pipeline | data wait |"
+    )
     lines = [header, "|" + "---|" * 8 + "---:|" * 7]
     for r in rows:
         pipeline = "" if r.pipeline_images_per_s is None else f"{r.pipeline_images_per_s:,.1f}"
         wait = "" if r.data_wait_share is None else f"{100 * r.data_wait_share:.1f}%"
-        lines.append(f"| {r.family} | {r.size} | {r.strategy} | {'yes' if r.compiled else 'no'} | {r.device} | "
-                     f"{r.dtype} | {r.image_size} | {r.batch_size} | {100 * r.trainable_share:.3g}% | "
-                     f"{r.images_per_s:,.1f} | {r.gflop_per_image:.3g} | {r.tflop_per_s:.3g} | {r.peak_gib:.2f} | "
-                     f"{pipeline} | {wait} |")
+        lines.append(
+            f"| {r.family} | {r.size} | {r.strategy} | {'yes' if r.compiled else 'no'} | {r.device} | "
+            f"{r.dtype} | {r.image_size} | {r.batch_size} | {100 * r.trainable_share:.3g}% | "
+            f"{r.images_per_s:,.1f} | {r.gflop_per_image:.3g} | {r.tflop_per_s:.3g} | {r.peak_gib:.2f} | "
+            f"{pipeline} | {wait} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--family", choices=list(FAMILIES), default="vit")
     parser.add_argument("--size", default=None, help="the family's variant (default: its default variant)")
     parser.add_argument("--strategy", choices=POLICIES, default="full", help="freeze policy (default: full)")
@@ -240,10 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
-                        help="autocast dtype (default: bf16 on a GPU, fp32 on a CPU)")
-    parser.add_argument("--data", default=None,
-                        help="also measure the real input pipeline on this prepared dataset or CheXpert root")
+    parser.add_argument(
+        "--dtype", choices=("bf16", "fp32"), default=None, help="autocast dtype (default: bf16 on a GPU, fp32 on a CPU)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="also measure the real input pipeline on this prepared dataset or CheXpert root"
+    )
     parser.add_argument("--workers", type=int, default=14, help="data loader workers with --data (default: 14)")
     parser.add_argument("--quick", action="store_true", help="tiny models at 32 px, 3 steps: a check that it runs")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of the table")
@@ -251,15 +300,31 @@ def main(argv: list[str] | None = None) -> int:
     configs = SETS[args.set] if args.set else [(args.family, args.size, args.strategy, args.compile)]
     rows = []
     for family, size, strategy, compiled in configs:
-        row = measure(family, size, strategy, compiled=compiled, device=args.device, dtype=args.dtype,
-                      image_size=args.image_size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                      quick=args.quick, data=args.data, workers=args.workers)
+        row = measure(
+            family,
+            size,
+            strategy,
+            compiled=compiled,
+            device=args.device,
+            dtype=args.dtype,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup=args.warmup,
+            quick=args.quick,
+            data=args.data,
+            workers=args.workers,
+        )
         rows.append(row)
         if args.json:
             print(json.dumps(asdict(row)), flush=True)
         else:
-            print(f"measured {family} {size} {strategy}{' compiled' if compiled else ''}: "
-                  f"{row.images_per_s:,.1f} images/s", file=sys.stderr, flush=True)
+            print(
+                f"measured {family} {size} {strategy}{' compiled' if compiled else ''}: "
+                f"{row.images_per_s:,.1f} images/s",
+                file=sys.stderr,
+                flush=True,
+            )
     if not args.json:
         print(table(rows))
     return 0

@@ -51,17 +51,26 @@ class InMemory(torch.utils.data.Dataset):
 
 def model() -> ViTForImageClassification:
     torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=96, num_hidden_layers=4, num_attention_heads=3,
-                                               intermediate_size=384, patch_size=8, image_size=SIZE,
-                                               **label_config(LABELS)))
+    return ViTForImageClassification(
+        ViTConfig(
+            hidden_size=96,
+            num_hidden_layers=4,
+            num_attention_heads=3,
+            intermediate_size=384,
+            patch_size=8,
+            image_size=SIZE,
+            **label_config(LABELS),
+        )
+    )
 
 
 def bare_loop(data: InMemory, steps: int, batch_size: int) -> list[float]:
     net = model().train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=DecodeCollator(SIZE))
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=DecodeCollator(SIZE)
+    )
     stamps = []
     batches = iter(loader)
     for _ in range(steps):
@@ -92,14 +101,34 @@ class Stamps(TrainerCallback):
 def trainer_loop(data: InMemory, steps: int, batch_size: int, logging_steps: int) -> list[float]:
     with tempfile.TemporaryDirectory() as folder:
         args = CheXpertTrainingArguments(
-            output_dir=folder, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=2e-3,
-            weight_decay=0.01, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), use_cpu=True,
-            report_to="none", eval_strategy="no", save_strategy="no", logging_steps=logging_steps,
-            dataloader_num_workers=0, disable_tqdm=True, dataloader_drop_last=True)
+            output_dir=folder,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=2e-3,
+            weight_decay=0.01,
+            lr_scheduler_type="cosine",
+            warmup_steps=max(1, steps // 20),
+            use_cpu=True,
+            report_to="none",
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=logging_steps,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            dataloader_drop_last=True,
+        )
         stamps = Stamps()
-        trainer = CheXpertTrainer(model=model(), args=args, train_dataset=data, data_collator=DecodeCollator(SIZE),
-                                  family="vit", image_mean=[0.5] * 3, image_std=[0.5] * 3, num_channels=3,
-                                  callbacks=[stamps])
+        trainer = CheXpertTrainer(
+            model=model(),
+            args=args,
+            train_dataset=data,
+            data_collator=DecodeCollator(SIZE),
+            family="vit",
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+            num_channels=3,
+            callbacks=[stamps],
+        )
         trainer.train()
     return stamps.stamps
 
@@ -114,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10, help="first steps left out of the timing (default: 10)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="alternations of the two sides (default: 3)")
-    parser.add_argument("--logging-steps", type=int, default=20,
-                        help="the Trainer's logging interval (default: 20, the demo's; each log reads the loss)")
+    parser.add_argument(
+        "--logging-steps",
+        type=int,
+        default=20,
+        help="the Trainer's logging interval (default: 20, the demo's; each log reads the loss)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 1 and fewer than --steps")
@@ -124,11 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         bare.append(per_step(bare_loop(data, args.steps, args.batch_size), args.warmup))
         trainer.append(per_step(trainer_loop(data, args.steps, args.batch_size, args.logging_steps), args.warmup))
-        print(f"repeat {repeat + 1}: bare {1000 * bare[-1]:.1f} ms/step, Trainer {1000 * trainer[-1]:.1f} ms/step",
-              file=sys.stderr, flush=True)
+        print(
+            f"repeat {repeat + 1}: bare {1000 * bare[-1]:.1f} ms/step, Trainer {1000 * trainer[-1]:.1f} ms/step",
+            file=sys.stderr,
+            flush=True,
+        )
     b, t = statistics.median(bare), statistics.median(trainer)
-    print(f"bare loop {1000 * b:.1f} ms/step, CheXpertTrainer {1000 * t:.1f} ms/step (medians of {args.repeats}; "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads): overhead {100 * (t / b - 1):+.1f}%")
+    print(
+        f"bare loop {1000 * b:.1f} ms/step, CheXpertTrainer {1000 * t:.1f} ms/step (medians of {args.repeats}; "
+        f"batch {args.batch_size}, {torch.get_num_threads()} threads): overhead {100 * (t / b - 1):+.1f}%"
+    )
     return 0
 
 

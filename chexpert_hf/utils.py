@@ -81,8 +81,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 _RULES = {"l": "---", "r": "---:", "c": ":---:"}
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None, *,
-                   tight_rule: bool = False) -> list[str]:
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None, *, tight_rule: bool = False
+) -> list[str]:
     """The lines of a Markdown table: ``| a | b |`` rows under ``header``; cells are written as given (escape ``|``
     before). ``align`` has one letter per column, ``l``, ``r`` or ``c`` (default: all left); ``tight_rule`` writes
     the rule as ``|---|---:|`` rather than ``| --- | ---: |``. A row shorter than the header ends in empty cells

@@ -33,8 +33,13 @@ def tiny_model(family: str, labels=None, one_channel: bool = False, image_size: 
     from chexpert_hf.models import build_model
 
     overrides = (TINY_ONE_CHANNEL if one_channel else TINY_CONFIGS)[family]
-    return build_model(family, from_scratch=True, config_overrides=overrides, image_size=image_size,
-                       labels=labels or COMPETITION_LABELS)
+    return build_model(
+        family,
+        from_scratch=True,
+        config_overrides=overrides,
+        image_size=image_size,
+        labels=labels or COMPETITION_LABELS,
+    )
 
 
 @pytest.fixture
@@ -59,8 +64,9 @@ def seeded():
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A synthetic CheXpert-v1.0-small tree: 12 training, 8 validation and 3 test patients."""
-    summary = synthesize(tmp_path_factory.mktemp("synthetic"), 12, valid_patients=8, test_patients=3, seed=7,
-                         progress=False)
+    summary = synthesize(
+        tmp_path_factory.mktemp("synthetic"), 12, valid_patients=8, test_patients=3, seed=7, progress=False
+    )
     return summary.root
 
 
@@ -113,7 +119,10 @@ def make_tree(root: Path, files: dict[str, bytes], header=TRAIN_HEADER, rows=Non
         target.write_bytes(data)
     train = rows if rows is not None else [image_row(name) for name in files if name.startswith("train/")]
     write_csv(root / "train.csv", header, train)
-    valid = valid_rows if valid_rows is not None else [image_row(name, ["0.0"] * 14) for name in files
-                                                       if name.startswith("valid/")]
+    valid = (
+        valid_rows
+        if valid_rows is not None
+        else [image_row(name, ["0.0"] * 14) for name in files if name.startswith("valid/")]
+    )
     write_csv(root / "valid.csv", header, valid)
     return root

@@ -67,20 +67,45 @@ class FakeLauncher:
             return 1
         run.log.write_text("fake run\n")
         policy = run.freeze_policy
-        info = {"recipe": run.recipe, "family": "vit", "variant": "base", "freeze_policy": policy, "seed": run.seed,
-                "trainable_parameters": PARAMETERS[policy], "total_parameters": 15525,
-                "trainable_share": PARAMETERS[policy] / 15525, "train_seconds": 12.5, "train_images_per_second": 400.0,
-                "feature_extraction_seconds": None, "peak_memory_mib": 900.0, "peak_memory_kind": "cpu_peak_rss",
-                "precision": "fp32", "world_size": 1, "hardware": "CPU (fake), 1 process(es) × 2 thread(s)"}
+        info = {
+            "recipe": run.recipe,
+            "family": "vit",
+            "variant": "base",
+            "freeze_policy": policy,
+            "seed": run.seed,
+            "trainable_parameters": PARAMETERS[policy],
+            "total_parameters": 15525,
+            "trainable_share": PARAMETERS[policy] / 15525,
+            "train_seconds": 12.5,
+            "train_images_per_second": 400.0,
+            "feature_extraction_seconds": None,
+            "peak_memory_mib": 900.0,
+            "peak_memory_kind": "cpu_peak_rss",
+            "precision": "fp32",
+            "world_size": 1,
+            "hardware": "CPU (fake), 1 process(es) × 2 thread(s)",
+        }
         (folder / "run_info.json").write_text(json.dumps(info))
         if run.prerequisite:
             return 0
         aurocs = label_aurocs(run)
-        metrics = {"mean_auroc": float(aurocs.mean()), "mean_auroc_ci95": [float(aurocs.mean()) - 0.05, 0.99],
-                   "mean_auroc_all": float(aurocs.mean()), "skipped_labels": [], "n_studies": 200,
-                   "per_label": {label: {"auroc": float(value), "auroc_ci95": [0.5, 1.0], "auprc": 0.5,
-                                         "positives": 10, "negatives": 190}
-                                 for label, value in zip(COMPETITION_LABELS, aurocs, strict=True)}}
+        metrics = {
+            "mean_auroc": float(aurocs.mean()),
+            "mean_auroc_ci95": [float(aurocs.mean()) - 0.05, 0.99],
+            "mean_auroc_all": float(aurocs.mean()),
+            "skipped_labels": [],
+            "n_studies": 200,
+            "per_label": {
+                label: {
+                    "auroc": float(value),
+                    "auroc_ci95": [0.5, 1.0],
+                    "auprc": 0.5,
+                    "positives": 10,
+                    "negatives": 190,
+                }
+                for label, value in zip(COMPETITION_LABELS, aurocs, strict=True)
+            },
+        }
         (folder / "metrics.json").write_text(json.dumps(metrics))
         return 0
 
@@ -98,8 +123,15 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
     fake = FakeLauncher()
     output = tmp_path / "bench"
-    code = benchmark([str(path) for path in recipes.values()], [0, 1, 2], output, ["--learning_rate", "0.01"],
-                           command="chexpert-hf benchmark --recipes ...", launcher=fake, echo=lambda line: None)
+    code = benchmark(
+        [str(path) for path in recipes.values()],
+        [0, 1, 2],
+        output,
+        ["--learning_rate", "0.01"],
+        command="chexpert-hf benchmark --recipes ...",
+        launcher=fake,
+        echo=lambda line: None,
+    )
     assert code == 0 and len(fake.calls) == 9
     # each run got its own seed and folder, through --config and the overrides
     first = fake.calls[0]
@@ -142,25 +174,40 @@ def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
 
 
 def test_ranks_follow_competition_ranking_and_need_two_seeds():
-    ranked = results.rank_recipes([("a", 0.90, 0.01), ("b", 0.85, 0.02), ("c", 0.84, 0.005), ("d", 0.70, 0.01),
-                                 ("e", None, None)])
+    ranked = results.rank_recipes(
+        [("a", 0.90, 0.01), ("b", 0.85, 0.02), ("c", 0.84, 0.005), ("d", 0.70, 0.01), ("e", None, None)]
+    )
     assert ranked == [("a", "1"), ("b", "=2"), ("c", "=2"), ("d", "4"), ("e", "—")]
     # 0.001 apart, but one seed each: no spread known, so no tie
     assert results.rank_recipes([("a", 0.801, None), ("b", 0.800, None)]) == [("a", "1"), ("b", "2")]
     # ties do not chain: the first and the last differ by more than the spread
     assert results.rank_recipes([("a", 0.90, 0.015), ("b", 0.89, 0.015), ("c", 0.88, 0.015)]) == [
-        ("a", "=1"), ("b", "=1"), ("c", "2")]
+        ("a", "=1"),
+        ("b", "=1"),
+        ("c", "2"),
+    ]
     # a recipe with a wide spread ties with both neighbours, which do not tie with each other
     assert results.rank_recipes([("a", 0.900, 0.001), ("b", 0.895, 0.05), ("c", 0.880, 0.001)]) == [
-        ("a", "=1"), ("b", "=1"), ("c", "2")]
+        ("a", "=1"),
+        ("b", "=1"),
+        ("c", "2"),
+    ]
     assert results.mean_std_text([0.8]) == "0.8000" and results.mean_std_text([]) == "—"
     assert launch.human_seconds(125) == "2 min 5 s" and launch.human_seconds(3725) == "1 h 2 min"
 
 
 def test_one_seed_has_no_spread_and_says_so(tmp_path, recipes):
     output = tmp_path / "bench"
-    assert benchmark([str(recipes["tiny_full"]), str(recipes["tiny_head"])], [1], output,
-                           launcher=FakeLauncher(), echo=lambda line: None) == 0
+    assert (
+        benchmark(
+            [str(recipes["tiny_full"]), str(recipes["tiny_head"])],
+            [1],
+            output,
+            launcher=FakeLauncher(),
+            echo=lambda line: None,
+        )
+        == 0
+    )
     markdown = (output / "results.md").read_text()
     rows = table_rows(markdown)
     assert "±" not in rows["tiny_full"][4] and rows["tiny_full"][4] == f"{MEANS['tiny_full'][1]:.4f}"
@@ -195,8 +242,11 @@ def test_resume_skips_finished_runs_and_reruns_failed_or_changed_ones(tmp_path, 
         handle.write("learning_rate: 0.5\n")
     edited = FakeLauncher()
     assert benchmark(grid, [0, 1], output, launcher=edited) == 0
-    assert sorted((run.recipe, run.seed) for run in edited.calls) == [("tiny_full", 0), ("tiny_head", 0),
-                                                                     ("tiny_head", 1)]
+    assert sorted((run.recipe, run.seed) for run in edited.calls) == [
+        ("tiny_full", 0),
+        ("tiny_head", 0),
+        ("tiny_head", 1),
+    ]
     assert "the recipe file changed" in capsys.readouterr().out
 
     changed = FakeLauncher()  # other overrides: every run is another run
@@ -231,18 +281,23 @@ def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "mine"
     write_recipe(folder, "pretrain", output_dir="./made/../made/pretrain")  # another spelling of made/pretrain
-    finetune = write_recipe(folder, "finetune", from_scratch=False, model_name_or_path="made/pretrain",
-                            freeze_policy="head")
+    finetune = write_recipe(
+        folder, "finetune", from_scratch=False, model_name_or_path="made/pretrain", freeze_policy="head"
+    )
     fake = FakeLauncher()
     output = tmp_path / "bench"
     assert benchmark([str(finetune)], [0, 1], output, launcher=fake) == 0
-    assert [(run.recipe, run.prerequisite) for run in fake.calls] == [("pretrain", True), ("finetune", False),
-                                                                     ("finetune", False)]
+    assert [(run.recipe, run.prerequisite) for run in fake.calls] == [
+        ("pretrain", True),
+        ("finetune", False),
+        ("finetune", False),
+    ]
     first = fake.calls[0]
     assert "--seed" not in first.command and "--output_dir" not in first.command
     assert first.output_dir == tmp_path / "made" / "pretrain" and (first.output_dir / "run_info.json").is_file()
-    assert ("finetune starts from made/pretrain, made by recipe pretrain; it holds no finished model: training it "
-            "first") in capsys.readouterr().out
+    assert (
+        "finetune starts from made/pretrain, made by recipe pretrain; it holds no finished model: training it first"
+    ) in capsys.readouterr().out
     assert list(pd.read_csv(output / "results.csv")["recipe"]) == ["finetune", "finetune"]
 
     again = FakeLauncher()  # the model exists now: neither it nor the finished runs run again
@@ -280,20 +335,23 @@ def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monke
     assert "no recipe in" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    (["--recipes", "demo,no_such_recipe"], "unknown recipe 'no_such_recipe'; available in .*demo"),
-    (["--recipes", "demo,demo"], "names demo more than once"),
-    (["--recipes", "demo", "--seeds", "0,x"], "non-negative integers"),
-    (["--recipes", "demo", "--seeds", "1,2,1"], "seed\\(s\\) 1 more than once"),
-    (["--recipes", "demo", "--seeds", ""], "non-negative integers"),
-    (["--recipes", "demo", "--learning_rat", "0.1"], "unknown field 'learning_rat'; did you mean 'learning_rate'"),
-    (["--recipes", "demo", "--num_train_epochs", "many"], "num_train_epochs.*invalid float value"),
-    (["--recipes", "demo", "--freeze_policy", "most"], "unknown freeze policy 'most'"),
-    (["--recipes", "demo", "--output_dir", "elsewhere"], "--output_dir cannot be overridden"),
-    (["--recipes", "demo", "--seed=3"], "--seed cannot be overridden"),
-    (["--recipes", "demo", "--accelerate-config", "missing.yaml"], "accelerate config missing.yaml does not exist"),
-    (["--recipes", "missing.yaml"], "recipe file missing.yaml does not exist"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--recipes", "demo,no_such_recipe"], "unknown recipe 'no_such_recipe'; available in .*demo"),
+        (["--recipes", "demo,demo"], "names demo more than once"),
+        (["--recipes", "demo", "--seeds", "0,x"], "non-negative integers"),
+        (["--recipes", "demo", "--seeds", "1,2,1"], "seed\\(s\\) 1 more than once"),
+        (["--recipes", "demo", "--seeds", ""], "non-negative integers"),
+        (["--recipes", "demo", "--learning_rat", "0.1"], "unknown field 'learning_rat'; did you mean 'learning_rate'"),
+        (["--recipes", "demo", "--num_train_epochs", "many"], "num_train_epochs.*invalid float value"),
+        (["--recipes", "demo", "--freeze_policy", "most"], "unknown freeze policy 'most'"),
+        (["--recipes", "demo", "--output_dir", "elsewhere"], "--output_dir cannot be overridden"),
+        (["--recipes", "demo", "--seed=3"], "--seed cannot be overridden"),
+        (["--recipes", "demo", "--accelerate-config", "missing.yaml"], "accelerate config missing.yaml does not exist"),
+        (["--recipes", "missing.yaml"], "recipe file missing.yaml does not exist"),
+    ],
+)
 def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatch, capsys, arguments, message):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(launch, "launch_run", lambda run: pytest.fail("nothing may run"))
@@ -304,18 +362,47 @@ def test_bad_input_is_a_one_line_error_before_anything_runs(tmp_path, monkeypatc
     assert not (tmp_path / "bench").exists()
 
 
-TINY = ["--config_overrides", json.dumps(tiny_config("vit", num_hidden_layers=1, num_attention_heads=2,
-                                                     intermediate_size=64)),
-        "--image_size", "32", "--prepare_image_size", "32", "--synthetic_patients", "40",
-        "--synthetic_valid_patients", "20", "--num_train_epochs", "1", "--save_strategy", "no", "--eval_strategy", "no",
-        "--load_best_model_at_end", "false", "--report_to", "none", "--disable_tqdm", "true"]
+TINY = [
+    "--config_overrides",
+    json.dumps(tiny_config("vit", num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
+    "--image_size",
+    "32",
+    "--prepare_image_size",
+    "32",
+    "--synthetic_patients",
+    "40",
+    "--synthetic_valid_patients",
+    "20",
+    "--num_train_epochs",
+    "1",
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--load_best_model_at_end",
+    "false",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     output = tmp_path / "bench"
-    arguments = ["benchmark", "--recipes", "demo", "--seeds", "0,1", "--output", str(output), *TINY,
-                 "--data_cache_dir", str(tmp_path / "cache")]
+    arguments = [
+        "benchmark",
+        "--recipes",
+        "demo",
+        "--seeds",
+        "0,1",
+        "--output",
+        str(output),
+        *TINY,
+        "--data_cache_dir",
+        str(tmp_path / "cache"),
+    ]
     assert main(arguments) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "[1/2] demo seed 0" in out and "[2/2] demo seed 1: finished in" in out
@@ -365,10 +452,12 @@ def test_stopping_a_run_stops_its_whole_process_group(tmp_path):
 
     # a leader that starts a child (in its group) and waits: what accelerate does with the training processes
     child_pid = tmp_path / "child.pid"
-    script = ("import pathlib, subprocess, sys, time; "
-              "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
-              "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)']); "  # a worker that ignores Ctrl-C
-              f"pathlib.Path({str(child_pid)!r}).write_text(str(child.pid)); time.sleep(60)")
+    script = (
+        "import pathlib, subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)']); "  # a worker that ignores Ctrl-C
+        f"pathlib.Path({str(child_pid)!r}).write_text(str(child.pid)); time.sleep(60)"
+    )
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     for _ in range(100):
         if child_pid.is_file() and child_pid.read_text():
@@ -388,9 +477,24 @@ def test_the_offline_demo_grid_end_to_end(tmp_path, monkeypatch, capsys):
     fine-tuning its checkpoint (about a minute on 2 CPUs)."""
     monkeypatch.chdir(tmp_path)
     output = tmp_path / "bench"
-    small = ["--synthetic_patients", "40", "--synthetic_valid_patients", "20", "--num_train_epochs", "1",
-             "--save_strategy", "no", "--eval_strategy", "no", "--load_best_model_at_end", "false",
-             "--disable_tqdm", "true", "--data_cache_dir", str(tmp_path / "cache")]
+    small = [
+        "--synthetic_patients",
+        "40",
+        "--synthetic_valid_patients",
+        "20",
+        "--num_train_epochs",
+        "1",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+        "--disable_tqdm",
+        "true",
+        "--data_cache_dir",
+        str(tmp_path / "cache"),
+    ]
     arguments = ["benchmark", "--recipes", "demo_head,demo_last_block,demo_full", "--output", str(output), *small]
     assert main(arguments) == 0, capsys.readouterr()
     assert "made by recipe demo_pretrain" in capsys.readouterr().out

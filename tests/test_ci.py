@@ -16,14 +16,17 @@ spec.loader.exec_module(check)
 BODY = "\n\nThe body says why the change is made.\n"
 
 
-@pytest.mark.parametrize(("message", "problem"), [
-    ("x" * 72 + BODY, None),
-    ("x" * 73 + BODY, "the subject is 73 characters; at most 72"),
-    ("Fix the sampler\nno blank line\nthen the body\n", "the subject must be followed by a blank line"),
-    ("Fix the sampler\n", "the message has no body: say why the change is made"),
-    ("# only a comment\n\n", "the message has no subject line"),
-    ("Fix the sampler" + BODY + "# Please enter the commit message (a comment Git strips)\n", None),
-])
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        ("x" * 72 + BODY, None),
+        ("x" * 73 + BODY, "the subject is 73 characters; at most 72"),
+        ("Fix the sampler\nno blank line\nthen the body\n", "the subject must be followed by a blank line"),
+        ("Fix the sampler\n", "the message has no body: say why the change is made"),
+        ("# only a comment\n\n", "the message has no subject line"),
+        ("Fix the sampler" + BODY + "# Please enter the commit message (a comment Git strips)\n", None),
+    ],
+)
 def test_the_commit_message_rule(message, problem):
     assert check.problems(message) == ([] if problem is None else [problem])
 
@@ -31,8 +34,9 @@ def test_the_commit_message_rule(message, problem):
 def test_the_hook_names_the_file_and_fails(tmp_path):
     message = tmp_path / "COMMIT_EDITMSG"
     message.write_text("y" * 80 + BODY)
-    result = subprocess.run([sys.executable, str(ROOT / ".ci" / "check_commit_message.py"), str(message)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "check_commit_message.py"), str(message)], capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == f"{message}: the subject is 80 characters; at most 72"
 

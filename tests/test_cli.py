@@ -18,13 +18,44 @@ def test_help_lists_the_subcommands():
 
 
 def test_synthesize_then_prepare(tmp_path, capsys):
-    assert main(["synthesize", "--output", str(tmp_path / "raw"), "--num-patients", "5", "--valid-patients", "3",
-                 "--test-patients", "2", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--output",
+                str(tmp_path / "raw"),
+                "--num-patients",
+                "5",
+                "--valid-patients",
+                "3",
+                "--test-patients",
+                "2",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     root = tmp_path / "raw" / "CheXpert-v1.0-small"
     assert f"wrote {root}" in out and "lesion boxes" in out
-    assert main(["prepare", "--data-dir", str(root), "--output", str(tmp_path / "ready"), "--image-size", "64",
-                 "--num-proc", "1", "--frontal-only"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--data-dir",
+                str(root),
+                "--output",
+                str(tmp_path / "ready"),
+                "--image-size",
+                "64",
+                "--num-proc",
+                "1",
+                "--frontal-only",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     dataset = datasets.load_from_disk(str(tmp_path / "ready"))
     frontal = (pd.read_csv(root / "train.csv")["Frontal/Lateral"] == "Frontal").sum()
@@ -65,19 +96,35 @@ def test_models_lists_every_family_and_the_docs_table_is_current(capsys):
     table = capsys.readouterr().out.strip()
     page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     start, end = "<!-- models-table:start -->\n", "\n<!-- models-table:end -->"
-    assert page[page.index(start) + len(start):page.index(end)] == table, (
+    assert page[page.index(start) + len(start) : page.index(end)] == table, (
         "docs/models.md's model table is stale: replace it with the output of `chexpert-hf models --markdown`"
     )
 
 
 # --- the command line itself: one file per command, one spelling per option, one line per error -----------------
 
-DOCS = {"synthesize": "data", "prepare": "data", "evaluate": "evaluation", "predict": "evaluation",
-        "explain": "explain", "push": "hub", "models": "models", "benchmark": "benchmark", "train": "training"}
+DOCS = {
+    "synthesize": "data",
+    "prepare": "data",
+    "evaluate": "evaluation",
+    "predict": "evaluation",
+    "explain": "explain",
+    "push": "hub",
+    "models": "models",
+    "benchmark": "benchmark",
+    "train": "training",
+}
 # the least each command needs to parse
-MINIMAL = {"synthesize": ["--output", "o"], "prepare": ["--data_dir", "d", "--output", "o"], "evaluate": [],
-           "predict": ["--model", "m", "image.png"], "explain": ["--model", "m", "--output", "o"],
-           "push": ["folder", "--repo_id", "me/model"], "models": [], "benchmark": ["--recipes", "demo"]}
+MINIMAL = {
+    "synthesize": ["--output", "o"],
+    "prepare": ["--data_dir", "d", "--output", "o"],
+    "evaluate": [],
+    "predict": ["--model", "m", "image.png"],
+    "explain": ["--model", "m", "--output", "o"],
+    "push": ["folder", "--repo_id", "me/model"],
+    "models": [],
+    "benchmark": ["--recipes", "demo"],
+}
 
 
 def _subparsers():
@@ -117,8 +164,10 @@ def test_every_old_spelling_still_parses_to_the_same_value():
             spellings = [option for option in action.option_strings if option.startswith("--")]
             if len(spellings) < 2:
                 continue
-            parsed = [getattr(build_parser().parse_args([name, *MINIMAL[name], spelling, *_sample(action)]),
-                              action.dest) for spelling in spellings]
+            parsed = [
+                getattr(build_parser().parse_args([name, *MINIMAL[name], spelling, *_sample(action)]), action.dest)
+                for spelling in spellings
+            ]
             assert all(value == parsed[0] for value in parsed) and parsed[0] not in (None, False), (name, spellings)
             assert "_" in spellings[0] or "-" not in spellings[0][2:], spellings  # the first is the one taught
             checked += 1
@@ -156,8 +205,22 @@ def test_what_predict_writes_evaluate_scores(synthetic_root, tmp_path, capsys):
     assert main(["predict", "--model", str(model), *images, "--output", str(predictions), "--device", "cpu"]) == 0
     assert pd.read_csv(predictions)["Path"].iloc[0].startswith("/")  # absolute, as given
     capsys.readouterr()
-    assert main(["evaluate", "--predictions", str(predictions), "--groundtruth", str(synthetic_root / "valid.csv"),
-                 "--bootstrap", "0", "--output", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "evaluate",
+                "--predictions",
+                str(predictions),
+                "--groundtruth",
+                str(synthetic_root / "valid.csv"),
+                "--bootstrap",
+                "0",
+                "--output",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert (tmp_path / "report" / "metrics.json").is_file()
 
 
@@ -191,13 +254,29 @@ def test_training_on_a_prepared_set_without_a_train_split_is_one_line(prepared_d
 
     only_validation = tmp_path / "validation-only"
     datasets.DatasetDict({"validation": datasets.load_from_disk(str(prepared_dir))["validation"]}).save_to_disk(
-        str(only_validation))
+        str(only_validation)
+    )
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "family": "vit", "from_scratch": True, "image_size": 32, "data_dir": str(only_validation), "use_cpu": True,
-        "report_to": "none", "output_dir": str(tmp_path / "out"), "config_overrides": {
-            "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 37,
-            "patch_size": 8}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "family": "vit",
+                "from_scratch": True,
+                "image_size": 32,
+                "data_dir": str(only_validation),
+                "use_cpu": True,
+                "report_to": "none",
+                "output_dir": str(tmp_path / "out"),
+                "config_overrides": {
+                    "hidden_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 4,
+                    "intermediate_size": 37,
+                    "patch_size": 8,
+                },
+            }
+        )
+    )
     assert train_main(["--config", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("chexpert-hf train: error: ") and err.count("\n") == 1 and "Traceback" not in err

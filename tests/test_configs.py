@@ -14,8 +14,13 @@ from chexpert_hf.training.train import main as train_main
 # recipe name -> (family, variant, freeze policy)
 RECIPES = {
     f"{prefix}_{strategy}": (family, variant, strategy)
-    for prefix, family, variant in [("vit", "vit", "base"), ("vit_large", "vit", "large"), ("swin", "swin", "base"),
-                                    ("deit", "deit", "base"), ("resnet_vit", "resnet_vit", "base")]
+    for prefix, family, variant in [
+        ("vit", "vit", "base"),
+        ("vit_large", "vit", "large"),
+        ("swin", "swin", "base"),
+        ("deit", "deit", "base"),
+        ("resnet_vit", "resnet_vit", "base"),
+    ]
     for strategy in ("head", "last_block", "full")
 }
 RECIPES["densenet121_full"] = ("densenet121", "base", "full")
@@ -76,8 +81,10 @@ def test_recipes_readme_has_one_row_per_recipe_with_its_command():
 
 def test_command_line_overrides_the_file_and_yaml_strings_are_typed(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("family: vit\nfrom_scratch: true\nlearning_rate: 1e-4\nnum_train_epochs: 2\nuse_cpu: true\n"
-                    "config_overrides:\n  hidden_size: 64\n")
+    path.write_text(
+        "family: vit\nfrom_scratch: true\nlearning_rate: 1e-4\nnum_train_epochs: 2\nuse_cpu: true\n"
+        "config_overrides:\n  hidden_size: 64\n"
+    )
     recipe = parse_recipe(["--config", str(path), "--num_train_epochs", "5", "--freeze_policy", "head"])
     assert recipe.training.learning_rate == pytest.approx(1e-4)  # YAML reads 1e-4 as a string
     assert recipe.training.num_train_epochs == 5
@@ -101,8 +108,10 @@ def test_resolved_recipe_reproduces_the_run(tmp_path):
     [
         (["--recipe", "nope"], ["unknown recipe 'nope'", "vit_head", "demo"]),
         (["--recipe", "demo", "--freeze_policy", "heads"], ["freeze policy 'heads'", *POLICIES]),
-        (["--recipe", "demo", "--uncertainty_policy", "u_maybe"], ["uncertainty policy 'u_maybe'",
-                                                                    *UNCERTAINTY_POLICIES]),
+        (
+            ["--recipe", "demo", "--uncertainty_policy", "u_maybe"],
+            ["uncertainty policy 'u_maybe'", *UNCERTAINTY_POLICIES],
+        ),
         (["--recipe", "demo", "--family", "vgg"], ["model family 'vgg'", "swin", "densenet121"]),
         (["--recipe", "demo", "--validation_split", "patients:2"], ["validation_split", "patients:<fraction"]),
         (["--recipe", "demo", "--recipe", "demo", "--config", "x.yaml"], ["either --recipe NAME or --config"]),
@@ -137,8 +146,10 @@ def test_abbreviated_flags_are_refused():
         parse_recipe(["--recipe", "demo", "--learning_rat", "3"])
 
 
-@pytest.mark.parametrize("argv", [["--learning_rat", "3"], ["--recipe", "demo", "--learning_rat", "3"],
-                                  ["--recipe", "demo", "--learning-rat=3"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--learning_rat", "3"], ["--recipe", "demo", "--learning_rat", "3"], ["--recipe", "demo", "--learning-rat=3"]],
+)
 def test_a_misspelt_flag_is_one_line_with_the_closest_field(argv, capsys):
     """As a misspelt key of a recipe file: not the usage of every field (130 lines), and status 2."""
     assert train_main(argv) == 2
@@ -152,20 +163,25 @@ def test_the_console_script_and_the_recipes_script_report_a_misspelt_flag_alike(
 
     root = Path(__file__).resolve().parents[1]
     for command in ([sys.executable, "-m", "chexpert_hf.cli", "train"], [sys.executable, "recipes/train.py"]):
-        result = subprocess.run([*command, "--recipe", "demo", "--learning_rat", "3"], capture_output=True,
-                                text=True, cwd=root)
+        result = subprocess.run(
+            [*command, "--recipe", "demo", "--learning_rat", "3"], capture_output=True, text=True, cwd=root
+        )
         assert result.returncode == 2, command
         assert result.stderr.strip().splitlines() == [
-            "chexpert-hf train: error: unknown field 'learning_rat'; did you mean 'learning_rate'?"], result.stderr
+            "chexpert-hf train: error: unknown field 'learning_rat'; did you mean 'learning_rate'?"
+        ], result.stderr
 
 
-@pytest.mark.parametrize(("key", "value", "expected"), [
-    ("views", "lateral", "unknown views 'lateral'; choose one of: frontal, all"),
-    ("freeze_policy", "heads", "unknown freeze policy 'heads'; choose one of: head, last_block, full"),
-    ("sampling", "uniform", "unknown sampling 'uniform'"),
-    ("augmentation", "heavy", "unknown augmentation 'heavy'; choose one of: none, light"),
-    ("family", "vgg", "unknown model family 'vgg'"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("views", "lateral", "unknown views 'lateral'; choose one of: frontal, all"),
+        ("freeze_policy", "heads", "unknown freeze policy 'heads'; choose one of: head, last_block, full"),
+        ("sampling", "uniform", "unknown sampling 'uniform'"),
+        ("augmentation", "heavy", "unknown augmentation 'heavy'; choose one of: none, light"),
+        ("family", "vgg", "unknown model family 'vgg'"),
+    ],
+)
 def test_file_values_are_checked_by_the_choices_flags_are(key, value, expected, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(f"family: vit\nuse_cpu: true\n{key}: {value}\n")
@@ -201,8 +217,7 @@ def test_help_starts_with_the_recipe_and_the_common_fields(capsys):
     first = next(index for index, flag in enumerate(flags) if flag in transformers_fields)
     assert flags.index("--recipe") < flags.index("--config") < first
     titles = [line for line in lines if line and not line.startswith(" ") and line.endswith(":")]
-    assert [title.split()[0] for title in titles] == ["recipe:", "most", "model:", "data:", "policies",
-                                                      "Transformers"]
+    assert [title.split()[0] for title in titles] == ["recipe:", "most", "model:", "data:", "policies", "Transformers"]
     assert "--data-dir" not in out  # one spelling shown; the other still parses
     assert parse_recipe(["--recipe", "demo", "--data-dir", "x"]).data.data_dir == "x"
 
@@ -258,12 +273,17 @@ def _precision_getters() -> tuple:
     """What library code reads (Inductor's autotuning among them): torch's legacy getters and the new flags."""
     import torch
 
-    return (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.fp32_precision)
+    return (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.fp32_precision,
+    )
 
 
-@pytest.mark.parametrize("fields", [{"tf32": True}, {"tf32": False},
-                                    {"torch_compile": True, "bf16": True}])  # Transformers then enables TF32
+@pytest.mark.parametrize(
+    "fields", [{"tf32": True}, {"tf32": False}, {"torch_compile": True, "bf16": True}]
+)  # Transformers then enables TF32
 def test_tf32_leaves_every_precision_getter_readable(fields, monkeypatch, restore_tf32):
     """On an Ampere+ GPU with torch >= 2.9, Transformers' own TF32 switch uses torch's new precision API, after which
     torch's legacy getters raise ("a mix of the legacy and new APIs"); the training arguments set it one way."""

@@ -24,12 +24,25 @@ pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same rando
 def tiny_timm_hybrid(image_size: int = 32, num_classes: int = 5) -> VisionTransformer:
     """A miniature of timm's vit_base_r50_s16: ResNetV2 (StdConv, GroupNorm, 'same' stem) + ViT, random weights."""
     backbone = ResNetV2(
-        layers=(1, 1), channels=(16, 32), stem_chs=8, num_classes=0, global_pool="", preact=False,
-        stem_type="same", conv_layer=partial(StdConv2dSame, eps=1e-8), norm_layer=partial(GroupNormAct, num_groups=4),
+        layers=(1, 1),
+        channels=(16, 32),
+        stem_chs=8,
+        num_classes=0,
+        global_pool="",
+        preact=False,
+        stem_type="same",
+        conv_layer=partial(StdConv2dSame, eps=1e-8),
+        norm_layer=partial(GroupNormAct, num_groups=4),
     )
     model = VisionTransformer(
-        img_size=image_size, patch_size=1, embed_dim=32, depth=2, num_heads=4, mlp_ratio=1.5,
-        num_classes=num_classes, embed_layer=partial(HybridEmbed, backbone=backbone),
+        img_size=image_size,
+        patch_size=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=1.5,
+        num_classes=num_classes,
+        embed_layer=partial(HybridEmbed, backbone=backbone),
     )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -85,12 +98,24 @@ def test_parts_take_the_resnet_stages_and_the_vit_encoder(tmp_path):
     resnet = ResNetForImageClassification(
         ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8, num_labels=3)
     )
-    vit = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                             image_size=64, patch_size=16))
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=64,
+            patch_size=16,
+        )
+    )
     resnet.save_pretrained(tmp_path / "resnet")
     vit.save_pretrained(tmp_path / "vit")
-    built = build_model("resnet_vit", model_name_or_path=str(tmp_path / "vit"),
-                        backbone_name_or_path=str(tmp_path / "resnet"), image_size=64)
+    built = build_model(
+        "resnet_vit",
+        model_name_or_path=str(tmp_path / "vit"),
+        backbone_name_or_path=str(tmp_path / "resnet"),
+        image_size=64,
+    )
     model = built.model
     config = model.config
     assert config.backbone_config.model_type == "resnet"
@@ -112,8 +137,16 @@ def test_parts_take_the_resnet_stages_and_the_vit_encoder(tmp_path):
 
 
 def test_parts_refuse_a_backbone_that_is_not_a_resnet(tmp_path):
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
-                       image_size=32, patch_size=16)).save_pretrained(tmp_path / "vit")
+    ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=16,
+        )
+    ).save_pretrained(tmp_path / "vit")
     with pytest.raises(ValueError, match="not a ResNet or BiT"):
         resnet_vit_from_parts(str(tmp_path / "vit"), str(tmp_path / "vit"), label_config(COMPETITION_LABELS))
 
@@ -135,10 +168,19 @@ def test_parts_refuse_an_encoder_missing_weights_and_use_the_backbone_normalisat
         ResNetConfig(depths=[1, 1, 1], hidden_sizes=[8, 16, 32], embedding_size=8)
     ).save_pretrained(tmp_path / "resnet")
     make_processor(64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save_pretrained(tmp_path / "resnet")
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                       image_size=64, patch_size=16)).save_pretrained(tmp_path / "vit")
-    built = build_model("resnet_vit", model_name_or_path=str(tmp_path / "vit"),
-                        backbone_name_or_path=str(tmp_path / "resnet"))
+    ViTModel(
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=64,
+            patch_size=16,
+        )
+    ).save_pretrained(tmp_path / "vit")
+    built = build_model(
+        "resnet_vit", model_name_or_path=str(tmp_path / "vit"), backbone_name_or_path=str(tmp_path / "resnet")
+    )
     assert built.image_size == 64  # the encoder's size, not the backbone processor's
     assert list(built.processor.image_mean) == pytest.approx([0.485, 0.456, 0.406])
 
@@ -147,5 +189,6 @@ def test_parts_refuse_an_encoder_missing_weights_and_use_the_backbone_normalisat
     config["num_hidden_layers"] = 3
     config_path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"lacks encoder weights: \['layers\.2\."):
-        build_model("resnet_vit", model_name_or_path=str(tmp_path / "vit"),
-                    backbone_name_or_path=str(tmp_path / "resnet"))
+        build_model(
+            "resnet_vit", model_name_or_path=str(tmp_path / "vit"), backbone_name_or_path=str(tmp_path / "resnet")
+        )

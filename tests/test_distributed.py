@@ -25,20 +25,50 @@ def launched(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("distributed")
     raw = synthesize(folder / "raw", 40, valid_patients=20, seed=11, progress=False).root
     recipe = {
-        "family": "vit", "from_scratch": True, "config_overrides": TINY_VIT, "image_size": 32,
-        "data_dir": str(raw), "data_cache_dir": str(folder / "cache"), "prepare_image_size": 48,
-        "augmentation": "light", "learning_rate": 1e-3, "lr_scheduler_type": "cosine",
-        "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
-        "max_steps": 8, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 6, "logging_steps": 1,
-        "use_cpu": True, "report_to": "none", "dataloader_num_workers": 0, "seed": 0, "disable_tqdm": True,
+        "family": "vit",
+        "from_scratch": True,
+        "config_overrides": TINY_VIT,
+        "image_size": 32,
+        "data_dir": str(raw),
+        "data_cache_dir": str(folder / "cache"),
+        "prepare_image_size": 48,
+        "augmentation": "light",
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "cosine",
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "max_steps": 8,
+        "eval_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": 6,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "disable_tqdm": True,
         # rank_dirs: the best evaluation is the first (the loss falls), so the best and the last weights differ
-        "metric_for_best_model": "loss", "greater_is_better": True,
+        "metric_for_best_model": "loss",
+        "greater_is_better": True,
     }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(ROOT / "tests" / "scripts" / "distributed_training.py"), str(folder),
-               str(folder / "recipe.yaml"), "augment", "resume", "rank_dirs"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "tests" / "scripts" / "distributed_training.py"),
+        str(folder),
+        str(folder / "recipe.yaml"),
+        "augment",
+        "resume",
+        "rank_dirs",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder
@@ -113,13 +143,44 @@ def test_processes_wait_for_the_first_preparation_on_its_lock_not_a_timed_barrie
     entry.parent.mkdir(parents=True)
     lock = FileLock(str(entry) + ".lock", thread_local=False)  # released by another thread
     lock.acquire()
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(ROOT / "tests" / "scripts" / "train_with_timeout.py"), "5", str(ready),
-               "--recipe", "demo", "--data_dir", str(raw), "--data_cache_dir", str(cache), "--prepare_image_size",
-               "48", "--image_size", "32", "--decode_cache", "false", "--max_steps", "1",
-               "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
-               "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "tests" / "scripts" / "train_with_timeout.py"),
+        "5",
+        str(ready),
+        "--recipe",
+        "demo",
+        "--data_dir",
+        str(raw),
+        "--data_cache_dir",
+        str(cache),
+        "--prepare_image_size",
+        "48",
+        "--image_size",
+        "32",
+        "--decode_cache",
+        "false",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--disable_tqdm",
+        "true",
+    ]
     held = {}
 
     def release_later():  # "the first process" prepares for 12 s, more than twice the timeout

@@ -36,8 +36,16 @@ def groundtruth_images(tmp_path, studies: int = 40, seed: int = 0):
         views = ["view1_frontal.jpg"] + (["view2_lateral.jpg"] if index % 3 == 0 else [])
         for view in views:
             path = f"CheXpert-v1.0-small/valid/patient{64541 + index:05d}/study1/{view}"
-            rows.append([path, "Female", 50, "Frontal" if "frontal" in view else "Lateral",
-                         "AP" if "frontal" in view else "", *(f"{v:.1f}" for v in labels)])
+            rows.append(
+                [
+                    path,
+                    "Female",
+                    50,
+                    "Frontal" if "frontal" in view else "Lateral",
+                    "AP" if "frontal" in view else "",
+                    *(f"{v:.1f}" for v in labels),
+                ]
+            )
             paths.append(path)
             study_of.append(f"patient{64541 + index:05d}/study1")
     return write_csv(tmp_path / "valid.csv", TRAIN_HEADER, rows), paths, study_of
@@ -117,8 +125,11 @@ def test_study_rows_against_a_study_level_groundtruth(tmp_path):
     studies = [f"test/patient{64741 + i:05d}/study1" for i in range(30)]
     labels = (rng.random((30, 14)) < 0.4).astype(int)
     labels[:, CHEXPERT_LABELS.index("Edema")] = np.arange(30) % 2
-    write_csv(tmp_path / "groundtruth.csv", ["Study", *CHEXPERT_LABELS],
-              [[study, *row] for study, row in zip(studies, labels.tolist(), strict=True)])
+    write_csv(
+        tmp_path / "groundtruth.csv",
+        ["Study", *CHEXPERT_LABELS],
+        [[study, *row] for study, row in zip(studies, labels.tolist(), strict=True)],
+    )
     probabilities = rng.random((30, 5))
     pred = pd.DataFrame(probabilities, columns=list(COMPETITION_LABELS))
     pred.insert(0, "Study", [f"CheXpert-v1.0/{study}" for study in studies])  # another prefix: same studies
@@ -215,16 +226,22 @@ def test_a_path_that_is_not_a_chexpert_path(tmp_path):
 
 def test_per_image_needs_image_rows(tmp_path):
     rng = np.random.default_rng(0)
-    write_csv(tmp_path / "pred.csv", ["Study", "Edema"],
-              [[f"valid/patient{64541 + i}/study1", rng.random()] for i in range(10)])
+    write_csv(
+        tmp_path / "pred.csv",
+        ["Study", "Edema"],
+        [[f"valid/patient{64541 + i}/study1", rng.random()] for i in range(10)],
+    )
     gt, _, _ = groundtruth_images(tmp_path, studies=10)
     with pytest.raises(CheXpertFormatError, match="--per-image needs one row per image"):
         score_predictions(tmp_path / "pred.csv", gt, per_image=True)
 
 
 def test_read_predictions_accepts_csv_label_spellings(tmp_path):
-    write_csv(tmp_path / "pred.csv", ["Pleural_Effusion", "Path", "lung opacity"],
-              [[0.2, "valid/patient64541/study1/view1_frontal.jpg", 0.7]])
+    write_csv(
+        tmp_path / "pred.csv",
+        ["Pleural_Effusion", "Path", "lung opacity"],
+        [[0.2, "valid/patient64541/study1/view1_frontal.jpg", 0.7]],
+    )
     rows = read_predictions(tmp_path / "pred.csv")
     assert rows.labels == ["Pleural Effusion", "Lung Opacity"] and rows.values.tolist() == [[0.2, 0.7]]
 
@@ -276,8 +293,19 @@ def test_reports_and_the_command_line(tmp_path, capsys):
     gt, paths, _ = groundtruth_images(tmp_path)
     predictions_for(paths, RNG_LABELS).to_csv(tmp_path / "pred.csv", index=False)
     out = tmp_path / "report"
-    code = cli_main(["evaluate", "--predictions", str(tmp_path / "pred.csv"), "--groundtruth", str(gt),
-                     "--output", str(out), "--bootstrap", "1000"])
+    code = cli_main(
+        [
+            "evaluate",
+            "--predictions",
+            str(tmp_path / "pred.csv"),
+            "--groundtruth",
+            str(gt),
+            "--output",
+            str(out),
+            "--bootstrap",
+            "1000",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -300,8 +328,9 @@ def test_the_command_names_bad_input_and_writes_nothing(tmp_path, capsys):
     pred.loc[4, "Edema"] = 2.0
     pred.to_csv(tmp_path / "pred.csv", index=False)
     out = tmp_path / "report"
-    code = cli_main(["evaluate", "--predictions", str(tmp_path / "pred.csv"), "--groundtruth", str(gt),
-                     "--output", str(out)])
+    code = cli_main(
+        ["evaluate", "--predictions", str(tmp_path / "pred.csv"), "--groundtruth", str(gt), "--output", str(out)]
+    )
     assert code == 2 and "line 6" in capsys.readouterr().err and not out.exists()
     assert cli_main(["evaluate", "--predictions", str(tmp_path / "pred.csv")]) == 2
     assert "--groundtruth" in capsys.readouterr().err

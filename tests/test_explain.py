@@ -21,8 +21,13 @@ from chexpert_hf.labels import COMPETITION_LABELS, reorder_labels
 
 pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same random state (conftest)
 
-SNAKE = {"Atelectasis": "atelectasis", "Cardiomegaly": "cardiomegaly", "Consolidation": "consolidation",
-         "Edema": "edema", "Pleural Effusion": "pleural_effusion"}
+SNAKE = {
+    "Atelectasis": "atelectasis",
+    "Cardiomegaly": "cardiomegaly",
+    "Consolidation": "consolidation",
+    "Edema": "edema",
+    "Pleural Effusion": "pleural_effusion",
+}
 
 
 def saved(tmp_path_factory, family: str, image_size: int = 32) -> Path:
@@ -49,12 +54,29 @@ def frontal_validation(prepared_dir: Path):
     return rows, raw
 
 
-def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(vit_dir, prepared_dir, synthetic_root,
-                                                                              tmp_path, capsys):
+def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(
+    vit_dir, prepared_dir, synthetic_root, tmp_path, capsys
+):
     output = tmp_path / "explained"
     lesions_csv = synthetic_root / "lesions.csv"
-    assert main(["explain", "--model", str(vit_dir), "--data", str(prepared_dir), "--num-images", "0",
-                 "--lesions", str(lesions_csv), "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(vit_dir),
+                "--data",
+                str(prepared_dir),
+                "--num-images",
+                "0",
+                "--lesions",
+                str(lesions_csv),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "gradcam: pointing game (tolerance 15 px)" in printed and "randomized model: Spearman" in printed
 
@@ -96,14 +118,32 @@ def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(vi
         assert entry["hit_rate"] == pytest.approx(entry["hits"] / entry["positives"])
 
 
-def test_explain_image_files_skips_unreadable_ones_and_writes_one_folder_per_method(vit_dir, synthetic_root, tmp_path,
-                                                                                    capsys):
+def test_explain_image_files_skips_unreadable_ones_and_writes_one_folder_per_method(
+    vit_dir, synthetic_root, tmp_path, capsys
+):
     images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:3]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     output = tmp_path / "files"
-    assert main(["explain", "--model", str(vit_dir), "--images", *map(str, images), str(broken), "--top-k", "2",
-                 "--method", "gradcam,gradcam++,attention_rollout", "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(vit_dir),
+                "--images",
+                *map(str, images),
+                str(broken),
+                "--top-k",
+                "2",
+                "--method",
+                "gradcam,gradcam++,attention_rollout",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"skipped unreadable image {broken}" in err and "skipped 1 of 4 images" in err
     assert sorted(path.name for path in output.iterdir()) == ["attention_rollout", "gradcam", "gradcam++"]
@@ -117,8 +157,9 @@ def test_explain_image_files_skips_unreadable_ones_and_writes_one_folder_per_met
         assert sheet.width > 3 * 256  # the radiograph and two overlays
 
 
-def test_explain_the_hybrid_at_its_cnn_stage_needs_trust_remote_code(tmp_path_factory, synthetic_root, tmp_path,
-                                                                     capsys):
+def test_explain_the_hybrid_at_its_cnn_stage_needs_trust_remote_code(
+    tmp_path_factory, synthetic_root, tmp_path, capsys
+):
     model_dir = saved(tmp_path_factory, "resnet_vit")
     image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
     args = ["explain", "--model", str(model_dir), "--images", image, "--labels", "Edema", "--output"]
@@ -133,14 +174,20 @@ def test_explain_the_hybrid_at_its_cnn_stage_needs_trust_remote_code(tmp_path_fa
         assert not np.allclose(cnn[key], tokens[key])  # the two layers give two different maps
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--labels", "Edema,Fracture"], "the model has no label 'Fracture'; its labels: Atelectasis, Cardiomegaly, "
-                                     "Consolidation, Edema, Pleural Effusion"),
-    (["--method", "attention_rollout"], None),  # ViT supports it: no error
-    (["--method", "lime"], "unknown method"),
-    (["--top-k", "9"], "--top-k must be between 1 and 5"),
-    (["--target-layer", "cnn"], "vit has no target layer 'cnn'; its layers: tokens"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--labels", "Edema,Fracture"],
+            "the model has no label 'Fracture'; its labels: Atelectasis, Cardiomegaly, "
+            "Consolidation, Edema, Pleural Effusion",
+        ),
+        (["--method", "attention_rollout"], None),  # ViT supports it: no error
+        (["--method", "lime"], "unknown method"),
+        (["--top-k", "9"], "--top-k must be between 1 and 5"),
+        (["--target-layer", "cnn"], "vit has no target layer 'cnn'; its layers: tokens"),
+    ],
+)
 def test_explain_errors_name_what_is_allowed(vit_dir, synthetic_root, tmp_path, capsys, extra, message):
     image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
     code = main(["explain", "--model", str(vit_dir), "--images", image, "--output", str(tmp_path / "out"), *extra])
@@ -154,8 +201,22 @@ def test_explain_errors_name_what_is_allowed(vit_dir, synthetic_root, tmp_path, 
 def test_rollout_on_swin_lists_the_methods_swin_supports(tmp_path_factory, synthetic_root, tmp_path, capsys):
     model_dir = saved(tmp_path_factory, "swin")
     image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
-    assert main(["explain", "--model", str(model_dir), "--images", image, "--method", "attention_rollout",
-                 "--output", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(model_dir),
+                "--images",
+                image,
+                "--method",
+                "attention_rollout",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "swin supports: gradcam, gradcam++" in capsys.readouterr().err
 
 
@@ -200,8 +261,22 @@ def test_image_files_with_lesions_count_only_label_one_as_positive(vit_dir, synt
         for label in COMPETITION_LABELS:
             if lesions.for_image(key, label) and lesions.positive(key, label):
                 expected[label] = expected.get(label, 0) + 1
-    assert main(["explain", "--model", str(vit_dir), "--images", *map(str, images), "--lesions",
-                 str(synthetic_root / "lesions.csv"), "--output", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(vit_dir),
+                "--images",
+                *map(str, images),
+                "--lesions",
+                str(synthetic_root / "lesions.csv"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "out" / "localization.json").read_text())["methods"]["gradcam"]
     assert {label: entry["positives"] for label, entry in result["per_label"].items()} == expected
 
@@ -213,7 +288,8 @@ def test_repeated_file_names_get_numbered_names_that_never_collide():
 
 
 def test_the_output_is_never_the_working_directory_nor_a_folder_that_is_not_an_earlier_output(
-        vit_dir, synthetic_root, tmp_path, monkeypatch, capsys):
+    vit_dir, synthetic_root, tmp_path, monkeypatch, capsys
+):
     image = str(next((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg")))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "keep.txt").write_text("precious")
@@ -237,8 +313,9 @@ def _umask() -> int:
     return mask
 
 
-def test_images_whose_original_is_missing_are_counted_once_whatever_the_methods(vit_dir, synthetic_root, tmp_path,
-                                                                                 capsys):
+def test_images_whose_original_is_missing_are_counted_once_whatever_the_methods(
+    vit_dir, synthetic_root, tmp_path, capsys
+):
     """lesions.csv copied away from its images: each image with boxes is noted once, not once per method."""
     import shutil
 
@@ -249,6 +326,22 @@ def test_images_whose_original_is_missing_are_counted_once_whatever_the_methods(
     images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:4]
     with_boxes = sum(1 for image in images if str(image.relative_to(synthetic_root)).lower() in lesions.boxes)
     assert with_boxes > 0
-    assert main(["explain", "--model", str(vit_dir), "--images", *map(str, images), "--lesions", str(lonely),
-                 "--method", "gradcam,gradcam++", "--output", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(vit_dir),
+                "--images",
+                *map(str, images),
+                "--lesions",
+                str(lonely),
+                "--method",
+                "gradcam,gradcam++",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert f"note: {with_boxes} image(s) whose original file was not found" in capsys.readouterr().out

@@ -42,16 +42,26 @@ def _pixels(split, built):
     from chexpert_hf.models import input_channels
 
     batch = DecodeCollator(SIZE)(split.__getitems__(list(range(len(split)))))
-    return to_float(batch["pixel_values"].float(), built.processor.image_mean, built.processor.image_std,
-                    input_channels(built.model))
+    return to_float(
+        batch["pixel_values"].float(),
+        built.processor.image_mean,
+        built.processor.image_std,
+        input_channels(built.model),
+    )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_the_head_on_extracted_features_gives_the_models_logits(family, splits):
     built = tiny_model(family, image_size=SIZE)
     model = built.model.eval()
-    features = extract_features(model, splits.validation, image_size=SIZE, mean=built.processor.image_mean,
-                                std=built.processor.image_std, batch_size=3)
+    features = extract_features(
+        model,
+        splits.validation,
+        image_size=SIZE,
+        mean=built.processor.image_mean,
+        std=built.processor.image_std,
+        batch_size=3,
+    )
     assert features.shape[0] == len(splits.validation) and features.dtype == np.float32
     head = FeatureHeadModel(model)
     with torch.no_grad():
@@ -74,8 +84,16 @@ def test_the_key_follows_the_backbone_size_and_precision_not_the_head(splits, pr
     model = built.model
 
     def key(**changes):
-        arguments = dict(model=model, family="vit", source="config", image_size=SIZE, mean=[0.5] * 3,
-                         std=[0.5] * 3, precision="fp32", root=tmp_path)
+        arguments = dict(
+            model=model,
+            family="vit",
+            source="config",
+            image_size=SIZE,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            precision="fp32",
+            root=tmp_path,
+        )
         arguments.update(changes)
         return feature_cache(**arguments).folder
 
@@ -106,25 +124,36 @@ def test_the_key_follows_the_backbone_size_and_precision_not_the_head(splits, pr
 def test_cached_features_are_reused_and_a_wrong_file_is_an_error(prepared_dir, tmp_path, monkeypatch):
     built = tiny_model("densenet121", image_size=SIZE)
     arguments = dict(image_size=SIZE, mean=built.processor.image_mean, std=built.processor.image_std)
-    cache = feature_cache(built.model, "densenet121", "config", SIZE, built.processor.image_mean,
-                          built.processor.image_std, "fp32", tmp_path)
+    cache = feature_cache(
+        built.model,
+        "densenet121",
+        "config",
+        SIZE,
+        built.processor.image_mean,
+        built.processor.image_std,
+        "fp32",
+        tmp_path,
+    )
     first = load_training_splits(prepared_dir, list(COMPETITION_LABELS), views="all")
-    result = attach_cached_features(built.model, {"train": first.train, "validation": first.validation}, cache,
-                                    **arguments)
+    result = attach_cached_features(
+        built.model, {"train": first.train, "validation": first.validation}, cache, **arguments
+    )
     assert result.extracted == ["train", "validation"] and result.reused == [] and result.seconds > 0
     written = sorted(path.name for path in cache.folder.iterdir() if not path.name.endswith(".lock"))
     assert len(written) == 4  # an array and its description per split, no temporary file left
     description = json.loads(cache.path("train", first.train).with_suffix(".json").read_text())
     assert description["rows"] == len(first.train) and description["backbone_sha256"] == backbone_fingerprint(
-        built.model)
+        built.model
+    )
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("extracted again")
 
     monkeypatch.setattr(features_module, "extract_features", no_extraction)
     again = load_training_splits(prepared_dir, list(COMPETITION_LABELS), views="all")
-    result = attach_cached_features(built.model, {"train": again.train, "validation": again.validation}, cache,
-                                    **arguments)
+    result = attach_cached_features(
+        built.model, {"train": again.train, "validation": again.validation}, cache, **arguments
+    )
     assert result.reused == ["train", "validation"] and result.seconds == 0
     np.testing.assert_array_equal(again.train.features, first.train.features)
     batch = again.train.__getitems__([2, 0])
@@ -138,12 +167,29 @@ def test_cached_features_are_reused_and_a_wrong_file_is_an_error(prepared_dir, t
 
 def _recipe(tmp_path: Path, prepared_dir: Path, name: str, **fields) -> Path:
     values = {
-        "family": "vit", "from_scratch": True, "config_overrides": TINY_CONFIGS["vit"], "image_size": SIZE,
-        "data_dir": str(prepared_dir), "views": "all", "freeze_policy": "head", "learning_rate": 1e-2,
-        "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16, "num_train_epochs": 3,
-        "eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
-        "logging_steps": 1, "use_cpu": True, "report_to": "none", "dataloader_num_workers": 0, "seed": 3,
-        "disable_tqdm": True, "output_dir": str(tmp_path / name), "feature_cache_dir": str(tmp_path / "features"),
+        "family": "vit",
+        "from_scratch": True,
+        "config_overrides": TINY_CONFIGS["vit"],
+        "image_size": SIZE,
+        "data_dir": str(prepared_dir),
+        "views": "all",
+        "freeze_policy": "head",
+        "learning_rate": 1e-2,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "num_train_epochs": 3,
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "save_total_limit": 1,
+        "load_best_model_at_end": True,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "seed": 3,
+        "disable_tqdm": True,
+        "output_dir": str(tmp_path / name),
+        "feature_cache_dir": str(tmp_path / "features"),
     }
     values.update(fields)
     path = tmp_path / f"{name}.yaml"
@@ -151,8 +197,9 @@ def _recipe(tmp_path: Path, prepared_dir: Path, name: str, **fields) -> Path:
     return path
 
 
-def test_head_training_on_the_cache_equals_training_on_the_fly_and_saves_a_full_checkpoint(prepared_dir, tmp_path,
-                                                                                            caplog):
+def test_head_training_on_the_cache_equals_training_on_the_fly_and_saves_a_full_checkpoint(
+    prepared_dir, tmp_path, caplog
+):
     from transformers import ViTForImageClassification
 
     from chexpert_hf.evaluation.evaluate import evaluate_model
@@ -207,11 +254,29 @@ def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, t
     from chexpert_hf.evaluation.evaluate import evaluate_model
 
     root = Path(__file__).resolve().parent.parent
-    recipe = _recipe(tmp_path, prepared_dir, "two", cache_features=True, num_train_epochs=2,
-                     load_best_model_at_end=False, save_strategy="no")
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(root / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(root / "recipes" / "train.py"), "--config", str(recipe)]
+    recipe = _recipe(
+        tmp_path,
+        prepared_dir,
+        "two",
+        cache_features=True,
+        num_train_epochs=2,
+        load_best_model_at_end=False,
+        save_strategy="no",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(root / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(root / "recipes" / "train.py"),
+        "--config",
+        str(recipe),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # every process asks for the features; whichever locks a file first extracts it (the main process logs)
@@ -219,6 +284,7 @@ def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, t
     arrays = sorted(path.name.split("-")[0] for path in (tmp_path / "features").rglob("*.npy"))
     assert arrays == ["train", "validation"]  # one file per split: the other process did not write its own
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    scored, _, _ = evaluate_model(str(tmp_path / "two"), str(prepared_dir), split="validation", views="all",
-                                  n_bootstrap=0)
+    scored, _, _ = evaluate_model(
+        str(tmp_path / "two"), str(prepared_dir), split="validation", views="all", n_bootstrap=0
+    )
     assert scored.scores["mean_auroc"] == pytest.approx(metrics["mean_auroc"], abs=1e-6)

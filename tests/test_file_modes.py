@@ -82,8 +82,13 @@ def test_reports_predictions_and_the_card_keep_the_umask_mode(umask, tmp_path):
     write_predictions_csv(tmp_path / "predict" / "predictions.csv", frame)
     from chexpert_hf.evaluation.evaluate import Scored
 
-    evaluation = write_evaluation(tmp_path / "eval", Scored(scores, probabilities, targets, COMPETITION_LABELS),
-                                  {"split": "validation"}, title="t", predictions=frame)
+    evaluation = write_evaluation(
+        tmp_path / "eval",
+        Scored(scores, probabilities, targets, COMPETITION_LABELS),
+        {"split": "validation"},
+        title="t",
+        predictions=frame,
+    )
     card = write_model_card(tmp_path / "card", make_info())
     written = [*paths.values(), tmp_path / "predict" / "predictions.csv", *evaluation.values(), card]
     assert len(written) == 9

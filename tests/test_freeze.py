@@ -16,10 +16,22 @@ pytestmark = pytest.mark.usefixtures("seeded")  # every test from the same rando
 # The trainable sets, written out for the tiny configurations of tests/conftest.py (2 encoder blocks; Swin
 # depths [1, 2]; DenseNet block_config [1, 1, 1, 1]) rather than derived from the policies under test.
 BLOCK = [
-    "attention.q_proj.weight", "attention.q_proj.bias", "attention.k_proj.weight", "attention.k_proj.bias",
-    "attention.v_proj.weight", "attention.v_proj.bias", "attention.o_proj.weight", "attention.o_proj.bias",
-    "layernorm_before.weight", "layernorm_before.bias", "layernorm_after.weight", "layernorm_after.bias",
-    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+    "attention.q_proj.weight",
+    "attention.q_proj.bias",
+    "attention.k_proj.weight",
+    "attention.k_proj.bias",
+    "attention.v_proj.weight",
+    "attention.v_proj.bias",
+    "attention.o_proj.weight",
+    "attention.o_proj.bias",
+    "layernorm_before.weight",
+    "layernorm_before.bias",
+    "layernorm_after.weight",
+    "layernorm_after.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
 ]
 HEAD = ["classifier.weight", "classifier.bias"]
 EXPECTED_TRAINABLE = {
@@ -33,26 +45,33 @@ EXPECTED_TRAINABLE = {
     },
     "resnet_vit": {
         "head": HEAD,
-        "last_block": HEAD + [f"resnet_vit.layers.1.{n}" for n in BLOCK]
+        "last_block": HEAD
+        + [f"resnet_vit.layers.1.{n}" for n in BLOCK]
         + ["resnet_vit.layernorm.weight", "resnet_vit.layernorm.bias"],
     },
     "swin": {
         "head": HEAD,
-        "last_block": HEAD + [f"swin.encoder.layers.1.blocks.1.{n}" for n in BLOCK]
-        + ["swin.encoder.layers.1.blocks.1.attention.relative_position_bias.relative_position_bias_table",
-           "swin.layernorm.weight", "swin.layernorm.bias"],
+        "last_block": HEAD
+        + [f"swin.encoder.layers.1.blocks.1.{n}" for n in BLOCK]
+        + [
+            "swin.encoder.layers.1.blocks.1.attention.relative_position_bias.relative_position_bias_table",
+            "swin.layernorm.weight",
+            "swin.layernorm.bias",
+        ],
     },
     "densenet121": {
         "head": ["timm_model.classifier.weight", "timm_model.classifier.bias"],
         "last_block": [
-            "timm_model.classifier.weight", "timm_model.classifier.bias",
+            "timm_model.classifier.weight",
+            "timm_model.classifier.bias",
             "timm_model.features.denseblock4.denselayer1.norm1.weight",
             "timm_model.features.denseblock4.denselayer1.norm1.bias",
             "timm_model.features.denseblock4.denselayer1.conv1.weight",
             "timm_model.features.denseblock4.denselayer1.norm2.weight",
             "timm_model.features.denseblock4.denselayer1.norm2.bias",
             "timm_model.features.denseblock4.denselayer1.conv2.weight",
-            "timm_model.features.norm5.weight", "timm_model.features.norm5.bias",
+            "timm_model.features.norm5.weight",
+            "timm_model.features.norm5.bias",
         ],
     },
 }
@@ -152,10 +171,13 @@ def test_layer_decay_groups_are_monotone_in_depth(family):
     head = "timm_model.classifier.weight" if family == "densenet121" else "classifier.weight"
     ids = layer_ids(model, family)
     assert ids[head] == depths[-1]
-    first_block = {"vit": "vit.layers.0.mlp.fc1.weight", "deit": "deit.layers.0.mlp.fc1.weight",
-                   "resnet_vit": "resnet_vit.layers.0.mlp.fc1.weight",
-                   "swin": "swin.encoder.layers.0.blocks.0.mlp.fc1.weight",
-                   "densenet121": "timm_model.features.denseblock1.denselayer1.conv1.weight"}[family]
+    first_block = {
+        "vit": "vit.layers.0.mlp.fc1.weight",
+        "deit": "deit.layers.0.mlp.fc1.weight",
+        "resnet_vit": "resnet_vit.layers.0.mlp.fc1.weight",
+        "swin": "swin.encoder.layers.0.blocks.0.mlp.fc1.weight",
+        "densenet121": "timm_model.features.denseblock1.denselayer1.conv1.weight",
+    }[family]
     assert 0 < ids[first_block] < ids[head]
     optimizer = torch.optim.AdamW(groups, lr=1.0)
     assert [group["lr"] for group in optimizer.param_groups] == rates
@@ -202,20 +224,38 @@ def test_a_failed_policy_leaves_the_model_as_it_was(monkeypatch):
 
 # Parameters with and without weight decay, named rather than derived from the rule under test.
 DECAY_EXAMPLES = {
-    "vit": (["vit.embeddings.patch_embeddings.projection.weight", "vit.layers.0.attention.q_proj.weight",
-             "vit.layers.1.mlp.fc2.weight", "classifier.weight"],
-            ["vit.embeddings.cls_token", "vit.embeddings.position_embeddings", "vit.layers.0.attention.q_proj.bias",
-             "vit.layers.0.layernorm_before.weight", "vit.layernorm.bias", "classifier.bias"]),
+    "vit": (
+        [
+            "vit.embeddings.patch_embeddings.projection.weight",
+            "vit.layers.0.attention.q_proj.weight",
+            "vit.layers.1.mlp.fc2.weight",
+            "classifier.weight",
+        ],
+        [
+            "vit.embeddings.cls_token",
+            "vit.embeddings.position_embeddings",
+            "vit.layers.0.attention.q_proj.bias",
+            "vit.layers.0.layernorm_before.weight",
+            "vit.layernorm.bias",
+            "classifier.bias",
+        ],
+    ),
     "deit": (["deit.layers.0.mlp.fc1.weight"], ["deit.embeddings.distillation_token", "deit.embeddings.cls_token"]),
-    "swin": (["swin.encoder.layers.0.downsample.reduction.weight"],
-             ["swin.encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table",
-              "swin.embeddings.norm.weight"]),
-    "resnet_vit": (["resnet_vit.embeddings.projection.weight",
-                    "resnet_vit.embeddings.backbone.bit.embedder.convolution.weight"],
-                   ["resnet_vit.embeddings.position_embeddings",
-                    "resnet_vit.embeddings.backbone.bit.embedder.norm.weight"]),
-    "densenet121": (["timm_model.features.conv0.weight", "timm_model.classifier.weight"],
-                    ["timm_model.features.norm0.weight", "timm_model.classifier.bias"]),
+    "swin": (
+        ["swin.encoder.layers.0.downsample.reduction.weight"],
+        [
+            "swin.encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table",
+            "swin.embeddings.norm.weight",
+        ],
+    ),
+    "resnet_vit": (
+        ["resnet_vit.embeddings.projection.weight", "resnet_vit.embeddings.backbone.bit.embedder.convolution.weight"],
+        ["resnet_vit.embeddings.position_embeddings", "resnet_vit.embeddings.backbone.bit.embedder.norm.weight"],
+    ),
+    "densenet121": (
+        ["timm_model.features.conv0.weight", "timm_model.classifier.weight"],
+        ["timm_model.features.norm0.weight", "timm_model.classifier.bias"],
+    ),
 }
 
 

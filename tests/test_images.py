@@ -77,11 +77,14 @@ def test_very_large_jpeg_beyond_pil_bomb_limit(tmp_path):
     assert min(out.size) == 320 and out.size == (345, 320)
 
 
-@pytest.mark.parametrize("content, reason", [
-    (None, "file not found"),
-    (b"", r"empty file \(0 bytes\)"),
-    (b"this is not an image at all", "not an image"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (None, "file not found"),
+        (b"", r"empty file \(0 bytes\)"),
+        (b"this is not an image at all", "not an image"),
+    ],
+)
 def test_unusable_files_give_a_reason(tmp_path, content, reason):
     path = tmp_path / "view1_frontal.jpg"
     if content is not None:
@@ -135,9 +138,11 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_implausible_shapes_and_oversized_headers_are_skipped_not_crashed(tmp_path):
     with pytest.raises(UnreadableImage, match=r"implausible shape for a radiograph \(2x2100 pixels\)"):
         load_radiograph(save(tmp_path, "sliver.png", Image.new("L", (2, 2100))), 64)
+
     # A PNG whose header claims 20,000 x 20,000 pixels: refused before anything is decoded.
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0))
     path = tmp_path / "claims_huge.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))

@@ -36,11 +36,25 @@ def trained(tmp_path_factory, synthetic_root) -> dict:
     """A tiny ViT trained for a few steps on the shared synthetic tree; its output folder and cache."""
     base = tmp_path_factory.mktemp("trained")
     recipe = {
-        "family": "vit", "from_scratch": True, "config_overrides": TINY_VIT, "image_size": 32,
-        "data_dir": str(synthetic_root), "data_cache_dir": str(base / "cache"), "prepare_image_size": 64,
-        "views": "frontal", "learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_steps": 4,
-        "eval_strategy": "no", "save_strategy": "no", "use_cpu": True, "report_to": "none",
-        "dataloader_num_workers": 0, "seed": 0, "disable_tqdm": True, "output_dir": str(base / "out"),
+        "family": "vit",
+        "from_scratch": True,
+        "config_overrides": TINY_VIT,
+        "image_size": 32,
+        "data_dir": str(synthetic_root),
+        "data_cache_dir": str(base / "cache"),
+        "prepare_image_size": 64,
+        "views": "frontal",
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 8,
+        "max_steps": 4,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "disable_tqdm": True,
+        "output_dir": str(base / "out"),
     }
     (base / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     assert train_main(["--config", str(base / "tiny.yaml")]) == 0
@@ -66,8 +80,14 @@ def test_the_run_writes_a_card_whose_results_are_its_metrics(trained):
 
 def test_evaluate_reproduces_the_training_validation_and_its_predictions_file(trained, tmp_path):
     out = trained["out"]
-    scored, predictions, summary = evaluate_model(str(out), trained["root"], views="frontal", prepare_image_size=64,
-                                                  data_cache_dir=trained["cache"], progress=False)
+    scored, predictions, summary = evaluate_model(
+        str(out),
+        trained["root"],
+        views="frontal",
+        prepare_image_size=64,
+        data_cache_dir=trained["cache"],
+        progress=False,
+    )
     during_training = json.loads((out / "metrics.json").read_text())
     assert scored.scores["per_label"] == during_training["per_label"]  # bit for bit, intervals included
     assert scored.scores["mean_auroc"] == during_training["mean_auroc"]
@@ -82,8 +102,19 @@ def test_evaluate_reproduces_the_training_validation_and_its_predictions_file(tr
 def test_the_evaluate_command_writes_its_reports(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CHEXPERT_HF_CACHE", trained["cache"])
     output = tmp_path / "eval"
-    code = cli_main(["evaluate", "--model", str(trained["out"]), "--data", str(trained["root"]), "--output",
-                     str(output), "--bootstrap", "200"])
+    code = cli_main(
+        [
+            "evaluate",
+            "--model",
+            str(trained["out"]),
+            "--data",
+            str(trained["root"]),
+            "--output",
+            str(output),
+            "--bootstrap",
+            "200",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert sorted(p.name for p in output.iterdir()) == ["metrics.json", "metrics.md", "predictions.csv", "roc.png"]
@@ -104,16 +135,16 @@ def _captured_logits(monkeypatch) -> list[np.ndarray]:
 
     def load(*args, **kwargs):
         loaded = real(*args, **kwargs)
-        loaded.model.register_forward_hook(lambda module, inputs, output: captured.append(
-            output.logits.detach().float().cpu().numpy()))
+        loaded.model.register_forward_hook(
+            lambda module, inputs, output: captured.append(output.logits.detach().float().cpu().numpy())
+        )
         return loaded
 
     monkeypatch.setattr(inference, "load_classifier", load)
     return captured
 
 
-def test_evaluate_scores_confident_logits_as_the_training_run_does(prepared_dir, synthetic_root, tmp_path,
-                                                                   monkeypatch):
+def test_evaluate_scores_confident_logits_as_the_training_run_does(prepared_dir, synthetic_root, tmp_path, monkeypatch):
     """Logits above 20 (a float32 sigmoid is 1.0 from about 16.7): ``evaluate --model`` must score the numbers the
     Trainer's SplitScorer scores from the same logits, not float32 ties; and its predictions.csv rescores alike."""
     from transformers.trainer_utils import EvalPrediction
@@ -127,8 +158,7 @@ def test_evaluate_scores_confident_logits_as_the_training_run_does(prepared_dir,
     built = tiny_model("vit")
     built.model.save_pretrained(tmp_path / "plain")
     built.processor.save_pretrained(tmp_path / "plain")
-    evaluate_model(str(tmp_path / "plain"), str(prepared_dir), views="all", n_bootstrap=0, device="cpu",
-                   progress=False)
+    evaluate_model(str(tmp_path / "plain"), str(prepared_dir), views="all", n_bootstrap=0, device="cpu", progress=False)
     plain = np.concatenate(captured)
     # a confident model: each label's logits moved to about 26 +- 3, their order kept (the classifier is affine)
     scale = 3.0 / plain.std(axis=0)
@@ -140,8 +170,9 @@ def test_evaluate_scores_confident_logits_as_the_training_run_does(prepared_dir,
     built.processor.save_pretrained(tmp_path / "confident")
 
     captured.clear()
-    scored, predictions, _ = evaluate_model(str(tmp_path / "confident"), str(prepared_dir), views="all",
-                                            n_bootstrap=200, device="cpu", progress=False)
+    scored, predictions, _ = evaluate_model(
+        str(tmp_path / "confident"), str(prepared_dir), views="all", n_bootstrap=200, device="cpu", progress=False
+    )
     logits = np.concatenate(captured)
     assert logits.min() > 17.0 and logits.max() > 20.0 and len(np.unique(logits[:, 0])) > 5
     assert (torch.sigmoid(torch.from_numpy(logits)) == 1.0).all()  # float32 would tie every study
@@ -169,8 +200,13 @@ def write_images(folder: Path, source: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with Image.open(source) as image:
         grey = np.asarray(image.convert("L"))
-    files = {"jpeg": folder / "grey.jpg", "png16": folder / "deep.png", "rgb": folder / "rgb.png",
-             "rgba": folder / "rgba.png", "png8": folder / "grey.png"}
+    files = {
+        "jpeg": folder / "grey.jpg",
+        "png16": folder / "deep.png",
+        "rgb": folder / "rgb.png",
+        "rgba": folder / "rgba.png",
+        "png8": folder / "grey.png",
+    }
     shutil.copy(source, files["jpeg"])
     Image.fromarray(grey).save(files["png8"])
     # 16-bit data spanning a narrow window: read as 8-bit it would be near-black without windowing
@@ -206,8 +242,22 @@ def test_the_predict_command(trained, tmp_path, capsys):
     source = next((trained["root"] / "valid").rglob("*frontal.jpg"))
     files = write_images(tmp_path / "images", source)
     output = tmp_path / "preds.csv"
-    assert cli_main(["predict", "--model", str(trained["out"]), str(files["jpeg"]), str(files["png16"]),
-                     "--output", str(output), "--device", "cpu"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                str(trained["out"]),
+                str(files["jpeg"]),
+                str(files["png16"]),
+                "--output",
+                str(output),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     rows = pd.read_csv(output)
     assert list(rows.columns) == ["Path", *COMPETITION_LABELS] and len(rows) == 2
@@ -216,8 +266,10 @@ def test_the_predict_command(trained, tmp_path, capsys):
     broken = tmp_path / "images" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")
     other = tmp_path / "other.csv"
-    assert cli_main(["predict", "--model", str(trained["out"]), str(files["jpeg"]), str(broken),
-                     "--output", str(other)]) == 2
+    assert (
+        cli_main(["predict", "--model", str(trained["out"]), str(files["jpeg"]), str(broken), "--output", str(other)])
+        == 2
+    )
     assert "broken.jpg" in capsys.readouterr().err and not other.exists()
 
 
@@ -249,11 +301,16 @@ def test_the_hybrid_loads_only_with_trust_remote_code(tmp_path, capsys):
     loaded = load_classifier(tmp_path / "hybrid", trust_remote_code=True, device="cpu")
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        np.testing.assert_allclose(loaded.model(pixel_values=pixels).logits.numpy(),
-                                   built.model.eval()(pixel_values=pixels).logits.numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            loaded.model(pixel_values=pixels).logits.numpy(),
+            built.model.eval()(pixel_values=pixels).logits.numpy(),
+            atol=1e-5,
+        )
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8)).save(image)
     assert cli_main(["predict", "--model", str(tmp_path / "hybrid"), str(image), "--device", "cpu"]) == 2
     assert "--trust_remote_code" in capsys.readouterr().err
-    assert cli_main(["predict", "--model", str(tmp_path / "hybrid"), str(image), "--device", "cpu",
-                     "--trust-remote-code"]) == 0
+    assert (
+        cli_main(["predict", "--model", str(tmp_path / "hybrid"), str(image), "--device", "cpu", "--trust-remote-code"])
+        == 0
+    )

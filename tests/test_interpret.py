@@ -23,8 +23,12 @@ from chexpert_hf.explain.maps import (
 from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy
 
 FAMILIES = list(TARGET_LAYERS)
-CASES = [(family, method, layer) for family in FAMILIES for method in supported_methods(family)
-         for layer in (TARGET_LAYERS[family] if method != ROLLOUT else [None])]
+CASES = [
+    (family, method, layer)
+    for family in FAMILIES
+    for method in supported_methods(family)
+    for layer in (TARGET_LAYERS[family] if method != ROLLOUT else [None])
+]
 CAM_CASES = [case for case in CASES if case[1] != ROLLOUT]
 SIZE = {family: 64 for family in FAMILIES} | {"densenet121": 128}  # DenseNet's last block is 1/32 of the input
 SQUARE = {family: SIZE[family] // 4 for family in FAMILIES}
@@ -49,7 +53,7 @@ def planted_batch(count: int, size: int, square: int, generator: torch.Generator
         while off_diagonal and abs(row - col) < 2 * square:
             row, col = torch.randint(0, size - square, (2,), generator=generator).tolist()
         if index % 2 == 0:
-            pixels[index, :, row:row + square, col:col + square] += 2.0
+            pixels[index, :, row : row + square, col : col + square] += 2.0
             targets[index] = 1.0
         boxes.append((col, row, col + square, row + square))
     return pixels.expand(-1, 3, -1, -1).contiguous(), targets, boxes
@@ -71,20 +75,25 @@ def over_mirror(maps: np.ndarray, boxes: list) -> float:
     """The share of the images whose map is higher in the square than in its mirror image across the diagonal,
     among those whose map is not flat (a flat map points nowhere): about 1/2 for a map that does not know where the
     square is, and one minus the right map's share for a map with rows and columns swapped."""
-    wins = [box_energy(heatmap, (x0, y0, x1, y1)) > box_energy(heatmap, (y0, x0, y1, x1))
-            for heatmap, (x0, y0, x1, y1) in zip(maps, boxes, strict=True) if heatmap.max() > 0]
+    wins = [
+        box_energy(heatmap, (x0, y0, x1, y1)) > box_energy(heatmap, (y0, x0, y1, x1))
+        for heatmap, (x0, y0, x1, y1) in zip(maps, boxes, strict=True)
+        if heatmap.max() > 0
+    ]
     return float(np.mean(wins)) if wins else 0.0
 
 
-def points_at_squares(maps: np.ndarray, boxes: list, in_square_above: float = IN_SQUARE,
-                      over_mirror_above: float = OVER_MIRROR) -> bool:
+def points_at_squares(
+    maps: np.ndarray, boxes: list, in_square_above: float = IN_SQUARE, over_mirror_above: float = OVER_MIRROR
+) -> bool:
     return in_square(maps, boxes) > in_square_above and over_mirror(maps, boxes) > over_mirror_above
 
 
 def positive_maps(model, family: str, seed: int, method: str, layer: str | None):
     """The maps of label 0 for the 80 images with a square in a batch of 160, and those squares."""
-    pixels, targets, boxes = planted_batch(160, SIZE[family], SQUARE[family], torch.Generator().manual_seed(seed),
-                                           off_diagonal=True)
+    pixels, targets, boxes = planted_batch(
+        160, SIZE[family], SQUARE[family], torch.Generator().manual_seed(seed), off_diagonal=True
+    )
     positive = np.flatnonzero(targets.numpy())
     maps = explanation_maps(model, pixels[positive], [0], method=method, layer=layer)[:, 0]
     return maps, [boxes[i] for i in positive]
@@ -148,9 +157,16 @@ def planted_family(family: str) -> dict:
         model, done = train_planted(family, seed)
         last = (model, seed)
         for layer in TARGET_LAYERS[family]:
-            if layer not in found and done and all(
-                    points_at_squares(*positive_maps(model, family, CHECK_SEED, method, layer), CHECK_IN_SQUARE,
-                                      CHECK_OVER_MIRROR) for method in CAM_METHODS):
+            if (
+                layer not in found
+                and done
+                and all(
+                    points_at_squares(
+                        *positive_maps(model, family, CHECK_SEED, method, layer), CHECK_IN_SQUARE, CHECK_OVER_MIRROR
+                    )
+                    for method in CAM_METHODS
+                )
+            ):
                 found[layer] = (model, seed)
         if len(found) == len(TARGET_LAYERS[family]):
             break
@@ -195,8 +211,9 @@ def test_cam_maps_find_the_planted_square(planted_models, family, method, layer)
 def test_the_planted_check_fails_when_the_token_grid_is_transposed(planted_models, monkeypatch):
     model = planted_models["vit", None]
     right, boxes = positive_maps(model, "vit", TEST_SEED, "gradcam", None)
-    monkeypatch.setattr(interpret, "tokens_to_grid",
-                        lambda prefix: (lambda tokens: tokens_to_grid(prefix)(tokens).transpose(2, 3)))
+    monkeypatch.setattr(
+        interpret, "tokens_to_grid", lambda prefix: lambda tokens: tokens_to_grid(prefix)(tokens).transpose(2, 3)
+    )
     wrong, _ = positive_maps(model, "vit", TEST_SEED, "gradcam", None)
     np.testing.assert_allclose(wrong, right.transpose(0, 2, 1), atol=1e-6)
     # A transposed map's share is one minus the right one's (less where both are flat): what passes one way fails.
@@ -223,7 +240,7 @@ def test_each_target_layer_cell_sits_where_its_image_patch_is(family, name):
         for row, col in [(1, 5), (6, 2), (0, 4), (7, 3)]:
             captured.clear()
             bright = base.clone()
-            bright[..., row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 3.0
+            bright[..., row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 3.0
             with torch.no_grad():
                 model(pixel_values=base)
                 model(pixel_values=bright)
@@ -295,7 +312,8 @@ def test_rollout_switches_to_eager_attention_only_while_it_runs():
     assert before != "eager"
     seen = []
     hook = model.vit.layers[0].attention.register_forward_hook(
-        lambda module, args, output: seen.append(model.config._attn_implementation))
+        lambda module, args, output: seen.append(model.config._attn_implementation)
+    )
     explanation_maps(model.eval(), torch.randn(1, 3, 32, 32), [0], method=ROLLOUT)
     hook.remove()
     assert seen == ["eager"] and model.config._attn_implementation == before

@@ -13,13 +13,16 @@ from chexpert_hf.labels import (
 
 nan = np.nan
 # Five studies over the competition labels (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion).
-RAW = np.array([
-    [-1, 1, 0, -1, nan],
-    [1, -1, -1, 0, 1],
-    [nan, nan, nan, nan, nan],
-    [0, 0, 1, 1, -1],
-    [-1, -1, -1, -1, -1],
-], dtype=np.float32)
+RAW = np.array(
+    [
+        [-1, 1, 0, -1, nan],
+        [1, -1, -1, 0, 1],
+        [nan, nan, nan, nan, nan],
+        [0, 0, 1, 1, -1],
+        [-1, -1, -1, -1, -1],
+    ],
+    dtype=np.float32,
+)
 
 EXPECTED = {  # blank -> negative
     "u_ignore": [[nan, 1, 0, nan, 0], [1, nan, nan, 0, 1], [0, 0, 0, 0, 0], [0, 0, 1, 1, nan], [nan] * 5],
@@ -83,10 +86,12 @@ def test_blank_can_be_masked():
 
 def test_u_smooth_draws_within_range_and_follows_the_seed():
     raw = np.full((200, 5), -1.0, dtype=np.float32)
-    first = apply_uncertainty_policy(raw, COMPETITION_LABELS, "u_smooth", smooth_range=(0.55, 0.85),
-                                     rng=np.random.default_rng(3))
-    again = apply_uncertainty_policy(raw, COMPETITION_LABELS, "u_smooth", smooth_range=(0.55, 0.85),
-                                     rng=np.random.default_rng(3))
+    first = apply_uncertainty_policy(
+        raw, COMPETITION_LABELS, "u_smooth", smooth_range=(0.55, 0.85), rng=np.random.default_rng(3)
+    )
+    again = apply_uncertainty_policy(
+        raw, COMPETITION_LABELS, "u_smooth", smooth_range=(0.55, 0.85), rng=np.random.default_rng(3)
+    )
     assert (first >= 0.55).all() and (first <= 0.85).all()
     assert first.std() > 0.05  # random, not a constant
     np.testing.assert_array_equal(first, again)

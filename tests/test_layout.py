@@ -71,8 +71,13 @@ def test_the_hybrid_imports_nothing_from_the_package():
     trust_remote_code where chexpert_hf is not installed: only relative imports within their folder."""
     for path in STANDALONE.glob("*.py"):
         tree = ast.parse(path.read_text())
-        absolute = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
-                    and not getattr(node, "level", 0) and "chexpert_hf" in ast.unparse(node)]
+        absolute = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            and not getattr(node, "level", 0)
+            and "chexpert_hf" in ast.unparse(node)
+        ]
         relative_out = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level > 1]
         assert not absolute and not relative_out, (path.name, absolute, relative_out)
 
@@ -99,8 +104,10 @@ def test_the_package_exports_resolve_and_load_lazily():
 
     for name in chexpert_hf.__all__:
         assert getattr(chexpert_hf, name) is not None, name
-    code = ("import sys, chexpert_hf; loaded = sorted(m for m in sys.modules if m.startswith('chexpert_hf.') "
-            "or m == 'torch'); print(loaded)")
+    code = (
+        "import sys, chexpert_hf; loaded = sorted(m for m in sys.modules if m.startswith('chexpert_hf.') "
+        "or m == 'torch'); print(loaded)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         chexpert_hf.no_such_name  # noqa: B018

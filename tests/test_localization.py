@@ -90,9 +90,11 @@ def test_image_keys_match_absolute_relative_and_dataset_folder_paths():
 
 
 def test_lesions_csv_is_read_and_its_errors_name_the_line(tmp_path):
-    rows = [("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg", "Pleural Effusion", 1, 2, 30, 40),
-            ("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg", "Pleural Effusion", 50, 2, 80, 40),
-            ("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg", "Cardiomegaly", 5, 6, 7, 8)]
+    rows = [
+        ("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg", "Pleural Effusion", 1, 2, 30, 40),
+        ("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg", "Pleural Effusion", 50, 2, 80, 40),
+        ("CheXpert-v1.0-small/valid/patient00001/study1/view1_frontal.jpg", "Cardiomegaly", 5, 6, 7, 8),
+    ]
     lesions = read_lesions(write_csv(tmp_path / "lesions.csv", LESION_COLUMNS, rows))
     key = "valid/patient00001/study1/view1_frontal.jpg"
     assert lesions.for_image(key, "Pleural Effusion") == [Box(1, 2, 30, 40), Box(50, 2, 80, 40)]
@@ -110,11 +112,11 @@ def test_lesions_csv_is_read_and_its_errors_name_the_line(tmp_path):
     with pytest.raises(CheXpertFormatError, match="lesions.csv, line 3: unknown label 'Pneumonitis'"):
         read_lesions(write_csv(tmp_path / "bad1" / "lesions.csv", LESION_COLUMNS, bad))
     with pytest.raises(CheXpertFormatError, match="line 2: box coordinates must be numbers"):
-        read_lesions(write_csv(tmp_path / "bad2" / "lesions.csv", LESION_COLUMNS,
-                               [(rows[0][0], "Edema", "a", 1, 2, 3)]))
+        read_lesions(
+            write_csv(tmp_path / "bad2" / "lesions.csv", LESION_COLUMNS, [(rows[0][0], "Edema", "a", 1, 2, 3)])
+        )
     with pytest.raises(CheXpertFormatError, match="line 2: not a box"):
-        read_lesions(write_csv(tmp_path / "bad3" / "lesions.csv", LESION_COLUMNS,
-                               [(rows[0][0], "Edema", 9, 1, 2, 3)]))
+        read_lesions(write_csv(tmp_path / "bad3" / "lesions.csv", LESION_COLUMNS, [(rows[0][0], "Edema", 9, 1, 2, 3)]))
     with pytest.raises(CheXpertFormatError, match=r"missing column\(s\) \['y1'\]"):
         read_lesions(write_csv(tmp_path / "bad4" / "lesions.csv", LESION_COLUMNS[:-1], [rows[0][:-1]]))
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
@@ -123,21 +125,33 @@ def test_lesions_csv_is_read_and_its_errors_name_the_line(tmp_path):
 
 def test_the_tally_summarises_hits_chance_and_randomization():
     tally = MethodTally(randomized=True)
-    for hit, chance, randomized, flat in [(True, 0.1, False, False), (True, 0.2, True, False),
-                                          (False, 0.3, False, True)]:
+    for hit, chance, randomized, flat in [
+        (True, 0.1, False, False),
+        (True, 0.2, True, False),
+        (False, 0.3, False, True),
+    ]:
         tally.labels["Edema"].add(hit, chance, randomized, flat)
     tally.labels["Cardiomegaly"].add(True, 0.4, False)
     tally.correlations += [np.array([0.1, np.nan]), np.array([0.3])]
     summary = tally.summary(["Cardiomegaly", "Edema", "Atelectasis"])
     assert list(summary["per_label"]) == ["Cardiomegaly", "Edema"]  # labels without positives are left out
     edema = summary["per_label"]["Edema"]
-    assert edema == {"positives": 3, "hits": 2, "hit_rate": pytest.approx(2 / 3),
-                     "uniform_random_hit_rate": pytest.approx(0.2), "randomized_model_hit_rate": pytest.approx(1 / 3),
-                     "flat_maps": 1}
+    assert edema == {
+        "positives": 3,
+        "hits": 2,
+        "hit_rate": pytest.approx(2 / 3),
+        "uniform_random_hit_rate": pytest.approx(0.2),
+        "randomized_model_hit_rate": pytest.approx(1 / 3),
+        "flat_maps": 1,
+    }
     assert summary["hit_rate"] == pytest.approx(3 / 4)
     assert summary["mean_hit_rate"] == pytest.approx((1 + 2 / 3) / 2)
     assert summary["uniform_random_hit_rate"] == pytest.approx(1.0 / 4)
-    assert summary["randomization"] == {"maps": 3, "constant_maps": 1, "spearman_mean": pytest.approx(0.2),
-                                        "spearman_median": pytest.approx(0.2)}
+    assert summary["randomization"] == {
+        "maps": 3,
+        "constant_maps": 1,
+        "spearman_mean": pytest.approx(0.2),
+        "spearman_median": pytest.approx(0.2),
+    }
     text = localization_text({"tolerance_px": 15.0, "methods": {"gradcam": summary}})
     assert "Edema" in text and "0.667" in text and "mean 0.200" in text

@@ -139,8 +139,12 @@ def test_label_names_are_canonicalised():
 
 @pytest.mark.parametrize(
     ("label", "key"),
-    [("Pleural Effusion", "pleural_effusion"), ("Enlarged Cardiomediastinum", "enlarged_cardiomediastinum"),
-     ("No Finding", "no_finding"), ("Edema", "edema")],
+    [
+        ("Pleural Effusion", "pleural_effusion"),
+        ("Enlarged Cardiomediastinum", "enlarged_cardiomediastinum"),
+        ("No Finding", "no_finding"),
+        ("Edema", "edema"),
+    ],
 )
 def test_snake_case(label, key):
     assert snake_case(label) == key
@@ -186,15 +190,17 @@ def test_study_probability_is_the_max_over_its_images():
 
 def test_study_targets_take_the_max_of_non_nan_targets():
     ids = [1, 1, 2, 2, 3, 3, 4]
-    targets = np.array([
-        [nan, 0.0, 1.0],
-        [0.0, nan, 0.0],  # study 1: 0, 0, 1
-        [nan, 1.0, nan],
-        [nan, 0.0, nan],  # study 2: NaN, 1, NaN
-        [1.0, 0.0, 0.0],
-        [0.0, 0.0, 0.0],  # study 3: 1, 0, 0
-        [nan, nan, nan],  # study 4: NaN, NaN, NaN
-    ])
+    targets = np.array(
+        [
+            [nan, 0.0, 1.0],
+            [0.0, nan, 0.0],  # study 1: 0, 0, 1
+            [nan, 1.0, nan],
+            [nan, 0.0, nan],  # study 2: NaN, 1, NaN
+            [1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0],  # study 3: 1, 0, 0
+            [nan, nan, nan],  # study 4: NaN, NaN, NaN
+        ]
+    )
     probabilities = np.full(targets.shape, 0.5)
     _, study_targets, _ = aggregate_studies(probabilities, targets, ids)
     expected = np.array([[0, 0, 1], [nan, 1, nan], [1, 0, 0], [nan, nan, nan]])

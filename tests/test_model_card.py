@@ -60,8 +60,16 @@ def make_info(**changes) -> CardInfo:
         blank_policy="negative",
         sampling="inverse_frequency",
         pos_weight="balanced",
-        hyperparameters={"learning_rate": 3.0e-5, "layer_decay": 0.75, "epochs": 5, "effective_batch_size": 64,
-                         "lr_scheduler": "cosine", "precision": "bf16", "seed": 0, "optimizer": "adamw_torch"},
+        hyperparameters={
+            "learning_rate": 3.0e-5,
+            "layer_decay": 0.75,
+            "epochs": 5,
+            "effective_batch_size": 64,
+            "lr_scheduler": "cosine",
+            "precision": "bf16",
+            "seed": 0,
+            "optimizer": "adamw_torch",
+        },
         hardware="1 × NVIDIA H100 80GB HBM3",
         wall_time_seconds=207.4,
         synthetic_data=False,
@@ -178,8 +186,13 @@ def test_skipped_label_and_undefined_mean(tmp_path):
 
 
 def test_no_scored_label_gives_a_card_without_model_index(tmp_path):
-    metrics = {"mean_auroc": float("nan"), "mean_auroc_all": float("nan"), "n_studies": 5, "per_label": {},
-               "skipped_labels": ["Fracture"]}
+    metrics = {
+        "mean_auroc": float("nan"),
+        "mean_auroc_all": float("nan"),
+        "n_studies": 5,
+        "per_label": {},
+        "skipped_labels": ["Fracture"],
+    }
     card = ModelCard.load(write_model_card(tmp_path, synthetic_info(labels=["Fracture"], metrics=metrics)))
     assert "model-index" not in card.data.to_dict()
     assert card_metrics(card) == {}
@@ -221,8 +234,12 @@ def python_blocks(text: str) -> list[str]:
 
 
 def test_hybrid_snippets_trust_remote_code():
-    info = make_info(family="resnet_vit", base_model="timm/vit_base_r50_s16_224.orig_in21k", trust_remote_code=True,
-                     repo_id="someone/chexpert-resnet-vit")
+    info = make_info(
+        family="resnet_vit",
+        base_model="timm/vit_base_r50_s16_224.orig_in21k",
+        trust_remote_code=True,
+        repo_id="someone/chexpert-resnet-vit",
+    )
     blocks = python_blocks(build_model_card(info).text)
     assert len(blocks) == 2
     loading, pipe = blocks
@@ -275,8 +292,17 @@ def test_snippets_run_on_a_saved_model(family, tmp_path, monkeypatch, capsys):
 
 def test_body_has_limitations_and_citation():
     text = build_model_card(make_info()).text
-    for phrase in ("not a medical device", "diagnosis", "CheXpert labeler", "Stanford", "distribution shift",
-                   "No fairness evaluation", "@inproceedings{irvin2019chexpert", "AAAI", "year      = {2019}"):
+    for phrase in (
+        "not a medical device",
+        "diagnosis",
+        "CheXpert labeler",
+        "Stanford",
+        "distribution shift",
+        "No fairness evaluation",
+        "@inproceedings{irvin2019chexpert",
+        "AAAI",
+        "year      = {2019}",
+    ):
         assert phrase in text, phrase
 
 

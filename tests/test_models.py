@@ -97,8 +97,9 @@ def test_one_channel_models_take_radiographs_as_they_are(family):
     model, processor = built.model.train(), built.processor
     assert input_channels(model) == 1
     grey = torch.randint(0, 256, (2, 1, TINY_SIZE, TINY_SIZE), dtype=torch.uint8)
-    model(pixel_values=to_float(grey, processor.image_mean, processor.image_std, channels=1),
-          labels=_labels(2, 5)).loss.backward()
+    model(
+        pixel_values=to_float(grey, processor.image_mean, processor.image_std, channels=1), labels=_labels(2, 5)
+    ).loss.backward()
     _assert_every_parameter_has_a_gradient(model)
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 40), dtype=np.uint8))
     assert processor([image], return_tensors="pt")["pixel_values"].shape == (1, 1, TINY_SIZE, TINY_SIZE)
@@ -129,14 +130,13 @@ def test_a_checkpoint_for_other_labels_keeps_its_body_and_gets_a_new_head(family
     model = tiny_model(family).model
     model.save_pretrained(tmp_path)
     head = {name: p.detach().clone() for name, p in classifier(model).named_parameters()}
-    body = {name: p.detach().clone() for name, p in model.named_parameters()
-            if name.split(".")[-2] != "classifier"}
+    body = {name: p.detach().clone() for name, p in model.named_parameters() if name.split(".")[-2] != "classifier"}
 
-    fourteen = build_model(family, model_name_or_path=str(tmp_path), labels=CHEXPERT_LABELS,
-                           image_size=TINY_SIZE).model
+    fourteen = build_model(family, model_name_or_path=str(tmp_path), labels=CHEXPERT_LABELS, image_size=TINY_SIZE).model
     assert classifier(fourteen).out_features == 14
-    reordered = build_model(family, model_name_or_path=str(tmp_path), labels=COMPETITION_LABELS[::-1],
-                            image_size=TINY_SIZE).model
+    reordered = build_model(
+        family, model_name_or_path=str(tmp_path), labels=COMPETITION_LABELS[::-1], image_size=TINY_SIZE
+    ).model
     assert reordered.config.id2label[0] == COMPETITION_LABELS[-1]
     assert not torch.equal(classifier(reordered).weight, head["weight"])  # same shape, other meaning: reset
     for other in (fourteen, reordered):
@@ -267,7 +267,11 @@ def test_the_hybrid_loads_with_remote_code_where_chexpert_hf_cannot_be_imported(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, "-c", script, str(folder), str(tmp_path / "expected.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded transformers_modules" in result.stdout
@@ -316,8 +320,12 @@ def test_hybrid_attention_paths_agree_and_checkpointing_changes_no_gradient(tmp_
         torch.testing.assert_close(parameter.grad, plain[name], msg=name)
 
 
-_STRIDE_16_BIT = {**TINY_CONFIGS["resnet_vit"]["backbone_config"], "depths": [1, 1, 1],
-                  "hidden_sizes": [16, 16, 32], "out_features": ["stage3"]}
+_STRIDE_16_BIT = {
+    **TINY_CONFIGS["resnet_vit"]["backbone_config"],
+    "depths": [1, 1, 1],
+    "hidden_sizes": [16, 16, 32],
+    "out_features": ["stage3"],
+}
 
 
 @pytest.mark.parametrize(
@@ -382,8 +390,14 @@ def test_the_hybrid_config_refuses_backbones_with_another_stride():
     backbone = TINY_CONFIGS["resnet_vit"]["backbone_config"]
     with pytest.raises(Invalid, match="output_stride=8"):
         ResNetViTConfig(backbone_config=dict(backbone, output_stride=8))
-    resnet = {"model_type": "resnet", "depths": [1, 1, 1], "hidden_sizes": [8, 16, 32], "embedding_size": 8,
-              "out_features": ["stage3"], "downsample_in_first_stage": True}
+    resnet = {
+        "model_type": "resnet",
+        "depths": [1, 1, 1],
+        "hidden_sizes": [8, 16, 32],
+        "embedding_size": 8,
+        "out_features": ["stage3"],
+        "downsample_in_first_stage": True,
+    }
     with pytest.raises(Invalid, match="downsample_in_first_stage"):
         ResNetViTConfig(backbone_config=resnet)
     with pytest.raises(Invalid, match=r"out_features must be \['stage2'\]"):

@@ -34,8 +34,9 @@ GOOD = {
     "train/patient00001/study1/view2_lateral.jpg": jpeg_bytes(),
     "train/patient00002/study1/view1_frontal.jpg": png_bytes(Image.fromarray(gradient())),  # PNG under .jpg
     "train/patient00003/study1/view1_frontal.jpg": png_bytes(Image.new("RGBA", (200, 240), (90, 90, 90, 255))),
-    "train/patient00004/study1/view1_frontal.jpg": png_bytes(Image.fromarray(
-        gradient().astype(np.uint16) * 16).convert("I;16")),
+    "train/patient00004/study1/view1_frontal.jpg": png_bytes(
+        Image.fromarray(gradient().astype(np.uint16) * 16).convert("I;16")
+    ),
     "train/patient00005/study1/view1_frontal.jpg": jpeg_bytes(mode="RGB", value=(100, 100, 100)),
 }
 BAD = {  # path -> (content or None for a missing file, expected reason)
@@ -185,8 +186,9 @@ def test_load_prepared_explains_a_raw_folder(synthetic_root):
 
 
 def test_builder_used_directly(synthetic_root, tmp_path):
-    builder = builder_module.CheXpert(config_name="frontal", data_dir=str(synthetic_root), cache_dir=str(tmp_path),
-                                      image_size=40)
+    builder = builder_module.CheXpert(
+        config_name="frontal", data_dir=str(synthetic_root), cache_dir=str(tmp_path), image_size=40
+    )
     builder.download_and_prepare()
     dataset = builder.as_dataset()
     assert builder.config.frontal_only and set(dataset["validation"]["view"]) == {"frontal"}

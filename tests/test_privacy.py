@@ -84,8 +84,13 @@ def test_every_caller_lets_a_near_miss_through(text, tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    [text for _, text in REFUSED] + ["someone/Patient12345-model", "vit_patient00001", f"token: hf_{'Z9y8X7w6V5' * 3}",
-                                     f"/home/someone/run hf_{TWENTY}"],
+    [text for _, text in REFUSED]
+    + [
+        "someone/Patient12345-model",
+        "vit_patient00001",
+        f"token: hf_{'Z9y8X7w6V5' * 3}",
+        f"/home/someone/run hf_{TWENTY}",
+    ],
 )
 def test_a_text_the_card_refuses_the_push_refuses(text, tmp_path):
     assert _refused_by_card(text)
@@ -118,8 +123,11 @@ def test_binary_text_is_scanned_for_this_machine_only():
     # bytes of a pickle that look like " /x" mean nothing; a real path of this machine still counts
     assert find_leaks("\x20/Qb", machine_paths=(), any_path=False) == []
     assert find_leaks("\x20/Qb", machine_paths=())[0].kind == PATH
-    assert find_leaks("x /tmp/run", machine_paths=(), any_path=False)[0].describe().startswith(
-        "an absolute path of this machine")
+    assert (
+        find_leaks("x /tmp/run", machine_paths=(), any_path=False)[0]
+        .describe()
+        .startswith("an absolute path of this machine")
+    )
 
 
 def test_a_recipe_comment_that_would_stop_the_audit_is_dropped(tmp_path):

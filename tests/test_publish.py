@@ -45,8 +45,14 @@ CARD_TEXT = "---\nlicense: apache-2.0\n---\n# tiny CheXpert model\n\nMean AUROC 
 _real_whoami = HfApi.whoami  # before any test replaces it
 _REQUEST = httpx.Request("POST", "https://huggingface.co/api/repos/create")
 MICRO_VIT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)  # over tiny_config
-PUBLISHED_RESULTS = ["all_results.json", "eval_results.json", "metrics.json", "metrics.md", "roc.png",
-                     "train_results.json"]
+PUBLISHED_RESULTS = [
+    "all_results.json",
+    "eval_results.json",
+    "metrics.json",
+    "metrics.md",
+    "roc.png",
+    "train_results.json",
+]
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------------
@@ -82,8 +88,12 @@ class FakeHub:
             hub.calls.append(("whoami", {"token": token}))
             if hub.whoami_payload is not None:
                 return hub.whoami_payload
-            return {"type": "user", "name": "tester", "orgs": [{"type": "org", "name": "user", "roleInOrg": "write"}],
-                    "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": hub.role}}}
+            return {
+                "type": "user",
+                "name": "tester",
+                "orgs": [{"type": "org", "name": "user", "roleInOrg": "write"}],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": hub.role}},
+            }
 
         def create_repo(api, repo_id, **kwargs):
             hub.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
@@ -97,19 +107,27 @@ class FakeHub:
                 time.sleep(hub.upload_seconds)
                 folder = Path(folder_path)
                 files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-                texts = {name: (folder / name).read_text() for name in files
-                         if name.endswith((".json", ".yaml", ".md", ".py"))}
+                texts = {
+                    name: (folder / name).read_text()
+                    for name in files
+                    if name.endswith((".json", ".yaml", ".md", ".py"))
+                }
                 audit_folder(folder, token=TOKEN)  # what reaches the Hub passes the audit
-                hub.calls.append(("upload_folder", {"repo_id": repo_id, "folder": str(folder), "files": files,
-                                                    "texts": texts, **kwargs}))
+                hub.calls.append(
+                    (
+                        "upload_folder",
+                        {"repo_id": repo_id, "folder": str(folder), "files": files, "texts": texts, **kwargs},
+                    )
+                )
                 return "commit"
 
             return hub.executor.submit(upload) if run_as_future else upload()
 
         def upload_file(api, *, path_or_fileobj, path_in_repo, repo_id, **kwargs):
             text = Path(path_or_fileobj).read_text()
-            hub.calls.append(("upload_file", {"repo_id": repo_id, "path_in_repo": path_in_repo, "text": text,
-                                              **kwargs}))
+            hub.calls.append(
+                ("upload_file", {"repo_id": repo_id, "path_in_repo": path_in_repo, "text": text, **kwargs})
+            )
 
         def push_to_hub(dataset, repo_id, **kwargs):
             hub.calls.append(("dataset_push_to_hub", {"repo_id": repo_id, "splits": sorted(dataset), **kwargs}))
@@ -149,12 +167,21 @@ def _write_recipe(path: Path, output: Path) -> None:
     path.write_text(
         "# resolved recipe 'demo': TrainingArguments not listed here were left at their defaults\n"
         f"# written from {output}\n"
-        + yaml.safe_dump({
-            "family": "vit", "data_dir": "/data/CheXpert-v1.0-small", "data_cache_dir": "~/.cache/chexpert_hf",
-            "output_dir": str(output), "logging_dir": str(output / "runs" / "Jan01_host"), "learning_rate": 1.0e-4,
-            "hub_token": TOKEN, "hub_model_id": "user/tiny", "report_to": ["tensorboard"],
-            "fsdp_config": {"activation_checkpointing": False, "cache": str(Path.home() / "fsdp")},
-        }, sort_keys=False)
+        + yaml.safe_dump(
+            {
+                "family": "vit",
+                "data_dir": "/data/CheXpert-v1.0-small",
+                "data_cache_dir": "~/.cache/chexpert_hf",
+                "output_dir": str(output),
+                "logging_dir": str(output / "runs" / "Jan01_host"),
+                "learning_rate": 1.0e-4,
+                "hub_token": TOKEN,
+                "hub_model_id": "user/tiny",
+                "report_to": ["tensorboard"],
+                "fsdp_config": {"activation_checkpointing": False, "cache": str(Path.home() / "fsdp")},
+            },
+            sort_keys=False,
+        )
     )
 
 
@@ -170,8 +197,12 @@ def make_output_dir(root: Path, family: str = "vit") -> Path:
     for name in ("train_results.json", "eval_results.json", "all_results.json"):
         _write_json(output / name, {"epoch": 1.0, "eval_mean_auroc": 0.9})
     _write_recipe(output / "recipe.yaml", output)
-    state = {"best_model_checkpoint": str(output / "checkpoint-2"), "best_metric": 0.9, "global_step": 2,
-             "log_history": [{"loss": 0.6, "step": 1}]}
+    state = {
+        "best_model_checkpoint": str(output / "checkpoint-2"),
+        "best_metric": 0.9,
+        "global_step": 2,
+        "log_history": [{"loss": 0.6, "step": 1}],
+    }
     _write_json(output / "trainer_state.json", state)
     torch.save({"hub_token": TOKEN, "output_dir": str(output)}, output / "training_args.bin")
     runs = output / "runs" / "Jan01_host"
@@ -203,8 +234,9 @@ def test_stage_model_folder_copies_exactly_the_allowlist(output_dir, tmp_path):
     staged = stage_model_folder(output_dir, tmp_path / "stage", token=TOKEN)
     expected = sorted(VIT_MODEL_FILES + PUBLISHED_RESULTS + ["README.md", "recipe.yaml", "trainer_state.json"])
     assert staged == expected
-    on_disk = sorted(p.relative_to(tmp_path / "stage").as_posix() for p in (tmp_path / "stage").rglob("*")
-                     if p.is_file())
+    on_disk = sorted(
+        p.relative_to(tmp_path / "stage").as_posix() for p in (tmp_path / "stage").rglob("*") if p.is_file()
+    )
     assert on_disk == expected  # no training_args.bin, runs/, predictions.csv, eval-*/, checkpoint-*/
     assert (tmp_path / "stage" / "README.md").read_text() == CARD_TEXT
     assert (tmp_path / "stage" / "model.safetensors").read_bytes() == (output_dir / "model.safetensors").read_bytes()
@@ -235,16 +267,22 @@ def test_sharded_weights_are_staged_with_their_index(tmp_path):
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1
     staged = stage_model_folder(output, tmp_path / "stage")
-    assert staged == sorted(["README.md", "config.json", "preprocessor_config.json", "model.safetensors.index.json",
-                             *shards])
+    assert staged == sorted(
+        ["README.md", "config.json", "preprocessor_config.json", "model.safetensors.index.json", *shards]
+    )
     (output / shards[-1]).unlink()
     with pytest.raises(PublishError, match=f"missing weight shard.*{shards[-1]}"):
         stage_model_folder(output, tmp_path / "stage2")
 
 
-@pytest.mark.parametrize("missing, message", [("model.safetensors", "holds no model weights"),
-                                              ("config.json", "holds no config.json"),
-                                              ("README.md", "never published without its card")])
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("model.safetensors", "holds no model weights"),
+        ("config.json", "holds no config.json"),
+        ("README.md", "never published without its card"),
+    ],
+)
 def test_a_folder_without_weights_config_or_card_is_refused(tmp_path, missing, message):
     output = tmp_path / "run"
     _save_model(tiny_model("vit"), output)
@@ -269,8 +307,9 @@ def test_the_hybrid_model_is_staged_with_its_code_files(tmp_path):
 
 def test_stage_checkpoint_folder_keeps_what_resuming_needs_but_never_training_args(output_dir, tmp_path):
     staged = stage_checkpoint_folder(output_dir / "checkpoint-2", tmp_path / "stage", token=TOKEN)
-    assert staged == sorted(VIT_MODEL_FILES + ["optimizer.pt", "recipe.yaml", "rng_state.pth", "scheduler.pt",
-                                               "trainer_state.json"])
+    assert staged == sorted(
+        VIT_MODEL_FILES + ["optimizer.pt", "recipe.yaml", "rng_state.pth", "scheduler.pt", "trainer_state.json"]
+    )
     state = json.loads((tmp_path / "stage" / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] == "checkpoint-2"
     assert "hub_token" not in yaml.safe_load((tmp_path / "stage" / "recipe.yaml").read_text())
@@ -320,8 +359,12 @@ def test_audit_catches_a_token_inside_a_torch_pickle(tmp_path):
 def test_audit_catches_an_absolute_path_of_this_machine(tmp_path, monkeypatch, where):
     folder = _clean_folder(tmp_path)
     forbidden = Path("/srv/chexpert/run1")
-    planted = {"forbidden": f"{forbidden}/checkpoint-2", "home": f"{Path.home()}/data", "tmp": "/tmp/x/run",
-               "cwd": f"{Path.cwd()}/outputs/demo"}[where]
+    planted = {
+        "forbidden": f"{forbidden}/checkpoint-2",
+        "home": f"{Path.home()}/data",
+        "tmp": "/tmp/x/run",
+        "cwd": f"{Path.cwd()}/outputs/demo",
+    }[where]
     _write_json(folder / "all_results.json", {"model": planted})
     with pytest.raises(PublishError, match=r"all_results\.json: an absolute path of this machine"):
         audit_folder(folder, forbidden_paths=[forbidden])
@@ -351,8 +394,9 @@ def test_push_output_folder_uploads_the_staged_folder(output_dir, hub):
     assert hub.names() == ["whoami", "create_repo", "upload_folder"]  # access is checked before anything else
     assert hub.named("create_repo") == [{"repo_id": "user/tiny", "private": True, "exist_ok": True, "token": TOKEN}]
     upload = hub.named("upload_folder")[0]
-    assert upload["files"] == sorted(VIT_MODEL_FILES + PUBLISHED_RESULTS + ["README.md", "recipe.yaml",
-                                                                             "trainer_state.json"])
+    assert upload["files"] == sorted(
+        VIT_MODEL_FILES + PUBLISHED_RESULTS + ["README.md", "recipe.yaml", "trainer_state.json"]
+    )
     assert upload["repo_id"] == "user/tiny" and upload["commit_message"] == "v1" and upload["token"] == TOKEN
     assert Path(upload["folder"]) != output_dir and not Path(upload["folder"]).exists()  # a staged copy, removed
 
@@ -441,8 +485,16 @@ def test_a_read_only_token_stops_with_its_own_message(output_dir, hub, local_hub
 
 # --- write access to the target repository, proven before training ---------------------------------------------
 
-USER_WRITE = ["repo.content.read", "repo.access.read", "repo.write", "inference.serverless.write", "collection.read",
-              "collection.write", "discussion.write", "user.webhooks.read"]  # "write access to your repos"
+USER_WRITE = [
+    "repo.content.read",
+    "repo.access.read",
+    "repo.write",
+    "inference.serverless.write",
+    "collection.read",
+    "collection.write",
+    "discussion.write",
+    "user.webhooks.read",
+]  # "write access to your repos"
 READ_ONLY = ["repo.content.read", "repo.access.read", "collection.read"]
 
 
@@ -452,20 +504,44 @@ def whoami_payload(role: str | None, *, scoped=(), orgs=(("chexpert-lab", "write
     access = {"displayName": "training", "role": role, "createdAt": "2026-01-05T10:27:03.276Z"}
     if role == "fineGrained":
         access["fineGrained"] = {
-            "canReadGatedRepos": True, "global": ["discussion.write", "post.write"],
-            "scoped": [{"entity": {"_id": f"66a1ec32fc25ba6426e21b{index:02x}", "type": kind, "name": entity},
-                        "permissions": list(permissions)} for index, (kind, entity, permissions) in enumerate(scoped)],
+            "canReadGatedRepos": True,
+            "global": ["discussion.write", "post.write"],
+            "scoped": [
+                {
+                    "entity": {"_id": f"66a1ec32fc25ba6426e21b{index:02x}", "type": kind, "name": entity},
+                    "permissions": list(permissions),
+                }
+                for index, (kind, entity, permissions) in enumerate(scoped)
+            ],
         }
     auth = {"type": "access_token", "accessToken": access} if role is not None else {"type": "oauth"}
-    return {"type": "user", "id": "6a61ec32fc25ba6426e21b6f", "name": name, "fullname": name.title(), "isPro": False,
-            "canPay": False, "avatarUrl": "/avatars/a.svg", "auth": auth,
-            "orgs": [{"type": "org", "id": f"65f0{index:020x}", "name": org, "fullname": org, "roleInOrg": role_in_org,
-                      "isEnterprise": False} for index, (org, role_in_org) in enumerate(orgs)]}
+    return {
+        "type": "user",
+        "id": "6a61ec32fc25ba6426e21b6f",
+        "name": name,
+        "fullname": name.title(),
+        "isPro": False,
+        "canPay": False,
+        "avatarUrl": "/avatars/a.svg",
+        "auth": auth,
+        "orgs": [
+            {
+                "type": "org",
+                "id": f"65f0{index:020x}",
+                "name": org,
+                "fullname": org,
+                "roleInOrg": role_in_org,
+                "isEnterprise": False,
+            }
+            for index, (org, role_in_org) in enumerate(orgs)
+        ],
+    }
 
 
 def test_a_fine_grained_token_without_write_on_the_target_organization_is_refused_before_any_work(output_dir, hub):
-    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", USER_WRITE),
-                                                               ("org", "chexpert-lab", READ_ONLY)])
+    hub.whoami_payload = whoami_payload(
+        "fineGrained", scoped=[("user", "alice", USER_WRITE), ("org", "chexpert-lab", READ_ONLY)]
+    )
     with pytest.raises(HubAccessError) as error:
         check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert")
     message = str(error.value)
@@ -484,8 +560,11 @@ def test_a_fine_grained_token_with_write_on_the_organization_is_accepted_there_o
     hub.whoami_payload = whoami_payload("fineGrained", scoped=[("org", "chexpert-lab", [*READ_ONLY, "repo.write"])])
     assert check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert") == "alice"
     assert check_hub_access(TOKEN) == "alice"  # it can write somewhere
-    with pytest.raises(HubAccessError, match=r"alice/vit-chexpert: it lacks the repo.write permission on 'alice' "
-                                             r"\(it has repo.write on chexpert-lab only\)"):
+    with pytest.raises(
+        HubAccessError,
+        match=r"alice/vit-chexpert: it lacks the repo.write permission on 'alice' "
+        r"\(it has repo.write on chexpert-lab only\)",
+    ):
         check_hub_access(TOKEN, repo_id="vit-chexpert")
     # write on one repository: that repository, of that type, only
     hub.whoami_payload = whoami_payload("fineGrained", scoped=[("model", "chexpert-lab/vit-chexpert", ["repo.write"])])
@@ -497,8 +576,9 @@ def test_a_fine_grained_token_with_write_on_the_organization_is_accepted_there_o
 
 def test_a_fine_grained_token_that_writes_nowhere_is_refused_even_without_a_repository(hub):
     hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", READ_ONLY)])
-    with pytest.raises(HubAccessError, match="fine-grained token of 'alice' .* has the repo.write permission on no "
-                                             "namespace"):
+    with pytest.raises(
+        HubAccessError, match="fine-grained token of 'alice' .* has the repo.write permission on no namespace"
+    ):
         check_hub_access(TOKEN)
 
 
@@ -510,12 +590,16 @@ def test_read_and_write_tokens_with_a_target_repository(hub):
     hub.whoami_payload = whoami_payload("write", orgs=[("chexpert-lab", "write"), ("radiology", "read")])
     for repo_id in (None, "vit-chexpert", "alice/vit-chexpert", "chexpert-lab/vit-chexpert", "Chexpert-Lab/x"):
         assert check_hub_access(TOKEN, repo_id=repo_id) == "alice"
-    with pytest.raises(HubAccessError, match=r"'alice' cannot push to https://huggingface.co/stanfordmlgroup/vit: "
-                                             r"'stanfordmlgroup' is neither their namespace nor one of their "
-                                             r"organizations \(chexpert-lab, radiology\)"):
+    with pytest.raises(
+        HubAccessError,
+        match=r"'alice' cannot push to https://huggingface.co/stanfordmlgroup/vit: "
+        r"'stanfordmlgroup' is neither their namespace nor one of their "
+        r"organizations \(chexpert-lab, radiology\)",
+    ):
         check_hub_access(TOKEN, repo_id="stanfordmlgroup/vit")
-    with pytest.raises(HubAccessError, match="datasets/radiology/chexpert: their role in the organization "
-                                             "'radiology' is 'read'"):
+    with pytest.raises(
+        HubAccessError, match="datasets/radiology/chexpert: their role in the organization 'radiology' is 'read'"
+    ):
         check_hub_access(TOKEN, repo_id="radiology/chexpert", repo_type="dataset")
     assert "create_repo" not in hub.names()  # a stated role is enough: nothing is created
 
@@ -523,13 +607,17 @@ def test_read_and_write_tokens_with_a_target_repository(hub):
 def test_a_token_whose_role_is_not_stated_must_create_the_repository(hub):
     hub.whoami_payload = whoami_payload(None)
     assert check_hub_access(TOKEN, repo_id="vit-chexpert") == "alice"
-    assert hub.named("create_repo") == [{"repo_id": "alice/vit-chexpert", "repo_type": "model", "private": True,
-                                         "exist_ok": False, "token": TOKEN}]
+    assert hub.named("create_repo") == [
+        {"repo_id": "alice/vit-chexpert", "repo_type": "model", "private": True, "exist_ok": False, "token": TOKEN}
+    ]
     hub.create_status = 409  # it exists already
     assert check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert") == "alice"
     hub.create_status = 403
-    with pytest.raises(HubAccessError, match=r"cannot push to https://huggingface.co/chexpert-lab/vit-chexpert: the "
-                                             r"Hub refused to create it \(HTTP 403 Forbidden\)"):
+    with pytest.raises(
+        HubAccessError,
+        match=r"cannot push to https://huggingface.co/chexpert-lab/vit-chexpert: the "
+        r"Hub refused to create it \(HTTP 403 Forbidden\)",
+    ):
         check_hub_access(TOKEN, repo_id="chexpert-lab/vit-chexpert")
     assert check_hub_access(TOKEN) == "alice"  # without a repository, as before
 
@@ -547,8 +635,9 @@ def test_push_prepared_dataset_is_private_with_a_licensed_card(prepared_dir, hub
     url = push_prepared_dataset(prepared_dir, "user/chexpert", token=TOKEN)
     assert url == "https://huggingface.co/datasets/user/chexpert"
     assert hub.names() == ["whoami", "create_repo", "upload_file", "dataset_push_to_hub"]
-    assert hub.named("create_repo") == [{"repo_id": "user/chexpert", "repo_type": "dataset", "private": True,
-                                         "exist_ok": True, "token": TOKEN}]
+    assert hub.named("create_repo") == [
+        {"repo_id": "user/chexpert", "repo_type": "dataset", "private": True, "exist_ok": True, "token": TOKEN}
+    ]
     pushed = hub.named("dataset_push_to_hub")[0]
     assert pushed["private"] is True and pushed["token"] == TOKEN and pushed["repo_id"] == "user/chexpert"
     assert pushed["splits"] == ["test", "train", "validation"]
@@ -582,17 +671,41 @@ def _push_trainer(output: Path, **training):
     from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(**tiny_config("vit", **MICRO_VIT, num_channels=1), image_size=16,
-                                                num_labels=2))
+    model = ViTForImageClassification(
+        ViTConfig(**tiny_config("vit", **MICRO_VIT, num_channels=1), image_size=16, num_labels=2)
+    )
     processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5], image_std=[0.5])
-    settings = dict(output_dir=str(output), per_device_train_batch_size=8, use_cpu=True, report_to="none",
-                    eval_strategy="no", save_strategy="steps", save_steps=2, max_steps=4, logging_steps=1,
-                    learning_rate=1e-3, dataloader_num_workers=0, disable_tqdm=True, push_to_hub=True,
-                    hub_model_id="user/tiny", hub_strategy="checkpoint", hub_token=TOKEN, hub_always_push=True)
+    settings = dict(
+        output_dir=str(output),
+        per_device_train_batch_size=8,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
+        max_steps=4,
+        logging_steps=1,
+        learning_rate=1e-3,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        push_to_hub=True,
+        hub_model_id="user/tiny",
+        hub_strategy="checkpoint",
+        hub_token=TOKEN,
+        hub_always_push=True,
+    )
     settings.update(training)
     args = CheXpertTrainingArguments(**settings)
-    return CheXpertTrainer(model=model, args=args, train_dataset=Rows(16), processing_class=processor, family="vit",
-                           image_mean=[0.5], image_std=[0.5], num_channels=1)
+    return CheXpertTrainer(
+        model=model,
+        args=args,
+        train_dataset=Rows(16),
+        processing_class=processor,
+        family="vit",
+        image_mean=[0.5],
+        image_std=[0.5],
+        num_channels=1,
+    )
 
 
 def test_the_trainer_pushes_only_staged_audited_folders(tmp_path, monkeypatch):
@@ -648,12 +761,25 @@ def test_the_trainer_pushes_no_card_without_ours(tmp_path, hub):
 
 def _job_recipe(tmp_path: Path, data_dir: Path, **fields) -> Path:
     values = {
-        "family": "vit", "from_scratch": True, "image_size": 32, "data_dir": str(data_dir),
+        "family": "vit",
+        "from_scratch": True,
+        "image_size": 32,
+        "data_dir": str(data_dir),
         "config_overrides": tiny_config("vit", **MICRO_VIT),
-        "data_cache_dir": str(tmp_path / "cache"), "prepare_image_size": 64, "learning_rate": 1e-3,
-        "per_device_train_batch_size": 8, "max_steps": 2, "eval_strategy": "no", "save_strategy": "no",
-        "use_cpu": True, "report_to": "none", "dataloader_num_workers": 0, "disable_tqdm": True,
-        "output_dir": str(tmp_path / "out"), "push_to_hub": True, "hub_model_id": "user/tiny-chexpert",
+        "data_cache_dir": str(tmp_path / "cache"),
+        "prepare_image_size": 64,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 8,
+        "max_steps": 2,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "output_dir": str(tmp_path / "out"),
+        "push_to_hub": True,
+        "hub_model_id": "user/tiny-chexpert",
         **fields,
     }
     path = tmp_path / "job.yaml"
@@ -671,9 +797,22 @@ def test_the_training_job_publishes_its_card_roc_and_metrics(tmp_path, synthetic
     assert train_main(["--config", str(_job_recipe(tmp_path, synthetic_root))]) == 0
     final = hub.named("upload_folder")[-1]
     assert final["repo_id"] == "user/tiny-chexpert"
-    assert final["files"] == sorted(["README.md", "all_results.json", "config.json", "eval_results.json",
-                                     "metrics.json", "metrics.md", "model.safetensors", "preprocessor_config.json",
-                                     "recipe.yaml", "roc.png", "train_results.json", "trainer_state.json"])
+    assert final["files"] == sorted(
+        [
+            "README.md",
+            "all_results.json",
+            "config.json",
+            "eval_results.json",
+            "metrics.json",
+            "metrics.md",
+            "model.safetensors",
+            "preprocessor_config.json",
+            "recipe.yaml",
+            "roc.png",
+            "train_results.json",
+            "trainer_state.json",
+        ]
+    )
     card = final["texts"]["README.md"]
     assert "user/tiny-chexpert" in card and str(tmp_path) not in card  # the usage snippets name the repo
     metrics = json.loads(final["texts"]["metrics.json"])
@@ -690,13 +829,15 @@ def test_the_training_job_stops_before_any_work_without_a_token(tmp_path, synthe
     assert hub.calls == [] and not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
-def test_the_training_job_stops_before_any_work_when_the_token_cannot_write_to_the_target(tmp_path, synthetic_root,
-                                                                                         hub, capsys, monkeypatch):
+def test_the_training_job_stops_before_any_work_when_the_token_cannot_write_to_the_target(
+    tmp_path, synthetic_root, hub, capsys, monkeypatch
+):
     from chexpert_hf.training.train import main as train_main
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    hub.whoami_payload = whoami_payload("fineGrained", scoped=[("user", "alice", USER_WRITE),
-                                                               ("org", "chexpert-lab", READ_ONLY)])
+    hub.whoami_payload = whoami_payload(
+        "fineGrained", scoped=[("user", "alice", USER_WRITE), ("org", "chexpert-lab", READ_ONLY)]
+    )
     recipe = _job_recipe(tmp_path, synthetic_root, hub_model_id="chexpert-lab/tiny-chexpert")
     assert train_main(["--config", str(recipe)]) == 2
     error = capsys.readouterr().err

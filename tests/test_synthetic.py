@@ -155,8 +155,10 @@ def test_competition_findings_are_learnable_at_low_resolution(tmp_path):
     def load(split):
         frame = pd.read_csv(root / f"{split}.csv")
         frame = frame[frame["Frontal/Lateral"] == "Frontal"]
-        pixels = [np.asarray(Image.open(root.parent / p).resize((32, 39), Image.BILINEAR), np.float32).ravel() / 255
-                  for p in frame["Path"]]
+        pixels = [
+            np.asarray(Image.open(root.parent / p).resize((32, 39), Image.BILINEAR), np.float32).ravel() / 255
+            for p in frame["Path"]
+        ]
         return frame, np.stack(pixels)
 
     (train, x_train), (valid, x_valid) = load("train"), load("valid")

@@ -30,11 +30,26 @@ def raw_root(tmp_path_factory) -> Path:
 
 def tiny_recipe(tmp_path: Path, data_dir: Path, **fields) -> Path:
     values = {
-        "family": "vit", "from_scratch": True, "config_overrides": TINY_VIT, "image_size": 32,
-        "data_dir": str(data_dir), "data_cache_dir": str(tmp_path / "cache"), "prepare_image_size": 64,
-        "learning_rate": 1e-3, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 32,
-        "max_steps": 6, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 3, "logging_steps": 1,
-        "use_cpu": True, "report_to": "none", "dataloader_num_workers": 0, "seed": 0, "disable_tqdm": True,
+        "family": "vit",
+        "from_scratch": True,
+        "config_overrides": TINY_VIT,
+        "image_size": 32,
+        "data_dir": str(data_dir),
+        "data_cache_dir": str(tmp_path / "cache"),
+        "prepare_image_size": 64,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "max_steps": 6,
+        "eval_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": 3,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "disable_tqdm": True,
         "output_dir": str(tmp_path / "out"),
     }
     values.update(fields)
@@ -49,8 +64,16 @@ def test_a_run_writes_every_output_and_reuses_the_prepared_cache(tmp_path, raw_r
     with caplog.at_level("INFO", logger="chexpert_hf"):
         assert train_main(["--config", str(recipe)]) == 0
     out = tmp_path / "out"
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "recipe.yaml", "eval_results.json",
-                 "all_results.json", "train_results.json", "trainer_state.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "recipe.yaml",
+        "eval_results.json",
+        "all_results.json",
+        "train_results.json",
+        "trainer_state.json",
+    ):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
@@ -82,8 +105,16 @@ def test_a_run_writes_every_output_and_reuses_the_prepared_cache(tmp_path, raw_r
 
 
 def test_a_patient_split_and_weighted_sampling_run(tmp_path, raw_root):
-    recipe = tiny_recipe(tmp_path, raw_root, validation_split="patients:0.25", sampling="inverse_frequency",
-                         pos_weight="balanced", eval_level="image", max_steps=2, save_strategy="no")
+    recipe = tiny_recipe(
+        tmp_path,
+        raw_root,
+        validation_split="patients:0.25",
+        sampling="inverse_frequency",
+        pos_weight="balanced",
+        eval_level="image",
+        max_steps=2,
+        save_strategy="no",
+    )
     assert train_main(["--config", str(recipe)]) == 0
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
     assert "eval_mean_auroc" in results
@@ -103,8 +134,13 @@ class Interrupted(Exception):
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, raw_root, monkeypatch):
     # sampling, augmentation and dropout all draw random numbers: the checkpoint must restore every stream
-    fields = dict(sampling="inverse_frequency", augmentation="light", max_steps=6, save_steps=3,
-                  config_overrides=dict(TINY_VIT, hidden_dropout_prob=0.1))
+    fields = dict(
+        sampling="inverse_frequency",
+        augmentation="light",
+        max_steps=6,
+        save_steps=3,
+        config_overrides=dict(TINY_VIT, hidden_dropout_prob=0.1),
+    )
     straight = tiny_recipe(tmp_path / "a", raw_root, **fields)
     assert train_main(["--config", str(straight)]) == 0
     expected = load_file(tmp_path / "a" / "out" / "model.safetensors")
@@ -135,8 +171,16 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, r
 
 def test_the_best_checkpoint_becomes_the_final_model(tmp_path, raw_root):
     # eval_loss falls while the tiny model learns, but the best of the two evaluations is not known in advance
-    recipe = tiny_recipe(tmp_path, raw_root, eval_strategy="steps", eval_steps=3, load_best_model_at_end=True,
-                         metric_for_best_model="mean_auroc", save_total_limit=1, learning_rate=3e-3)
+    recipe = tiny_recipe(
+        tmp_path,
+        raw_root,
+        eval_strategy="steps",
+        eval_steps=3,
+        load_best_model_at_end=True,
+        metric_for_best_model="mean_auroc",
+        save_total_limit=1,
+        learning_rate=3e-3,
+    )
     assert train_main(["--config", str(recipe)]) == 0
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     best = Path(state["best_model_checkpoint"])
@@ -159,22 +203,69 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, raw_root, capsys
 def test_demo_under_two_processes_then_one_process_evaluation_agrees(tmp_path):
     """``accelerate launch --config_file accelerate_configs/cpu.yaml --num_processes 2 recipes/train.py --recipe
     demo`` with a few steps on a small synthetic set; the saved model evaluated by one process scores the same."""
-    small = ["--synthetic_patients", "40", "--synthetic_valid_patients", "30", "--synthetic_seed", "5",
-             "--data_cache_dir", str(tmp_path / "cache"), "--per_device_eval_batch_size", "16"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(ROOT / "recipes" / "train.py"), "--recipe", "demo", *small,
-               "--max_steps", "6", "--per_device_train_batch_size", "16", "--output_dir", str(tmp_path / "two"),
-               "--disable_tqdm", "true"]
+    small = [
+        "--synthetic_patients",
+        "40",
+        "--synthetic_valid_patients",
+        "30",
+        "--synthetic_seed",
+        "5",
+        "--data_cache_dir",
+        str(tmp_path / "cache"),
+        "--per_device_eval_batch_size",
+        "16",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "recipes" / "train.py"),
+        "--recipe",
+        "demo",
+        *small,
+        "--max_steps",
+        "6",
+        "--per_device_train_batch_size",
+        "16",
+        "--output_dir",
+        str(tmp_path / "two"),
+        "--disable_tqdm",
+        "true",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
     assert (tmp_path / "two" / "model.safetensors").is_file() and (tmp_path / "two" / "recipe.yaml").is_file()
 
-    assert train_main(["--recipe", "demo", *small, "--model_name_or_path", str(tmp_path / "two"),
-                       "--from_scratch", "false", "--config_overrides", "null", "--do_train", "false",
-                       "--output_dir", str(tmp_path / "one"), "--disable_tqdm", "true"]) == 0
+    assert (
+        train_main(
+            [
+                "--recipe",
+                "demo",
+                *small,
+                "--model_name_or_path",
+                str(tmp_path / "two"),
+                "--from_scratch",
+                "false",
+                "--config_overrides",
+                "null",
+                "--do_train",
+                "false",
+                "--output_dir",
+                str(tmp_path / "one"),
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+        == 0
+    )
     one = json.loads((tmp_path / "one" / "eval_results.json").read_text())
     scores = [key for key in two if key.startswith(("eval_auroc", "eval_auprc", "eval_mean_auroc"))]
     assert "eval_mean_auroc" in scores and len(scores) >= 3
@@ -186,8 +277,12 @@ def test_demo_under_two_processes_then_one_process_evaluation_agrees(tmp_path):
 @pytest.mark.slow
 def test_demo_reaches_its_target(tmp_path):
     """The README's first command: the demo recipe, as shipped, reaches mean AUROC >= 0.85 (about 4 minutes)."""
-    assert train_main(["--recipe", "demo", "--data_cache_dir", str(tmp_path / "cache"),
-                       "--output_dir", str(tmp_path / "demo")]) == 0
+    assert (
+        train_main(
+            ["--recipe", "demo", "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "demo")]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "demo" / "eval_results.json").read_text())
     assert results["eval_mean_auroc"] >= 0.85
 
@@ -210,8 +305,10 @@ def test_training_over_an_earlier_run_is_refused_unless_asked_and_then_replaces_
     assert "--resume_from_checkpoint last" in error and "--overwrite_output_dir true" in error
     assert {path.name: path.stat().st_mtime_ns for path in out.rglob("*")} == before  # nothing touched
 
-    assert train_main(["--config", str(recipe), "--max_steps", "4", "--save_steps", "2",
-                       "--overwrite_output_dir", "true"]) == 0
+    assert (
+        train_main(["--config", str(recipe), "--max_steps", "4", "--save_steps", "2", "--overwrite_output_dir", "true"])
+        == 0
+    )
     assert _checkpoints(out) == ["checkpoint-2", "checkpoint-4"]  # none of the earlier run's is left
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     assert json.loads((out / "run_info.json").read_text())["train_images"] == 4 * 16
@@ -270,6 +367,19 @@ def test_first_use_preparation_uses_the_cpus_this_process_may_use(tmp_path, raw_
     assert training.default_num_proc() == 3
     recipe = tiny_recipe(tmp_path, raw_root, max_steps=1, save_strategy="no")
     assert train_main(["--config", str(recipe)]) == 0
-    assert train_main(["--config", str(recipe), "--data_cache_dir", str(tmp_path / "other"), "--prepare_num_proc",
-                       "2", "--output_dir", str(tmp_path / "again")]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(recipe),
+                "--data_cache_dir",
+                str(tmp_path / "other"),
+                "--prepare_num_proc",
+                "2",
+                "--output_dir",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
     assert asked == [3, 2]

@@ -30,12 +30,14 @@ def test_weights_follow_the_documented_formula_by_hand():
     targets = np.array([[1, 0], [0, 0], [0, 1], [0, nan]], dtype=np.float32)
     # label 0: p = 1/4; label 1: p = 1/3 (one masked row)
     p0, p1 = 1 / 4, 1 / 3
-    by_hand = np.array([
-        (1 / (2 * p0) + 1 / (2 * (1 - p1))) / 2,
-        (1 / (2 * (1 - p0)) + 1 / (2 * (1 - p1))) / 2,
-        (1 / (2 * (1 - p0)) + 1 / (2 * p1)) / 2,
-        1 / (2 * (1 - p0)),  # the masked entry is left out of the row's mean
-    ])
+    by_hand = np.array(
+        [
+            (1 / (2 * p0) + 1 / (2 * (1 - p1))) / 2,
+            (1 / (2 * (1 - p0)) + 1 / (2 * (1 - p1))) / 2,
+            (1 / (2 * (1 - p0)) + 1 / (2 * p1)) / 2,
+            1 / (2 * (1 - p0)),  # the masked entry is left out of the row's mean
+        ]
+    )
     np.testing.assert_allclose(positive_rates(targets), [p0, p1])
     np.testing.assert_allclose(sample_weights(targets, "inverse_frequency"), by_hand / by_hand.mean(), rtol=1e-6)
     soft = np.sqrt(by_hand)
@@ -82,10 +84,23 @@ def test_two_processes_share_one_epoch_of_draws(tmp_path):
     batch, so together they see exactly the draws one process would; when the draws do not fill the last pair of
     batches, Accelerate completes it from the start of the same sequence."""
     batch, seed = 4, 3
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(ROOT / "tests" / "scripts" / "sampler_draws.py"), str(tmp_path), str(batch),
-               str(seed), "48", "50"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "tests" / "scripts" / "sampler_draws.py"),
+        str(tmp_path),
+        str(batch),
+        str(seed),
+        "48",
+        "50",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -159,13 +174,32 @@ def _trainer(tmp_path, **training):
     config = tiny_config("vit", hidden_size=16, num_attention_heads=2, intermediate_size=16, num_channels=1)
     model = ViTForImageClassification(ViTConfig(**config, image_size=16, num_labels=2))
     apply_freeze_policy(model, "vit", "last_block")
-    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to="none",
-                    eval_strategy="no", save_strategy="steps", save_steps=2, max_steps=8, logging_steps=1,
-                    learning_rate=1e-3, dataloader_num_workers=0, disable_tqdm=True)
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
+        max_steps=8,
+        logging_steps=1,
+        learning_rate=1e-3,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     settings.update(training)
     args = CheXpertTrainingArguments(**settings)
-    return CheXpertTrainer(model=model, args=args, train_dataset=Rows(), family="vit", image_mean=[0.5],
-                           image_std=[0.5], num_channels=1, layer_decay=0.8)
+    return CheXpertTrainer(
+        model=model,
+        args=args,
+        train_dataset=Rows(),
+        family="vit",
+        image_mean=[0.5],
+        image_std=[0.5],
+        num_channels=1,
+        layer_decay=0.8,
+    )
 
 
 def test_optimizer_is_adamw_over_trainable_groups_and_logs_the_counts(tmp_path, caplog):
@@ -228,9 +262,19 @@ def test_every_trainable_parameter_gets_a_gradient(family, policy):
 def test_a_nan_on_one_process_stops_every_process(tmp_path):
     """Under DDP a NaN on one rank reaches every rank's weights through the gradient all-reduce: all ranks must
     stop at the same check, name the same step, and write no checkpoint after it."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), str(ROOT / "tests" / "scripts" / "nan_on_one_rank.py"), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(ROOT / "tests" / "scripts" / "nan_on_one_rank.py"),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]

@@ -11,15 +11,20 @@ from chexpert_hf.utils import format_duration, markdown_table
 def test_markdown_table_spaced_and_tight_rules():
     assert markdown_table(["a", "b"], [["1", "2"]]) == ["| a | b |", "| --- | --- |", "| 1 | 2 |"]
     assert markdown_table(["a", "b", "c"], [["x", "", "z"]], "lrc", tight_rule=True) == [
-        "| a | b | c |", "|---|---:|:---:|", "| x |  | z |"]
+        "| a | b | c |",
+        "|---|---:|:---:|",
+        "| x |  | z |",
+    ]
 
 
 def test_a_short_row_ends_in_empty_cells():
     assert markdown_table(["a", "b", "c"], [["mean", "0.9"]], "lrr")[-1] == "| mean | 0.9 | |"
 
 
-@pytest.mark.parametrize(("header", "rows", "align"), [(["a"], [["1", "2"]], None), (["a"], [[]], None),
-                                                       (["a", "b"], [], "l"), (["a"], [], "x")])
+@pytest.mark.parametrize(
+    ("header", "rows", "align"),
+    [(["a"], [["1", "2"]], None), (["a"], [[]], None), (["a", "b"], [], "l"), (["a"], [], "x")],
+)
 def test_markdown_table_refuses_a_misshapen_table(header, rows, align):
     with pytest.raises(ValueError):
         markdown_table(header, rows, align)

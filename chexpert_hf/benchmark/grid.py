@@ -31,28 +31,47 @@ from chexpert_hf.benchmark.plan import parse_recipe_list, parse_seeds, plan, run
 from chexpert_hf.benchmark.results import collect, write_results
 
 
-def benchmark(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike, overrides: Sequence[str] = (),
-              accelerate_config: str | os.PathLike | None = None, *, command: str = "",
-              launcher: Launcher | None = None, echo: Echo = print) -> int:
+def benchmark(
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    output: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    accelerate_config: str | os.PathLike | None = None,
+    *,
+    command: str = "",
+    launcher: Launcher | None = None,
+    echo: Echo = print,
+) -> int:
     """Plan, run what is not finished, collect and write the results; 0 when every grid run finished, else 1."""
     the_plan = plan(recipes, seeds, output, overrides, accelerate_config)
     skipped = sum(run_state(run)[0] == "finished" for run in the_plan.runs)
-    echo(f"benchmark: {len(the_plan.recipes)} recipe(s) × {len(the_plan.seeds)} seed(s) = {len(the_plan.runs)} "
-         f"runs into {the_plan.output}" + (f" ({skipped} finished before)" if skipped else ""))
+    echo(
+        f"benchmark: {len(the_plan.recipes)} recipe(s) × {len(the_plan.seeds)} seed(s) = {len(the_plan.runs)} "
+        f"runs into {the_plan.output}" + (f" ({skipped} finished before)" if skipped else "")
+    )
     interrupted = False
     try:
         execute(the_plan, launcher=launcher, echo=echo)
     except KeyboardInterrupt:
         interrupted = True
-        echo("benchmark: interrupted; the run in progress was stopped. Run the same command again to resume: "
-             "finished runs are skipped")
+        echo(
+            "benchmark: interrupted; the run in progress was stopped. Run the same command again to resume: "
+            "finished runs are skipped"
+        )
     rows = collect(the_plan)
-    paths = write_results(the_plan.output, rows, recipes=the_plan.recipes, seeds=the_plan.seeds,
-                          command=command or "chexpert-hf benchmark")
+    paths = write_results(
+        the_plan.output,
+        rows,
+        recipes=the_plan.recipes,
+        seeds=the_plan.seeds,
+        command=command or "chexpert-hf benchmark",
+    )
     failed = sum(row["status"] != "finished" for row in rows)
-    echo(f"benchmark: {len(rows) - failed} of {len(rows)} runs finished"
-         + (f", {failed} {'not finished' if interrupted else 'failed'}" if failed else "")
-         + f"; wrote {', '.join(str(path) for path in paths.values())}")
+    echo(
+        f"benchmark: {len(rows) - failed} of {len(rows)} runs finished"
+        + (f", {failed} {'not finished' if interrupted else 'failed'}" if failed else "")
+        + f"; wrote {', '.join(str(path) for path in paths.values())}"
+    )
     if interrupted:
         return 130
     return 1 if failed else 0

@@ -49,8 +49,9 @@ def launch_run(run: Run) -> int:
     with open(run.log, "w", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(run.command)}\n\n")
         log.flush()
-        process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            run.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             return process.wait()
         except BaseException:
@@ -88,9 +89,13 @@ def _log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
     kept = [line.rsplit("\r", 1)[-1] for line in text.rstrip().splitlines()]
     # accelerate ends a failed job with its own traceback (CalledProcessError); the job's error is above it
     starts = [index for index, line in enumerate(kept) if line.startswith("Traceback (most recent call last)")]
-    if starts and any("accelerate" in line and "launch" in line for line in kept[starts[-1]:]) \
-            and "CalledProcessError" in kept[-1] and starts[-1] > 0:
-        kept = kept[:starts[-1]]
+    if (
+        starts
+        and any("accelerate" in line and "launch" in line for line in kept[starts[-1] :])
+        and "CalledProcessError" in kept[-1]
+        and starts[-1] > 0
+    ):
+        kept = kept[: starts[-1]]
     return kept[-lines:]
 
 
@@ -124,8 +129,12 @@ def _mean_auroc(folder: Path) -> str:
 
 def _record(run: Run, settings: dict[str, Any], seconds: float) -> None:
     """``benchmark_run.json`` in the run's folder: the settings it ran with, its wall time and command."""
-    record = {**settings, "wall_seconds": seconds, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "command": shlex.join(run.command)}
+    record = {
+        **settings,
+        "wall_seconds": seconds,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(run.command),
+    }
     write_text(run.output_dir / BENCHMARK_RUN, json.dumps(record, indent=2) + "\n")
 
 
@@ -149,8 +158,9 @@ def execute(the_plan: Plan, launcher: Launcher | None = None, echo: Echo = print
     return statuses
 
 
-def _make_prerequisite(prerequisite: Prerequisite, the_plan: Plan, needed: set[str], blocked: set[Path],
-                       launcher: Launcher, echo: Echo) -> bool:
+def _make_prerequisite(
+    prerequisite: Prerequisite, the_plan: Plan, needed: set[str], blocked: set[Path], launcher: Launcher, echo: Echo
+) -> bool:
     """Train ``prerequisite`` when it is missing or stale and still needed; False when its output is not there for
     the runs that start from it (it failed, or what it starts from failed)."""
     run = prerequisite.run
@@ -159,16 +169,17 @@ def _make_prerequisite(prerequisite: Prerequisite, the_plan: Plan, needed: set[s
         return True
     users = ", ".join(prerequisite.needed_by)
     if run.recipe not in needed:
-        echo(f"{run.recipe} ({prerequisite.path}): {why}, but every run that starts from it has finished: "
-             f"not trained")
+        echo(f"{run.recipe} ({prerequisite.path}): {why}, but every run that starts from it has finished: not trained")
         return True
     missing = [path for path in the_plan.depends_on.get(run.recipe, []) if path in blocked]
     if missing:
         echo(f"{run.recipe} is not trained: it starts from {missing[0]}, which failed")
         return False
     verb = "starts" if len(prerequisite.needed_by) == 1 else "start"
-    echo(f"{users} {verb} from {prerequisite.path}, made by recipe {run.recipe}; {why}: training it first "
-         f"(log: {run.log})")
+    echo(
+        f"{users} {verb} from {prerequisite.path}, made by recipe {run.recipe}; {why}: training it first "
+        f"(log: {run.log})"
+    )
     for stale in (RUN_INFO, BENCHMARK_RUN):  # a failed retraining must not leave the folder looking finished
         (run.output_dir / stale).unlink(missing_ok=True)
     settings = run.settings()

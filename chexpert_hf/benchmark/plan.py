@@ -31,12 +31,20 @@ from chexpert_hf.training.arguments import DATACLASSES, available_recipes, parse
 RESERVED = ("seed", "output_dir", "recipe", "config", "overwrite_output_dir")
 # The settings that make two runs the same run: a change in any of them reruns the run. The command is not one:
 # a run recorded as ``-m chexpert_hf.train`` (the module's old place) is the same run.
-SETTINGS = ("recipe", "recipe_sha256", "seed", "overrides", "accelerate_config", "accelerate_config_sha256",
-            "starts_from_sha256")
+SETTINGS = (
+    "recipe",
+    "recipe_sha256",
+    "seed",
+    "overrides",
+    "accelerate_config",
+    "accelerate_config_sha256",
+    "starts_from_sha256",
+)
 SINGLE_PROCESS = ("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
 
 
 # --- input ----------------------------------------------------------------------------------------------------
+
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` → ``[0, 1, 2]``: non-negative integers separated by commas, each once."""
@@ -77,8 +85,10 @@ def check_overrides(overrides: Sequence[str]) -> None:
     for token in overrides:
         name = _reserved_override(token)
         if name in ("seed", "output_dir", "overwrite_output_dir"):
-            raise ValueError(f"{token.split('=', 1)[0]} cannot be overridden: the benchmark sets it for every run "
-                             f"(--seeds, --output for the run folders; a run it trains again replaces its folder)")
+            raise ValueError(
+                f"{token.split('=', 1)[0]} cannot be overridden: the benchmark sets it for every run "
+                f"(--seeds, --output for the run folders; a run it trains again replaces its folder)"
+            )
         if name is not None:
             raise ValueError(f"{token.split('=', 1)[0]} cannot be given to the benchmark: use --recipes")
 
@@ -142,6 +152,7 @@ def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
 
 # --- plan -------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     """One training job: a grid cell (recipe × seed) or a prerequisite (the recipe's own seed and output_dir)."""
@@ -169,8 +180,19 @@ class Run:
         placed = [] if self.prerequisite else ["--seed", str(self.seed), "--output_dir", str(self.output_dir)]
         # the benchmark decided to (re)train this run from scratch: a folder left by an unfinished or stale attempt
         # is replaced, not refused
-        return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "chexpert_hf.training.train",
-                *self.selector, *placed, "--overwrite_output_dir", "true", *self.overrides]
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *launch,
+            "-m",
+            "chexpert_hf.training.train",
+            *self.selector,
+            *placed,
+            "--overwrite_output_dir",
+            "true",
+            *self.overrides,
+        ]
 
     def settings(self) -> dict[str, Any]:
         """What makes this run this run (``benchmark_run.json`` records it; a change reruns it)."""
@@ -265,8 +287,13 @@ def _recipe_outputs(folders: Sequence[Path]) -> dict[Path, Path]:
     return made
 
 
-def plan(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike, overrides: Sequence[str] = (),
-         accelerate_config: str | os.PathLike | None = None) -> Plan:
+def plan(
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    output: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    accelerate_config: str | os.PathLike | None = None,
+) -> Plan:
     """Resolve the recipes, check every run's arguments and find the prerequisite runs; nothing runs or is
     written. Raises ValueError/FileNotFoundError on anything that would make a run fail at its start."""
     overrides = list(overrides)
@@ -286,25 +313,46 @@ def plan(recipes: Sequence[str], seeds: Sequence[int], output: str | os.PathLike
     names = [path.stem for path in files]
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
-        raise ValueError(f"two recipes are named {', '.join(clashes)} (a .yaml file is named by its stem): "
-                         f"their run folders would be the same")
-    parsed = {name: _validated_recipe(_selector(path), overrides, name)
-              for name, path in zip(names, files, strict=True)}
+        raise ValueError(
+            f"two recipes are named {', '.join(clashes)} (a .yaml file is named by its stem): "
+            f"their run folders would be the same"
+        )
+    parsed = {
+        name: _validated_recipe(_selector(path), overrides, name) for name, path in zip(names, files, strict=True)
+    }
 
     finder = _PrerequisiteFinder(output, overrides, config)
     for name, path in zip(names, files, strict=True):
         finder.depends_on[name] = finder.require(name, path, parsed[name], (name,))
-    result = Plan(output=output, recipes=names, seeds=list(seeds), runs=[], prerequisites=list(finder.found.values()),
-                  overrides=overrides, accelerate_config=config, depends_on=finder.depends_on)
+    result = Plan(
+        output=output,
+        recipes=names,
+        seeds=list(seeds),
+        runs=[],
+        prerequisites=list(finder.found.values()),
+        overrides=overrides,
+        accelerate_config=config,
+        depends_on=finder.depends_on,
+    )
     for seed in seeds:
         for name, path in zip(names, files, strict=True):
             recipe = parsed[name]
             starts_from = _starting_folder(recipe.model.model_name_or_path)
-            result.runs.append(Run(
-                name, path, seed, output / "runs" / name / f"seed{seed}", output / "logs" / f"{name}-seed{seed}.log",
-                overrides, config, recipe.model.family, recipe.model.variant or "", recipe.policy.freeze_policy,
-                starts_from=starts_from,
-            ))
+            result.runs.append(
+                Run(
+                    name,
+                    path,
+                    seed,
+                    output / "runs" / name / f"seed{seed}",
+                    output / "logs" / f"{name}-seed{seed}.log",
+                    overrides,
+                    config,
+                    recipe.model.family,
+                    recipe.model.variant or "",
+                    recipe.policy.freeze_policy,
+                    starts_from=starts_from,
+                )
+            )
     return result
 
 
@@ -330,26 +378,40 @@ class _PrerequisiteFinder:
         if maker is None or maker == path:
             if (target / RUN_INFO).is_file() or target.exists() or not _looks_local(source):
                 return []  # a model folder made elsewhere, or a Hub id
-            raise FileNotFoundError(f"recipe {name} starts from {source} (model_name_or_path), which does not exist "
-                                    f"and which no recipe in {', '.join(map(str, folders))} writes (output_dir)")
+            raise FileNotFoundError(
+                f"recipe {name} starts from {source} (model_name_or_path), which does not exist "
+                f"and which no recipe in {', '.join(map(str, folders))} writes (output_dir)"
+            )
         if maker.stem in chain:
-            raise ValueError(f"recipes start from each other's output in a circle: {' -> '.join(chain)} -> "
-                             f"{maker.stem}")
+            raise ValueError(
+                f"recipes start from each other's output in a circle: {' -> '.join(chain)} -> {maker.stem}"
+            )
         if target in self.found:
             self.found[target].needed_by.append(name)
             return [target]
         made_by = _validated_recipe(_selector(maker), self.overrides, maker.stem)
         deeper = self.require(maker.stem, maker, made_by, (*chain, maker.stem))
-        run = Run(maker.stem, maker, None, resolve_path(made_by.training.output_dir),
-                  self.output / "logs" / f"prerequisite-{maker.stem}.log", self.overrides, self.config,
-                  made_by.model.family, made_by.model.variant or "", made_by.policy.freeze_policy, prerequisite=True,
-                  starts_from=_starting_folder(made_by.model.model_name_or_path))
+        run = Run(
+            maker.stem,
+            maker,
+            None,
+            resolve_path(made_by.training.output_dir),
+            self.output / "logs" / f"prerequisite-{maker.stem}.log",
+            self.overrides,
+            self.config,
+            made_by.model.family,
+            made_by.model.variant or "",
+            made_by.policy.freeze_policy,
+            prerequisite=True,
+            starts_from=_starting_folder(made_by.model.model_name_or_path),
+        )
         self.found[target] = Prerequisite(run, source, [name])
         self.depends_on[maker.stem] = deeper
         return [target]
 
 
 # --- state ------------------------------------------------------------------------------------------------------
+
 
 def read_json(path: Path) -> dict | None:
     try:
@@ -377,10 +439,16 @@ def _changes(run: Run, recorded: dict[str, Any]) -> list[str]:
     """How ``run``'s settings now differ from the ``recorded`` ones (a starting folder that is gone is no change:
     there is nothing to compare)."""
     current = run.settings()
-    changed = [key for key in SETTINGS if recorded.get(key) != current[key]
-               and not (key == "starts_from_sha256" and current[key] is None)]
-    described = {"recipe_sha256": "the recipe file changed", "accelerate_config_sha256": "the accelerate config "
-                 "changed", "starts_from_sha256": f"the weights it starts from ({run.starts_from}) changed"}
+    changed = [
+        key
+        for key in SETTINGS
+        if recorded.get(key) != current[key] and not (key == "starts_from_sha256" and current[key] is None)
+    ]
+    described = {
+        "recipe_sha256": "the recipe file changed",
+        "accelerate_config_sha256": "the accelerate config changed",
+        "starts_from_sha256": f"the weights it starts from ({run.starts_from}) changed",
+    }
     return [described.get(key, f"{key} {recorded.get(key)!r} → {current[key]!r}") for key in changed]
 
 

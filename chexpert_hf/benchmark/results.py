@@ -26,11 +26,30 @@ def auroc_column(label: str) -> str:
 
 
 COLUMNS = (
-    "recipe", "seed", "status", "family", "variant", "freeze_policy", "mean_auroc", "mean_auroc_ci_low",
-    "mean_auroc_ci_high", *(auroc_column(label) for label in COMPETITION_LABELS), "trainable_parameters",
-    "total_parameters", "trainable_share", "wall_seconds", "train_seconds", "train_images_per_second",
-    "feature_extraction_seconds", "peak_memory_mib", "peak_memory_kind", "precision", "world_size", "hardware",
-    "run_dir", "log",
+    "recipe",
+    "seed",
+    "status",
+    "family",
+    "variant",
+    "freeze_policy",
+    "mean_auroc",
+    "mean_auroc_ci_low",
+    "mean_auroc_ci_high",
+    *(auroc_column(label) for label in COMPETITION_LABELS),
+    "trainable_parameters",
+    "total_parameters",
+    "trainable_share",
+    "wall_seconds",
+    "train_seconds",
+    "train_images_per_second",
+    "feature_extraction_seconds",
+    "peak_memory_mib",
+    "peak_memory_kind",
+    "precision",
+    "world_size",
+    "hardware",
+    "run_dir",
+    "log",
 )
 
 
@@ -46,17 +65,37 @@ def collect(the_plan: Plan) -> list[dict[str, Any]]:
     rows = []
     for run in the_plan.grid():
         row: dict[str, Any] = dict.fromkeys(COLUMNS)
-        row.update(recipe=run.recipe, seed=run.seed, status="failed", family=run.family, variant=run.variant or None,
-                   freeze_policy=run.freeze_policy, run_dir=os.path.relpath(run.output_dir, the_plan.output),
-                   log=os.path.relpath(run.log, the_plan.output))
+        row.update(
+            recipe=run.recipe,
+            seed=run.seed,
+            status="failed",
+            family=run.family,
+            variant=run.variant or None,
+            freeze_policy=run.freeze_policy,
+            run_dir=os.path.relpath(run.output_dir, the_plan.output),
+            log=os.path.relpath(run.log, the_plan.output),
+        )
         info = read_json(run.output_dir / RUN_INFO)
         metrics = read_json(run.output_dir / METRICS_JSON)
         record = read_json(run.output_dir / BENCHMARK_RUN)
         if run_state(run)[0] == "finished" and info is not None and metrics is not None:
             row["status"] = "finished"
-            for key in ("family", "variant", "freeze_policy", "trainable_parameters", "total_parameters",
-                        "trainable_share", "train_seconds", "train_images_per_second", "feature_extraction_seconds",
-                        "peak_memory_mib", "peak_memory_kind", "precision", "world_size", "hardware"):
+            for key in (
+                "family",
+                "variant",
+                "freeze_policy",
+                "trainable_parameters",
+                "total_parameters",
+                "trainable_share",
+                "train_seconds",
+                "train_images_per_second",
+                "feature_extraction_seconds",
+                "peak_memory_mib",
+                "peak_memory_kind",
+                "precision",
+                "world_size",
+                "hardware",
+            ):
                 if key in info:
                     row[key] = info[key]
             row["mean_auroc"] = _number(metrics.get("mean_auroc"))
@@ -103,8 +142,9 @@ def rank_recipes(stats: Sequence[tuple[str, float | None, float | None]]) -> lis
     known spread (one seed) any difference counts. No mean: rank ``—``."""
     ranked = sorted((item for item in stats if item[1] is not None), key=lambda item: -item[1])
     ranks = [1 + sum(_clearly_better(other, item) for other in ranked) for item in ranked]
-    result = [(item[0], f"={rank}" if ranks.count(rank) > 1 else str(rank)) for item, rank in zip(ranked, ranks,
-                                                                                                 strict=True)]
+    result = [
+        (item[0], f"={rank}" if ranks.count(rank) > 1 else str(rank)) for item, rank in zip(ranked, ranks, strict=True)
+    ]
     return result + [(item[0], "—") for item in stats if item[1] is None]
 
 
@@ -126,15 +166,23 @@ def summary_rows(rows: Sequence[dict[str, Any]], recipes: Sequence[str]) -> list
         means = [row["mean_auroc"] for row in done if row["mean_auroc"] is not None]
         mean, std = _spread(means)
         first = (done or mine or [{}])[0]
-        entries.append({
-            "recipe": name, "family": first.get("family") or "", "variant": first.get("variant") or "",
-            "freeze_policy": first.get("freeze_policy") or "", "mean": mean, "std": std, "means": means,
-            "labels": {label: [row[auroc_column(label)] for row in done] for label in COMPETITION_LABELS},
-            "wall_seconds": _mean([row["wall_seconds"] for row in done]),
-            "images_per_second": _mean([row["train_images_per_second"] for row in done]),
-            "trainable_share": _mean([row["trainable_share"] for row in done]),
-            "finished": len(done), "runs": len(mine),
-        })
+        entries.append(
+            {
+                "recipe": name,
+                "family": first.get("family") or "",
+                "variant": first.get("variant") or "",
+                "freeze_policy": first.get("freeze_policy") or "",
+                "mean": mean,
+                "std": std,
+                "means": means,
+                "labels": {label: [row[auroc_column(label)] for row in done] for label in COMPETITION_LABELS},
+                "wall_seconds": _mean([row["wall_seconds"] for row in done]),
+                "images_per_second": _mean([row["train_images_per_second"] for row in done]),
+                "trainable_share": _mean([row["trainable_share"] for row in done]),
+                "finished": len(done),
+                "runs": len(mine),
+            }
+        )
     ranked = rank_recipes([(entry["recipe"], entry["mean"], entry["std"]) for entry in entries])
     order = {name: index for index, (name, _) in enumerate(ranked)}
     for entry in entries:
@@ -142,31 +190,48 @@ def summary_rows(rows: Sequence[dict[str, Any]], recipes: Sequence[str]) -> list
     return sorted(entries, key=lambda entry: order[entry["recipe"]])
 
 
-def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], seeds: Sequence[int],
-                     command: str) -> str:
+def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], seeds: Sequence[int], command: str) -> str:
     entries = summary_rows(rows, recipes)
     hardware = sorted({row["hardware"] for row in rows if row["status"] == "finished" and row["hardware"]})
     finished = sum(row["status"] == "finished" for row in rows)
     lines = [
-        "# CheXpert benchmark", "",
+        "# CheXpert benchmark",
+        "",
         f"- command: `{command}`",
         f"- machine: {'; '.join(hardware) or 'unknown (no run finished)'}",
         f"- seeds: {', '.join(map(str, seeds))}; {finished} of {len(rows)} runs finished",
         "- mean AUROC: over the 5 competition labels, on the validation split, per run; then over the seeds",
         "",
     ]
-    header = ["rank", "recipe", "family (variant)", "strategy", "mean AUROC", *COMPETITION_LABELS, "wall time / run",
-              "train images/s", "trainable", "seeds"]
+    header = [
+        "rank",
+        "recipe",
+        "family (variant)",
+        "strategy",
+        "mean AUROC",
+        *COMPETITION_LABELS,
+        "wall time / run",
+        "train images/s",
+        "trainable",
+        "seeds",
+    ]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---:", "---", "---", "---", "---:"] + ["---:"] * (len(COMPETITION_LABELS) + 4))
-                 + "|")
+    lines.append("|" + "|".join(["---:", "---", "---", "---", "---:"] + ["---:"] * (len(COMPETITION_LABELS) + 4)) + "|")
     for entry in entries:
         model = f"{entry['family']} ({entry['variant']})" if entry["variant"] else entry["family"]
         speed = entry["images_per_second"]
-        cells = [entry["rank"], f"`{entry['recipe']}`", model, entry["freeze_policy"], mean_std_text(entry["means"]),
-                 *(mean_std_text(entry["labels"][label]) for label in COMPETITION_LABELS),
-                 human_seconds(entry["wall_seconds"]), "—" if speed is None else f"{speed:,.0f}",
-                 _percent(entry["trainable_share"]), f"{entry['finished']}/{entry['runs']}"]
+        cells = [
+            entry["rank"],
+            f"`{entry['recipe']}`",
+            model,
+            entry["freeze_policy"],
+            mean_std_text(entry["means"]),
+            *(mean_std_text(entry["labels"][label]) for label in COMPETITION_LABELS),
+            human_seconds(entry["wall_seconds"]),
+            "—" if speed is None else f"{speed:,.0f}",
+            _percent(entry["trainable_share"]),
+            f"{entry['finished']}/{entry['runs']}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -178,8 +243,11 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
     ]
     unjudged = [entry["recipe"] for entry in entries if entry["mean"] is not None and entry["std"] is None]
     if unjudged:
-        lines += ["", f"Note: {', '.join(f'`{name}`' for name in unjudged)} finished fewer than 2 seeds, so no spread "
-                  "is known and no tie is judged for them."]
+        lines += [
+            "",
+            f"Note: {', '.join(f'`{name}`' for name in unjudged)} finished fewer than 2 seeds, so no spread "
+            "is known and no tie is judged for them.",
+        ]
     failed = [row for row in rows if row["status"] != "finished"]
     if failed:
         lines += ["", "Failed runs (not in the means):", ""]
@@ -219,10 +287,18 @@ def strategy_figure(rows: Sequence[dict[str, Any]], recipes: Sequence[str]):
                 errors.append(std if std is not None else 0.0)
                 lowest = min(lowest, mean - (std or 0.0))
         has_error = any(error > 0 for error in errors)
-        bars = axes.bar(xs, heights, width * 0.92, yerr=errors if has_error else None, capsize=4, label=policy,
-                        color=f"C{POLICIES.index(policy)}")
-        axes.bar_label(bars, labels=[f"{height:.3f}" for height in heights], label_type="center", fontsize=8,
-                       color="white")
+        bars = axes.bar(
+            xs,
+            heights,
+            width * 0.92,
+            yerr=errors if has_error else None,
+            capsize=4,
+            label=policy,
+            color=f"C{POLICIES.index(policy)}",
+        )
+        axes.bar_label(
+            bars, labels=[f"{height:.3f}" for height in heights], label_type="center", fontsize=8, color="white"
+        )
     axes.set_xticks(range(len(groups)), list(groups), fontsize=9)
     axes.set_xlim(-0.6, max(1, len(groups)) - 0.4)
     bottom = 0.5 if lowest >= 0.55 else 0.0  # chance level, when every bar is above it
@@ -244,8 +320,14 @@ def results_csv(rows: Sequence[dict[str, Any]]) -> str:
     return pd.DataFrame(list(rows), columns=list(COLUMNS)).to_csv(index=False)
 
 
-def write_results(output: str | os.PathLike, rows: Sequence[dict[str, Any]], *, recipes: Sequence[str],
-                  seeds: Sequence[int], command: str) -> dict[str, Path]:
+def write_results(
+    output: str | os.PathLike,
+    rows: Sequence[dict[str, Any]],
+    *,
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    command: str,
+) -> dict[str, Path]:
     """Write ``results.csv``, ``results.md`` and ``auroc_by_strategy.png`` into ``output``; returns their paths."""
     output = Path(output)
     paths = {name: output / name for name in (RESULTS_CSV, RESULTS_MD, FIGURE)}

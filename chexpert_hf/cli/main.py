@@ -36,7 +36,8 @@ def unknown_option_message(command: argparse.ArgumentParser, extras: list[str]) 
     given = flags[0].split("=", 1)[0]
     options = [option for action in command._actions for option in action.option_strings]
     close = difflib.get_close_matches(given, options, n=1) or difflib.get_close_matches(
-        given.replace("-", "_").replace("__", "--", 1), options, n=1)
+        given.replace("-", "_").replace("__", "--", 1), options, n=1
+    )
     return f"unknown option {given!r}" + (f"; did you mean {close[0]!r}?" if close else "")
 
 
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "passes_unknown_flags", False):  # benchmark: recipe-field overrides for every run
         args.overrides = extras
     elif extras:
-        print(f"chexpert-hf {args.command}: error: {unknown_option_message(subparser(parser, args.command), extras)}",
-              file=sys.stderr)
+        print(
+            f"chexpert-hf {args.command}: error: {unknown_option_message(subparser(parser, args.command), extras)}",
+            file=sys.stderr,
+        )
         return 2
     from chexpert_hf.data.builder import StrictSkipError
     from chexpert_hf.data.chexpert_csv import CheXpertFormatError
@@ -59,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (CheXpertFormatError, StrictSkipError, FileExistsError, FileNotFoundError, ValueError, UnreadableImage,
-            HubAccessError, PublishError) as error:
+    except (
+        CheXpertFormatError,
+        StrictSkipError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+        UnreadableImage,
+        HubAccessError,
+        PublishError,
+    ) as error:
         print(f"chexpert-hf {args.command}: error: {error}", file=sys.stderr)
         return 2
 

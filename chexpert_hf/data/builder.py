@@ -40,22 +40,25 @@ SPLIT_NAMES = {"train": datasets.Split.TRAIN, "valid": datasets.Split.VALIDATION
 LABELS_LINE = "labels: "  # the line of the dataset description that carries the label names (JSON)
 SKIP_LOG_PREFIX = "skipped-"
 
-FEATURES = datasets.Features({
-    "image": datasets.Image(),
-    "labels": datasets.List(datasets.Value("float32"), length=len(CHEXPERT_LABELS)),
-    "path": datasets.Value("string"),
-    "patient_id": datasets.Value("string"),
-    "study_id": datasets.Value("string"),
-    "view": datasets.Value("string"),
-    "ap_pa": datasets.Value("string"),
-    "sex": datasets.Value("string"),
-    "age": datasets.Value("int32"),
-})
+FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "labels": datasets.List(datasets.Value("float32"), length=len(CHEXPERT_LABELS)),
+        "path": datasets.Value("string"),
+        "patient_id": datasets.Value("string"),
+        "study_id": datasets.Value("string"),
+        "view": datasets.Value("string"),
+        "ap_pa": datasets.Value("string"),
+        "sex": datasets.Value("string"),
+        "age": datasets.Value("int32"),
+    }
+)
 
 DESCRIPTION = (
     "CheXpert chest radiographs (Irvin et al., 2019) prepared by chexpert_hf: 8-bit grayscale JPEG images "
     "embedded in Arrow, raw labels (1 positive, 0 negative, -1 uncertain, NaN blank) in the order below.\n"
-    + LABELS_LINE + json.dumps(list(CHEXPERT_LABELS))
+    + LABELS_LINE
+    + json.dumps(list(CHEXPERT_LABELS))
 )
 CITATION = """@inproceedings{irvin2019chexpert,
   title={CheXpert: A Large Chest Radiograph Dataset with Uncertainty Labels and Expert Comparison},
@@ -73,7 +76,7 @@ def label_names(dataset: datasets.Dataset | datasets.DatasetDict) -> list[str]:
     info = next(iter(dataset.values())).info if isinstance(dataset, datasets.DatasetDict) else dataset.info
     for line in (info.description or "").splitlines():
         if line.startswith(LABELS_LINE):
-            return json.loads(line[len(LABELS_LINE):])
+            return json.loads(line[len(LABELS_LINE) :])
     raise ValueError("this dataset was not prepared by chexpert_hf: its description carries no label names")
 
 
@@ -121,9 +124,12 @@ class CheXpert(datasets.GeneratorBasedBuilder):
             # at least ~16 shards where possible, so that small splits are spread over the workers too
             step = max(1, min(self.config.rows_per_shard, math.ceil(len(records) / 16)))
             shards = [records[start : start + step] for start in range(0, len(records), step)] or [[]]
-            generators.append(datasets.SplitGenerator(
-                name=SPLIT_NAMES[split], gen_kwargs={"shards": shards, "split": str(SPLIT_NAMES[split]),
-                                                     "csv_name": csv_path.name}))
+            generators.append(
+                datasets.SplitGenerator(
+                    name=SPLIT_NAMES[split],
+                    gen_kwargs={"shards": shards, "split": str(SPLIT_NAMES[split]), "csv_name": csv_path.name},
+                )
+            )
         return generators
 
     def _generate_examples(self, shards: list[list[ImageRecord]], split: str, csv_name: str):
@@ -143,17 +149,20 @@ class CheXpert(datasets.GeneratorBasedBuilder):
                     _append_skip(log_path, split, record, where, problem)
                     continue
                 key = Key(shard_index, row) if Key is not None else f"{shard_index}-{row}"
-                yield key, {
-                    "image": {"bytes": image, "path": None},
-                    "labels": list(record.labels),
-                    "path": record.path,
-                    "patient_id": record.patient_id,
-                    "study_id": record.study_id,
-                    "view": record.view,
-                    "ap_pa": record.ap_pa,
-                    "sex": record.sex,
-                    "age": record.age,
-                }
+                yield (
+                    key,
+                    {
+                        "image": {"bytes": image, "path": None},
+                        "labels": list(record.labels),
+                        "path": record.path,
+                        "patient_id": record.patient_id,
+                        "study_id": record.study_id,
+                        "view": record.view,
+                        "ap_pa": record.ap_pa,
+                        "sex": record.sex,
+                        "age": record.age,
+                    },
+                )
 
     def skipped_rows(self) -> list[dict[str, str]]:
         """Rows left out of the prepared splits: ``split, path, source, reason`` in CSV order."""

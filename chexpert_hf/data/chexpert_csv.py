@@ -189,8 +189,7 @@ def _reject_duplicates(table: CsvTable, keys: pd.Series, column: str) -> None:
         first = int(np.argmax(repeated))
         rows = np.flatnonzero((keys == keys.iat[first]).to_numpy()).tolist()
         raise CheXpertFormatError(
-            f"{table.path}: lines {[table.lines[row] for row in rows]} (column {column!r}) all name "
-            f"{keys.iat[first]!r}"
+            f"{table.path}: lines {[table.lines[row] for row in rows]} (column {column!r}) all name {keys.iat[first]!r}"
         )
 
 
@@ -219,8 +218,10 @@ def read_image_csv(csv_path: str | Path, data_root: str | Path, split: str | Non
     labels = parse_labels(table)
     meta = {name: table.column(name) for name in ("Sex", "Frontal/Lateral", "AP/PA")}
     # Plain lists: per-cell pandas access would dominate on the 223k rows of the real train.csv.
-    columns = {name: table.frame[column].str.strip().tolist() if column else [""] * len(table.frame)
-               for name, column in meta.items()}
+    columns = {
+        name: table.frame[column].str.strip().tolist() if column else [""] * len(table.frame)
+        for name, column in meta.items()
+    }
     ages = _ages(table, table.column("Age"))
 
     paths = table.frame[path_column].str.strip()
@@ -241,19 +242,21 @@ def read_image_csv(csv_path: str | Path, data_root: str | Path, split: str | Non
     rows = zip(paths.tolist(), *(parts[i].tolist() for i in range(4)), strict=True)
     records = []
     for row, (path, folder, patient, study, file) in enumerate(rows):
-        records.append(ImageRecord(
-            path=path,
-            file=f"{root}/{folder}/{patient}/{study}/{file}",
-            split=folder,
-            patient_id=patient,
-            study_id=f"{patient}/{study}",
-            view=views[row] if views[row] in ("frontal", "lateral") else view_from_file_name(file),
-            ap_pa=columns["AP/PA"][row],
-            sex=columns["Sex"][row],
-            age=ages[row],
-            labels=label_rows[row],
-            line=table.lines[row],
-        ))
+        records.append(
+            ImageRecord(
+                path=path,
+                file=f"{root}/{folder}/{patient}/{study}/{file}",
+                split=folder,
+                patient_id=patient,
+                study_id=f"{patient}/{study}",
+                view=views[row] if views[row] in ("frontal", "lateral") else view_from_file_name(file),
+                ap_pa=columns["AP/PA"][row],
+                sex=columns["Sex"][row],
+                age=ages[row],
+                labels=label_rows[row],
+                line=table.lines[row],
+            )
+        )
     return records
 
 
@@ -282,14 +285,25 @@ def read_study_csv(csv_path: str | Path, data_root: str | Path, split: str | Non
         study_path = study_path.replace("\\", "/").rstrip("/")
         folder = data_root / folder_name / patient / study
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        common = dict(split=folder_name, patient_id=patient, study_id=f"{patient}/{study}", ap_pa="", sex="",
-                      age=None, labels=tuple(labels[row].tolist()), line=table.lines[row])
+        common = dict(
+            split=folder_name,
+            patient_id=patient,
+            study_id=f"{patient}/{study}",
+            ap_pa="",
+            sex="",
+            age=None,
+            labels=tuple(labels[row].tolist()),
+            line=table.lines[row],
+        )
         if not files:
             problem = "study folder not found" if not folder.is_dir() else "no images in study folder"
             records.append(ImageRecord(path=study_path, file=str(folder), view="", problem=problem, **common))
         for file in files:
-            records.append(ImageRecord(path=f"{study_path}/{file.name}", file=str(file),
-                                       view=view_from_file_name(file.name), **common))
+            records.append(
+                ImageRecord(
+                    path=f"{study_path}/{file.name}", file=str(file), view=view_from_file_name(file.name), **common
+                )
+            )
     return records
 
 

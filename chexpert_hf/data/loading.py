@@ -122,8 +122,10 @@ def resolve_prepared(
         if (path / DATASET_DICT_JSON).is_file():
             return path
         if not any((path / name).is_file() for name in ("train.csv", "valid.csv")):
-            raise FileNotFoundError(f"data_dir {path} is neither a prepared dataset nor a CheXpert root "
-                                    f"(no train.csv or valid.csv in it). {MISSING_DATA}")
+            raise FileNotFoundError(
+                f"data_dir {path} is neither a prepared dataset nor a CheXpert root "
+                f"(no train.csv or valid.csv in it). {MISSING_DATA}"
+            )
         data_root = path
     prepared = cache / "prepared" / _source_key(data_root, image_size)
     with cache_lock(prepared, f"preparing {data_root}"):
@@ -232,8 +234,10 @@ def load_training_splits(
     train = dataset["train"]
     if validation_fraction is None:
         if "validation" not in dataset or not len(dataset["validation"]):
-            raise MissingSplitError(f"{prepared} has no official validation split (its splits are: "
-                                    f"{', '.join(dataset)}); use validation_split: patients:0.1")
+            raise MissingSplitError(
+                f"{prepared} has no official validation split (its splits are: "
+                f"{', '.join(dataset)}); use validation_split: patients:0.1"
+            )
         validation = dataset["validation"]
     else:
         train, validation = patient_split(train, validation_fraction, seed=seed)

@@ -123,8 +123,9 @@ def _as_dataset_dict(builder: CheXpert) -> datasets.DatasetDict:
             splits[name] = builder.as_dataset(split=name)
         else:
             empty = {column: [] for column in builder.info.features}
-            splits[name] = datasets.Dataset.from_dict(empty, features=builder.info.features,
-                                                      info=builder.info.copy(), split=name)
+            splits[name] = datasets.Dataset.from_dict(
+                empty, features=builder.info.features, info=builder.info.copy(), split=name
+            )
     return datasets.DatasetDict(splits)
 
 

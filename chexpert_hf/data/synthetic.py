@@ -226,8 +226,14 @@ def _frontal_anatomy(thorax: Thorax, rng: np.random.Generator) -> np.ndarray:
     body = thorax.half_width + rng.uniform(20, 32)
     # soft tissue of the trunk and shoulders
     layer.polygon(
-        [(thorax.cx - body, HEIGHT), (thorax.cx - body, 70), (thorax.cx - body + 40, 20),
-         (thorax.cx + body - 40, 20), (thorax.cx + body, 70), (thorax.cx + body, HEIGHT)],
+        [
+            (thorax.cx - body, HEIGHT),
+            (thorax.cx - body, 70),
+            (thorax.cx - body + 40, 20),
+            (thorax.cx + body - 40, 20),
+            (thorax.cx + body, 70),
+            (thorax.cx + body, HEIGHT),
+        ],
         0.48,
     )
     dome = rng.uniform(18, 28)
@@ -238,8 +244,11 @@ def _frontal_anatomy(thorax: Thorax, rng: np.random.Generator) -> np.ndarray:
 
     bone = _SoftLayer()
     for side, sign in (("right", -1), ("left", 1)):
-        bone.line([(thorax.cx + sign * 28, thorax.apex + 18), (thorax.cx + sign * (thorax.half_width - 8),
-                   thorax.apex - 6)], 0.5, 7)  # clavicle
+        bone.line(
+            [(thorax.cx + sign * 28, thorax.apex + 18), (thorax.cx + sign * (thorax.half_width - 8), thorax.apex - 6)],
+            0.5,
+            7,
+        )  # clavicle
         for k in range(9):  # posterior ribs: arcs sloping down laterally
             y = thorax.apex + 8 + k * (thorax.base - thorax.apex - 20) / 9
             x0, x1 = thorax.lung_span(side, y + 10)
@@ -324,10 +333,14 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
             lateral, medial = (lat0, med0) if side == "right" else (med0, lat0)
             top_lat = thorax.lung_span(side, thorax.base - height - 25)[0 if side == "right" else 1]
             across = medial - lateral  # the meniscus: highest at the lateral wall, sagging medially
-            points = [(lateral - 6, thorax.base + 4), (top_lat - 3, thorax.base - height - 25),
-                      (lateral + 0.2 * across, thorax.base - height - 10),
-                      (lateral + 0.5 * across, thorax.base - height),
-                      (medial + 4, thorax.base - height + 6), (medial + 4, thorax.base + 14)]
+            points = [
+                (lateral - 6, thorax.base + 4),
+                (top_lat - 3, thorax.base - height - 25),
+                (lateral + 0.2 * across, thorax.base - height - 10),
+                (lateral + 0.5 * across, thorax.base - height),
+                (medial + 4, thorax.base - height + 6),
+                (medial + 4, thorax.base + 14),
+            ]
             density.polygon(points, alpha)
             canvas.lesions.append(("Pleural Effusion", _box(points)))
 
@@ -384,8 +397,12 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
         density.line(band, alpha, rng.uniform(12, 16))
         lat0, med0 = thorax.lung_span(side, thorax.base)
         lift = rng.uniform(16, 24) * (1.0 if labels["Atelectasis"] == 1.0 else 0.6)
-        dome = [(lat0, thorax.base + 6), (lat0, thorax.base - lift), (med0, thorax.base - lift),
-                (med0, thorax.base + 6)]
+        dome = [
+            (lat0, thorax.base + 6),
+            (lat0, thorax.base - lift),
+            (med0, thorax.base - lift),
+            (med0, thorax.base + 6),
+        ]
         density.polygon(dome, alpha)
         canvas.lesions.append(("Atelectasis", _box(band, pad=8)))
 
@@ -447,16 +464,29 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
             if choice == 0:  # endotracheal tube
                 points = [(cx + rng.uniform(-3, 3), 0), (cx + rng.uniform(-2, 2), trachea_end)]
             elif choice == 1:  # central venous line from the right subclavian into the SVC
-                points = [(cx - thorax.half_width + 20, thorax.apex - 10), (cx - 45, thorax.apex + 5),
-                          (cx - 10, thorax.apex + 35), (cx - 8, thorax.apex + 95)]
+                points = [
+                    (cx - thorax.half_width + 20, thorax.apex - 10),
+                    (cx - 45, thorax.apex + 5),
+                    (cx - 10, thorax.apex + 35),
+                    (cx - 8, thorax.apex + 95),
+                ]
             elif choice == 2:  # enteric tube down the midline into the stomach
-                points = [(cx + 4, 0), (cx + 6, thorax.base - 10), (cx + 45, thorax.base + 40),
-                          (cx + 70, thorax.base + 55)]
+                points = [
+                    (cx + 4, 0),
+                    (cx + 6, thorax.base - 10),
+                    (cx + 45, thorax.base + 40),
+                    (cx + 70, thorax.base + 55),
+                ]
             else:  # pacemaker can with its lead
                 px, py = cx + thorax.half_width - 30, thorax.apex + 10
                 points = [(px, py), (cx + 30, thorax.apex + 40), (cx + 10, thorax.base - 60)]
-                canvas.devices.append(([(px - 14, py - 9), (px + 14, py - 9), (px + 14, py + 9), (px - 14, py + 9),
-                                        (px - 14, py - 9)], 9, value))
+                canvas.devices.append(
+                    (
+                        [(px - 14, py - 9), (px + 14, py - 9), (px + 14, py + 9), (px - 14, py + 9), (px - 14, py - 9)],
+                        9,
+                        value,
+                    )
+                )
             canvas.devices.append((points, 4, value))
             canvas.lesions.append(("Support Devices", _box(points, pad=4)))
     return canvas
@@ -471,8 +501,9 @@ def _draw_lateral_findings(labels: dict[str, float], geometry: dict[str, float],
     if _draws(labels["Pleural Effusion"]):
         height = 50 * _strength(labels["Pleural Effusion"], rng)
         canvas.density.polygon([(back - 70, base + 20), (back, base - height), (back + 10, base + 20)], 0.8)
-    opacities = [name for name in ("Edema", "Consolidation", "Pneumonia", "Atelectasis", "Lung Opacity")
-                 if _draws(labels[name])]
+    opacities = [
+        name for name in ("Edema", "Consolidation", "Pneumonia", "Atelectasis", "Lung Opacity") if _draws(labels[name])
+    ]
     if opacities:
         x, y = rng.uniform(front + 60, back - 40), rng.uniform(base - 150, base - 50)
         canvas.density.ellipse((x - 30, y - 30, x + 30, y + 30), 0.15 * len(opacities))
@@ -558,14 +589,16 @@ def synthesize_patient(
                 picture = _compose(lateral[0], _draw_lateral_findings(labels, lateral[1], rng), rng)
                 ap_pa = ""
             files.append((relative, _encode(picture)))
-            rows.append({
-                "Path": f"{DATASET_FOLDER}/{relative}",
-                "Sex": sex,
-                "Age": age + (study - 1) // 3,
-                "Frontal/Lateral": view.capitalize(),
-                "AP/PA": ap_pa,
-                **labels,
-            })
+            rows.append(
+                {
+                    "Path": f"{DATASET_FOLDER}/{relative}",
+                    "Sex": sex,
+                    "Age": age + (study - 1) // 3,
+                    "Frontal/Lateral": view.capitalize(),
+                    "AP/PA": ap_pa,
+                    **labels,
+                }
+            )
     return rows, lesions, files
 
 
@@ -634,8 +667,9 @@ def synthesize(
                 jobs = _chunks(seed, split, patients)
                 results = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
                 rows = []
-                with tqdm(total=len(patients), desc=f"synthesizing {split}", unit=" patients",
-                          disable=not progress) as bar:
+                with tqdm(
+                    total=len(patients), desc=f"synthesizing {split}", unit=" patients", disable=not progress
+                ) as bar:
                     for chunk in results:
                         for patient_rows, patient_lesions, files in chunk:
                             for relative, data in files:
@@ -649,9 +683,21 @@ def synthesize(
                 if split == "test":
                     _write_groundtruth(staging / "groundtruth.csv", rows)
                 else:
-                    _write_csv(staging / f"{split}.csv", TRAIN_HEADER, (
-                        [row["Path"], row["Sex"], row["Age"], row["Frontal/Lateral"], row["AP/PA"],
-                         *(_format_label(row[name]) for name in CHEXPERT_LABELS)] for row in rows))
+                    _write_csv(
+                        staging / f"{split}.csv",
+                        TRAIN_HEADER,
+                        (
+                            [
+                                row["Path"],
+                                row["Sex"],
+                                row["Age"],
+                                row["Frontal/Lateral"],
+                                row["AP/PA"],
+                                *(_format_label(row[name]) for name in CHEXPERT_LABELS),
+                            ]
+                            for row in rows
+                        ),
+                    )
         except BaseException:
             if pool is not None:
                 pool.terminate()  # don't wait for the queued patients of a run that has already failed
@@ -687,6 +733,11 @@ def _write_groundtruth(path: Path, rows: list[dict]) -> None:
     studies: dict[str, dict] = {}
     for row in rows:
         studies.setdefault(row["Path"].rsplit("/", 1)[0].split("/", 1)[1], row)
-    _write_csv(path, ("Study", *CHEXPERT_LABELS), (
-        [study, *(_format_label(row[name], integer=True) for name in CHEXPERT_LABELS)]
-        for study, row in studies.items()))
+    _write_csv(
+        path,
+        ("Study", *CHEXPERT_LABELS),
+        (
+            [study, *(_format_label(row[name], integer=True) for name in CHEXPERT_LABELS)]
+            for study, row in studies.items()
+        ),
+    )

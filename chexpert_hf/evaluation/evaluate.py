@@ -76,11 +76,14 @@ def _key_columns(table: CsvTable) -> tuple[str, str]:
     """``(level, column)`` of the key column: ``Path`` (images) or ``Study``; exactly one must be present."""
     path_column, study_column = table.column("Path"), table.column("Study")
     if path_column and study_column:
-        raise CheXpertFormatError(f"{table.path}: has both a {path_column!r} and a {study_column!r} column; keep "
-                                  "one (Path: one row per image; Study: one row per study)")
+        raise CheXpertFormatError(
+            f"{table.path}: has both a {path_column!r} and a {study_column!r} column; keep "
+            "one (Path: one row per image; Study: one row per study)"
+        )
     if not path_column and not study_column:
-        raise CheXpertFormatError(f"{table.path}: no 'Study' or 'Path' column; the header is "
-                                  f"{list(table.frame.columns)}")
+        raise CheXpertFormatError(
+            f"{table.path}: no 'Study' or 'Path' column; the header is {list(table.frame.columns)}"
+        )
     return ("image", path_column) if path_column else ("study", study_column)
 
 
@@ -101,8 +104,10 @@ def _parse_keys(table: CsvTable, level: str, column: str) -> tuple[np.ndarray, n
     malformed = parts.isna().to_numpy()
     if malformed.any():
         row = int(np.argmax(malformed))
-        raise CheXpertFormatError(f"{table.where(row, column)}: {cells.iat[row]!r} is not a CheXpert "
-                                  f"{'image' if level == 'image' else 'study'} path (expected {expected})")
+        raise CheXpertFormatError(
+            f"{table.where(row, column)}: {cells.iat[row]!r} is not a CheXpert "
+            f"{'image' if level == 'image' else 'study'} path (expected {expected})"
+        )
     study = np.array([f"{p[1]}/{p[2]}" for p in parts], dtype=object)
     image = np.array([f"{p[1]}/{p[2]}/{p[3]}" for p in parts], dtype=object) if level == "image" else None
     keys = image if level == "image" else study
@@ -110,8 +115,9 @@ def _parse_keys(table: CsvTable, level: str, column: str) -> tuple[np.ndarray, n
     if repeated.any():
         first = keys[int(np.argmax(repeated))]
         lines = [table.lines[row] for row in np.flatnonzero(keys == first)]
-        raise CheXpertFormatError(f"{table.path}: lines {lines} (column {column!r}) all name {first!r}; each "
-                                  f"{level} must appear once")
+        raise CheXpertFormatError(
+            f"{table.path}: lines {lines} (column {column!r}) all name {first!r}; each {level} must appear once"
+        )
     return study, image
 
 
@@ -128,17 +134,21 @@ def read_predictions(path: str | os.PathLike) -> KeyedRows:
         if label is None:
             unknown.append(column)
         elif label in label_columns:
-            raise CheXpertFormatError(f"{table.path}: columns {label_columns[label]!r} and {column!r} both name "
-                                      f"label {label!r}")
+            raise CheXpertFormatError(
+                f"{table.path}: columns {label_columns[label]!r} and {column!r} both name label {label!r}"
+            )
         else:
             label_columns[label] = column
     if unknown:
-        raise CheXpertFormatError(f"{table.path}: unknown column(s) {unknown}; a predictions file has a Study or "
-                                  f"Path column and one probability column per CheXpert label, named among: "
-                                  f"{', '.join(CHEXPERT_LABELS)}")
+        raise CheXpertFormatError(
+            f"{table.path}: unknown column(s) {unknown}; a predictions file has a Study or "
+            f"Path column and one probability column per CheXpert label, named among: "
+            f"{', '.join(CHEXPERT_LABELS)}"
+        )
     if not label_columns:
-        raise CheXpertFormatError(f"{table.path}: no label column; expected probability columns named among: "
-                                  f"{', '.join(CHEXPERT_LABELS)}")
+        raise CheXpertFormatError(
+            f"{table.path}: no label column; expected probability columns named among: {', '.join(CHEXPERT_LABELS)}"
+        )
     study, image = _parse_keys(table, level, key_column)
     labels = list(label_columns)
     values = np.empty((len(table.frame), len(labels)))
@@ -151,8 +161,10 @@ def read_predictions(path: str | os.PathLike) -> KeyedRows:
             rows = np.flatnonzero(bad)
             shown = ", ".join(f"line {table.lines[row]}: {cells.iat[row]!r}" for row in rows[:_SHOWN])
             more = f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
-            raise CheXpertFormatError(f"{table.path}, column {column!r}: {len(rows)} value(s) are not probabilities "
-                                      f"(finite numbers from 0 to 1): {shown}{more}")
+            raise CheXpertFormatError(
+                f"{table.path}, column {column!r}: {len(rows)} value(s) are not probabilities "
+                f"(finite numbers from 0 to 1): {shown}{more}"
+            )
         values[:, index] = numbers
     return KeyedRows(Path(path), level, study, image, values, labels, table.lines)
 
@@ -177,8 +189,14 @@ def _by_study(study: np.ndarray, values: np.ndarray, reduce: np.ufunc, fill: flo
     return studies[order], out[order]
 
 
-def score_predictions(predictions: str | os.PathLike, groundtruth: str | os.PathLike, *, per_image: bool = False,
-                      n_bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[Scored, dict[str, Any]]:
+def score_predictions(
+    predictions: str | os.PathLike,
+    groundtruth: str | os.PathLike,
+    *,
+    per_image: bool = False,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[Scored, dict[str, Any]]:
     """Score a predictions file against ground truth; returns the scores and a summary of the matching."""
     pred, truth = read_predictions(predictions), read_groundtruth(groundtruth)
     columns = [truth.labels.index(label) for label in pred.labels]
@@ -186,8 +204,9 @@ def score_predictions(predictions: str | os.PathLike, groundtruth: str | os.Path
     if per_image:
         for rows in (pred, truth):
             if rows.level != "image":
-                raise CheXpertFormatError(f"{rows.path}: --per-image needs one row per image (a Path column); this "
-                                          "file has one row per study")
+                raise CheXpertFormatError(
+                    f"{rows.path}: --per-image needs one row per image (a Path column); this file has one row per study"
+                )
         pred_keys, pred_values = pred.image, pred.values
         truth_keys, truth_values, truth_lines = truth.image, targets, truth.lines
         unit = "image"
@@ -210,18 +229,30 @@ def score_predictions(predictions: str | os.PathLike, groundtruth: str | os.Path
     if missing:
         shown = ", ".join(f"{key} (line {line})" for key, line in missing[:_SHOWN])
         more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-        raise CheXpertFormatError(f"{len(missing)} {unit}(ies) of {truth.path} have no prediction in {pred.path}: "
-                                  f"{shown}{more}")
+        raise CheXpertFormatError(
+            f"{len(missing)} {unit}(ies) of {truth.path} have no prediction in {pred.path}: {shown}{more}"
+        )
     matched = np.array([position[key] for key in truth_keys], dtype=np.int64)
     unscored = len(pred_keys) - len(matched)
     if unscored:
         logger.warning("%d %s(s) of %s are not in %s and were not scored", unscored, unit, pred.path, truth.path)
     probabilities = pred_values[matched]
     keys = np.asarray(truth_keys)
-    scores = score(probabilities, truth_values, pred.labels, study_ids=None if per_image else keys, row_ids=keys,
-                   n_bootstrap=n_bootstrap, seed=seed)
-    summary = {"predictions": pred.path.name, "groundtruth": truth.path.name, "level": unit,
-               "unscored_predictions": int(unscored)}
+    scores = score(
+        probabilities,
+        truth_values,
+        pred.labels,
+        study_ids=None if per_image else keys,
+        row_ids=keys,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    summary = {
+        "predictions": pred.path.name,
+        "groundtruth": truth.path.name,
+        "level": unit,
+        "unscored_predictions": int(unscored),
+    }
     return Scored(scores, probabilities, truth_values, pred.labels), summary
 
 
@@ -233,12 +264,15 @@ def write_predictions_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     file again (``evaluate --predictions``) gives what the model scored, bit for bit. Logits above about 36 have
     probability 1.0 in float64 too and tie in the file as in every score.
     """
-    atomic_write(Path(path), lambda name: frame.to_csv(name, index=False, float_format=PROBABILITY_FORMAT,
-                                                       quoting=csv.QUOTE_MINIMAL))
+    atomic_write(
+        Path(path),
+        lambda name: frame.to_csv(name, index=False, float_format=PROBABILITY_FORMAT, quoting=csv.QUOTE_MINIMAL),
+    )
 
 
-def predictions_frame(keys: Sequence[str], probabilities: np.ndarray, labels: Sequence[str],
-                      key_column: str = "Path") -> pd.DataFrame:
+def predictions_frame(
+    keys: Sequence[str], probabilities: np.ndarray, labels: Sequence[str], key_column: str = "Path"
+) -> pd.DataFrame:
     """A predictions table in the format :func:`read_predictions` accepts, probabilities in float64 (see
     :func:`write_predictions_csv`)."""
     frame = pd.DataFrame(np.asarray(probabilities, dtype=np.float64), columns=list(labels))
@@ -246,11 +280,22 @@ def predictions_frame(keys: Sequence[str], probabilities: np.ndarray, labels: Se
     return frame
 
 
-def evaluate_model(model_name_or_path: str, data: str | os.PathLike, *, split: str = "validation",
-                   per_image: bool = False, views: str = "all", batch_size: int = 64, device: str | None = None,
-                   trust_remote_code: bool = False, n_bootstrap: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                   prepare_image_size: int = 320, data_cache_dir: str | None = None,
-                   progress: bool = True) -> tuple[Scored, pd.DataFrame, dict]:
+def evaluate_model(
+    model_name_or_path: str,
+    data: str | os.PathLike,
+    *,
+    split: str = "validation",
+    per_image: bool = False,
+    views: str = "all",
+    batch_size: int = 64,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    prepare_image_size: int = 320,
+    data_cache_dir: str | None = None,
+    progress: bool = True,
+) -> tuple[Scored, pd.DataFrame, dict]:
     """Run a model over a prepared split and score it; returns the scores, the per-image predictions table and a
     summary of what was scored. ``data`` is a prepared folder, or a CheXpert root prepared (once, into the cache)
     at ``prepare_image_size``."""
@@ -259,24 +304,41 @@ def evaluate_model(model_name_or_path: str, data: str | os.PathLike, *, split: s
 
     check_views(views)  # before the model is loaded
     loaded = load_classifier(model_name_or_path, trust_remote_code=trust_remote_code, device=device)
-    part = load_prepared_split(data, loaded.labels, split=split, views=views, image_size=prepare_image_size,
-                               cache_dir=data_cache_dir)
+    part = load_prepared_split(
+        data, loaded.labels, split=split, views=views, image_size=prepare_image_size, cache_dir=data_cache_dir
+    )
     rows, raw = part.rows, part.raw
     logger.info("evaluating %s on %d %s images of %s", model_name_or_path, len(rows), split, part.prepared)
     probabilities = predict_split(loaded, rows, batch_size=batch_size, progress=progress)
     targets = evaluation_targets(raw)
     studies = np.asarray(rows["study_id"][:])
     paths = rows["path"][:]
-    image_keys = np.array([f"{p[1]}/{p[2]}/{p[3]}" if (p := split_image_path(path)) else path for path in paths],
-                          dtype=object)
+    image_keys = np.array(
+        [f"{p[1]}/{p[2]}/{p[3]}" if (p := split_image_path(path)) else path for path in paths], dtype=object
+    )
     # float64 probabilities from the logits, as the Trainer's SplitScorer computes them: the same score
-    scores = score(probabilities, targets, loaded.labels, study_ids=None if per_image else studies,
-                   row_ids=image_keys, n_bootstrap=n_bootstrap, seed=seed)
+    scores = score(
+        probabilities,
+        targets,
+        loaded.labels,
+        study_ids=None if per_image else studies,
+        row_ids=image_keys,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
     scored_probabilities, scored_targets = scored_rows(probabilities, targets, None if per_image else studies)
-    summary = {"model": _public_name(model_name_or_path), "split": split, "views": views,
-               "level": "image" if per_image else "study", "images": len(rows)}
-    return (Scored(scores, scored_probabilities, scored_targets, loaded.labels),
-            predictions_frame(paths, probabilities, loaded.labels), summary)
+    summary = {
+        "model": _public_name(model_name_or_path),
+        "split": split,
+        "views": views,
+        "level": "image" if per_image else "study",
+        "images": len(rows),
+    }
+    return (
+        Scored(scores, scored_probabilities, scored_targets, loaded.labels),
+        predictions_frame(paths, probabilities, loaded.labels),
+        summary,
+    )
 
 
 def recipe_settings(model_name_or_path: str) -> dict[str, Any]:
@@ -302,17 +364,29 @@ def _public_name(model_name_or_path: str) -> str:
     return path.resolve().name if path.exists() else str(model_name_or_path)
 
 
-def write_evaluation(output: str | os.PathLike, scored: Scored, summary: dict[str, Any], *, title: str,
-                     predictions: pd.DataFrame | None = None) -> dict[str, Path]:
+def write_evaluation(
+    output: str | os.PathLike,
+    scored: Scored,
+    summary: dict[str, Any],
+    *,
+    title: str,
+    predictions: pd.DataFrame | None = None,
+) -> dict[str, Path]:
     """``metrics.json``, ``metrics.md``, ``roc.png`` (and ``predictions.csv``) in ``output``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     details = [f"{key}: {value}" for key, value in summary.items()]
-    paths = write_reports(output, scored.scores, scored.probabilities, scored.targets, scored.labels,
-                          title=title, details=details, extra=summary)
+    paths = write_reports(
+        output,
+        scored.scores,
+        scored.probabilities,
+        scored.targets,
+        scored.labels,
+        title=title,
+        details=details,
+        extra=summary,
+    )
     if predictions is not None:
         paths[PREDICTIONS_CSV] = output / PREDICTIONS_CSV
         write_predictions_csv(paths[PREDICTIONS_CSV], predictions)
     return paths
-
-

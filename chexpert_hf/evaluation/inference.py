@@ -69,11 +69,14 @@ class LoadedModel:
         size = size if isinstance(size, dict) else {key: getattr(size, key, None) for key in ("height", "width")}
         height, width = size.get("height"), size.get("width")
         simple = (
-            height is not None and height == width
-            and getattr(processor, "do_resize", False) and getattr(processor, "do_rescale", False)
+            height is not None
+            and height == width
+            and getattr(processor, "do_resize", False)
+            and getattr(processor, "do_rescale", False)
             and abs(float(getattr(processor, "rescale_factor", 0.0)) - 1 / 255) < 1e-9
             and getattr(processor, "do_normalize", False)
-            and not getattr(processor, "do_center_crop", False) and not getattr(processor, "do_pad", False)
+            and not getattr(processor, "do_center_crop", False)
+            and not getattr(processor, "do_pad", False)
         )
         if not simple:
             return None
@@ -96,8 +99,9 @@ def _looks_like_path(source: str) -> bool:
     return parent != Path(".") and parent.is_dir()
 
 
-def load_classifier(model_name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
-                    device: str | torch.device | None = None) -> LoadedModel:
+def load_classifier(
+    model_name_or_path: str | os.PathLike, *, trust_remote_code: bool = False, device: str | torch.device | None = None
+) -> LoadedModel:
     """A CheXpert classifier and its image processor, in eval mode on ``device`` (default: CUDA if present)."""
     source = str(model_name_or_path)
     if source.startswith("~"):
@@ -134,8 +138,10 @@ def load_classifier(model_name_or_path: str | os.PathLike, *, trust_remote_code:
     try:
         labels = check_label_names(names)
     except ValueError:
-        raise ModelLoadError(f"{source} is not a CheXpert classifier: its labels are {names}; expected names among "
-                             f"{', '.join(CHEXPERT_LABELS)}") from None
+        raise ModelLoadError(
+            f"{source} is not a CheXpert classifier: its labels are {names}; expected names among "
+            f"{', '.join(CHEXPERT_LABELS)}"
+        ) from None
     try:
         processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -156,8 +162,9 @@ def _batches(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + batch_size, count)
 
 
-def predict_files(loaded: LoadedModel, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
-                  progress: bool = True) -> np.ndarray:
+def predict_files(
+    loaded: LoadedModel, paths: Sequence[str | os.PathLike], *, batch_size: int = 32, progress: bool = True
+) -> np.ndarray:
     """``(len(paths), L)`` float64 probabilities for image files. An unreadable file raises
     :class:`chexpert_hf.data.images.UnreadableImage` whose message names it, before any output is produced."""
     out = np.empty((len(paths), len(loaded.labels)), dtype=np.float64)
@@ -176,8 +183,9 @@ def predict_split(loaded: LoadedModel, dataset, *, batch_size: int = 64, progres
     images), preprocessed as during training when the processor allows it, else through the processor."""
     fast = loaded.square_resize()
     out = np.empty((len(dataset), len(loaded.labels)), dtype=np.float64)
-    for start, stop in tqdm(list(_batches(len(dataset), batch_size)), desc="evaluating", unit=" batches",
-                            disable=not progress):
+    for start, stop in tqdm(
+        list(_batches(len(dataset), batch_size)), desc="evaluating", unit=" batches", disable=not progress
+    ):
         encoded = image_bytes(dataset, start, stop)
         if fast is not None:
             size, mean, std = fast

@@ -114,8 +114,9 @@ def aggregate_studies(
     return study_probabilities, study_targets, ids[first_rows]
 
 
-def scored_rows(probabilities: np.ndarray, targets: np.ndarray,
-                study_ids: Sequence[Any] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def scored_rows(
+    probabilities: np.ndarray, targets: np.ndarray, study_ids: Sequence[Any] | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """The rows :func:`score` scores: per study (aggregated) with ``study_ids``, else as given."""
     if study_ids is None:
         return _check_pair(probabilities, targets)
@@ -203,13 +204,19 @@ def score(
         competition_columns = [column for column, name in enumerate(per_label) if name in COMPETITION_LABELS]
         result["mean_auroc_ci95"] = _mean_interval(draws[:, competition_columns], low, high)
         result["mean_auroc_all_ci95"] = _mean_interval(draws, low, high)
-        result["bootstrap"] = {"resamples": int(n_bootstrap), "seed": int(seed), "confidence": float(confidence),
-                               "unit": "study" if count_key == "n_studies" else "image", "undefined": undefined}
+        result["bootstrap"] = {
+            "resamples": int(n_bootstrap),
+            "seed": int(seed),
+            "confidence": float(confidence),
+            "unit": "study" if count_key == "n_studies" else "image",
+            "undefined": undefined,
+        }
     return result
 
 
-def bootstrap_auroc(probabilities: np.ndarray, targets: np.ndarray, n_resamples: int, seed: int = 0,
-                    chunk: int = 200) -> np.ndarray:
+def bootstrap_auroc(
+    probabilities: np.ndarray, targets: np.ndarray, n_resamples: int, seed: int = 0, chunk: int = 200
+) -> np.ndarray:
     """AUROC of every column over ``n_resamples`` bootstrap resamples of the rows: an ``(n_resamples, L)`` array.
 
     Every resample draws ``N`` rows with replacement (one draw shared by all columns) from
@@ -229,7 +236,7 @@ def bootstrap_auroc(probabilities: np.ndarray, targets: np.ndarray, n_resamples:
         # float32 holds draw counts and their partial sums exactly (below 2**24) at half the memory traffic
         counts = np.bincount(flat, minlength=size * rows).reshape(size, rows).astype(np.float32)
         for column in range(probabilities.shape[1]):
-            out[start:start + size, column] = _weighted_auroc(probabilities[:, column], targets[:, column], counts)
+            out[start : start + size, column] = _weighted_auroc(probabilities[:, column], targets[:, column], counts)
     return out
 
 
@@ -330,8 +337,15 @@ class SplitScorer:
     only wanted for the final report).
     """
 
-    def __init__(self, raw_labels: np.ndarray, study_ids: Sequence[str], label_names: Sequence[str],
-                 level: str = "study", n_bootstrap: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        raw_labels: np.ndarray,
+        study_ids: Sequence[str],
+        label_names: Sequence[str],
+        level: str = "study",
+        n_bootstrap: int = 0,
+        seed: int = 0,
+    ):
         if level not in ("study", "image"):
             raise ValueError(f"unknown evaluation level {level!r}; choose study or image")
         self.targets = evaluation_targets(raw_labels)
@@ -352,8 +366,14 @@ class SplitScorer:
             raise ValueError(f"scored {len(rows)} distinct rows, the split has {len(self.targets)}")
         probabilities = sigmoid(logits[first])  # float64, as every other scoring path: labels are independent
         studies = self.study_ids[rows] if self.level == "study" else None
-        self.last_scores = score(probabilities, self.targets[rows], self.label_names, study_ids=studies,
-                                 n_bootstrap=self.n_bootstrap, seed=self.seed)
+        self.last_scores = score(
+            probabilities,
+            self.targets[rows],
+            self.label_names,
+            study_ids=studies,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
+        )
         self.last_scored = scored_rows(probabilities, self.targets[rows], studies)
         skipped = self.last_scores["skipped_labels"]
         if skipped and skipped != self._reported_skips:

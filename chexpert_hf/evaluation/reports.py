@@ -54,15 +54,18 @@ def scores_table(scores: dict[str, Any]) -> str:
     lines = [f"{'label':<28}{'AUROC':>8}{ci_header}{'AUPRC':>8}{'pos':>7}{'neg':>7}"]
     for label, entry in scores["per_label"].items():
         ci = f"{_ci(entry, 'auroc_ci95'):>15}" if with_ci else ""
-        lines.append(f"{label:<28}{entry['auroc']:>8.4f}{ci}{entry['auprc']:>8.4f}"
-                     f"{entry['positives']:>7}{entry['negatives']:>7}")
+        lines.append(
+            f"{label:<28}{entry['auroc']:>8.4f}{ci}{entry['auprc']:>8.4f}{entry['positives']:>7}{entry['negatives']:>7}"
+        )
     for label in scores["skipped_labels"]:
         lines.append(f"{label:<28}{'skipped: one class only':>30}")
     count, unit = _count(scores)
     mean_ci = f" (95% CI {_ci(scores, 'mean_auroc_ci95')})" if _ci(scores, "mean_auroc_ci95") else ""
     over = ", competition labels" if mean_label(scores) == "competition labels" else f" over {mean_label(scores)}"
-    lines.append(f"mean AUROC{over}: {_number(scores['mean_auroc'])}{mean_ci}; all scored labels: "
-                 f"{_number(scores['mean_auroc_all'])} ({count} {unit})")
+    lines.append(
+        f"mean AUROC{over}: {_number(scores['mean_auroc'])}{mean_ci}; all scored labels: "
+        f"{_number(scores['mean_auroc_all'])} ({count} {unit})"
+    )
     return "\n".join(lines)
 
 
@@ -72,26 +75,46 @@ def metrics_markdown(scores: dict[str, Any], title: str, details: Sequence[str] 
     bootstrap = scores.get("bootstrap")
     lines = [f"# {title}", ""]
     lines += [f"- {detail}" for detail in details]
-    lines.append(f"- scored: {count:,} {unit}" + (" (a study's probability is the maximum over its images, its "
-                                                    "label the maximum over its images' labels)"
-                                                    if unit == "studies" else ""))
+    lines.append(
+        f"- scored: {count:,} {unit}"
+        + (
+            " (a study's probability is the maximum over its images, its label the maximum over its images' labels)"
+            if unit == "studies"
+            else ""
+        )
+    )
     if bootstrap:
         units = "studies" if bootstrap["unit"] == "study" else "images"
-        lines.append(f"- 95% confidence intervals: percentile bootstrap over {units}, "
-                     f"{bootstrap['resamples']:,} resamples, seed {bootstrap['seed']}")
-    rows = [[f"{label} ★" if label in COMPETITION_LABELS else label, f"{entry['auroc']:.4f}",
-             _ci(entry, "auroc_ci95"), f"{entry['auprc']:.4f}", f"{entry['positives']:,}", f"{entry['negatives']:,}"]
-            for label, entry in scores["per_label"].items()]
+        lines.append(
+            f"- 95% confidence intervals: percentile bootstrap over {units}, "
+            f"{bootstrap['resamples']:,} resamples, seed {bootstrap['seed']}"
+        )
+    rows = [
+        [
+            f"{label} ★" if label in COMPETITION_LABELS else label,
+            f"{entry['auroc']:.4f}",
+            _ci(entry, "auroc_ci95"),
+            f"{entry['auprc']:.4f}",
+            f"{entry['positives']:,}",
+            f"{entry['negatives']:,}",
+        ]
+        for label, entry in scores["per_label"].items()
+    ]
     # the two means fill the first three columns only
-    rows.append([f"**mean, {mean_label(scores)} ★**", f"**{_number(scores['mean_auroc'])}**",
-                 _ci(scores, "mean_auroc_ci95")])
+    rows.append(
+        [f"**mean, {mean_label(scores)} ★**", f"**{_number(scores['mean_auroc'])}**", _ci(scores, "mean_auroc_ci95")]
+    )
     rows.append(["mean, all scored labels", _number(scores["mean_auroc_all"]), _ci(scores, "mean_auroc_all_ci95")])
     header = ["label", "AUROC", "95% CI", "AUPRC", "positives", "negatives"]
     lines += ["", *markdown_table(header, rows, "lrrrrr", tight_rule=True), ""]
     lines.append("★ the five CheXpert competition labels; their mean AUROC is the headline number.")
     if scores["skipped_labels"]:
-        lines += ["", "Not scored (one class only in this split, so AUROC is undefined): "
-                  + ", ".join(scores["skipped_labels"]) + "."]
+        lines += [
+            "",
+            "Not scored (one class only in this split, so AUROC is undefined): "
+            + ", ".join(scores["skipped_labels"])
+            + ".",
+        ]
     undefined = (bootstrap or {}).get("undefined") or {}
     if undefined:
         listed = ", ".join(f"{label} {n}" for label, n in undefined.items())
@@ -117,15 +140,22 @@ def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequ
         kept = ~np.isnan(targets[:, column])
         fpr, tpr, _ = roc_curve(targets[kept, column], probabilities[kept, column])
         RocCurveDisplay(fpr=fpr, tpr=tpr, name=f"{label} ({entry['auroc']:.3f})").plot(
-            ax=axes, curve_kwargs={"linestyle": "-" if label in COMPETITION_LABELS else "--", "linewidth": 1.4},
+            ax=axes,
+            curve_kwargs={"linestyle": "-" if label in COMPETITION_LABELS else "--", "linewidth": 1.4},
         )
     axes.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":", label="chance (0.500)")
     count, unit = _count(scores)
-    axes.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
-             xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+    axes.set(
+        xlabel="false positive rate (1 − specificity)",
+        ylabel="true positive rate (sensitivity)",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        aspect="equal",
+    )
     covered = "competition" if mean_label(scores) == "competition labels" else mean_label(scores)
-    axes.set_title(f"ROC per label, {count:,} {unit}; mean AUROC ({covered}) {_number(scores['mean_auroc'])}",
-                   fontsize=10)
+    axes.set_title(
+        f"ROC per label, {count:,} {unit}; mean AUROC ({covered}) {_number(scores['mean_auroc'])}", fontsize=10
+    )
     axes.legend(loc="lower right", fontsize=7, title="label (AUROC)", title_fontsize=7)
     figure.tight_layout()
     return figure
@@ -142,9 +172,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_reports(folder: str | os.PathLike, scores: dict[str, Any], probabilities: np.ndarray,
-                  targets: np.ndarray, label_names: Sequence[str], *, title: str,
-                  details: Sequence[str] = (), extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_reports(
+    folder: str | os.PathLike,
+    scores: dict[str, Any],
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    label_names: Sequence[str],
+    *,
+    title: str,
+    details: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """Write ``metrics.json``, ``metrics.md`` and ``roc.png`` into ``folder``; returns their paths.
 
     ``probabilities``/``targets`` are the scored rows (study-level when scoring studies) in ``label_names``

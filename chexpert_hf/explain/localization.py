@@ -51,7 +51,7 @@ def image_key(path: str | os.PathLike) -> str:
     parts = PurePosixPath(str(path).replace("\\", "/")).parts
     for index in range(len(parts) - 1, -1, -1):
         if _PATIENT.match(parts[index]):
-            return "/".join(parts[max(0, index - 1):]).lower()
+            return "/".join(parts[max(0, index - 1) :]).lower()
     return parts[-1].lower() if parts else ""
 
 
@@ -118,8 +118,10 @@ def read_lesions(path: str | os.PathLike) -> Lesions:
         reader = csv.DictReader(handle)
         missing = [column for column in LESION_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise CheXpertFormatError(f"{path}: missing column(s) {missing}; the header must hold "
-                                      f"{', '.join(LESION_COLUMNS)} (it is {reader.fieldnames})")
+            raise CheXpertFormatError(
+                f"{path}: missing column(s) {missing}; the header must hold "
+                f"{', '.join(LESION_COLUMNS)} (it is {reader.fieldnames})"
+            )
         for line, row in enumerate(reader, start=2):
             label = canonical_label(row["label"] or "")
             if label is None:
@@ -127,11 +129,12 @@ def read_lesions(path: str | os.PathLike) -> Lesions:
             try:
                 x0, y0, x1, y1 = (float(row[column]) for column in ("x0", "y0", "x1", "y1"))
             except (TypeError, ValueError):
-                raise CheXpertFormatError(f"{path}, line {line}: box coordinates must be numbers, got "
-                                          f"{[row[c] for c in ('x0', 'y0', 'x1', 'y1')]}") from None
+                raise CheXpertFormatError(
+                    f"{path}, line {line}: box coordinates must be numbers, got "
+                    f"{[row[c] for c in ('x0', 'y0', 'x1', 'y1')]}"
+                ) from None
             if not all(np.isfinite([x0, y0, x1, y1])) or x1 < x0 or y1 < y0:
-                raise CheXpertFormatError(f"{path}, line {line}: not a box (x0 <= x1, y0 <= y1): "
-                                          f"{(x0, y0, x1, y1)}")
+                raise CheXpertFormatError(f"{path}, line {line}: not a box (x0 <= x1, y0 <= y1): {(x0, y0, x1, y1)}")
             key = image_key(row["path"])
             boxes[key][label].append(Box(x0, y0, x1, y1))
             files[key] = row["path"]
@@ -147,8 +150,12 @@ def peak(heatmap: np.ndarray) -> tuple[float, float]:
     return float(cols[nearest]), float(rows[nearest])
 
 
-def pointing_hit(heatmap: np.ndarray, boxes: Iterable[Box], tolerance: float = DEFAULT_TOLERANCE,
-                 scale: tuple[float, float] = (1.0, 1.0)) -> bool:
+def pointing_hit(
+    heatmap: np.ndarray,
+    boxes: Iterable[Box],
+    tolerance: float = DEFAULT_TOLERANCE,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> bool:
     """Whether the map's maximum is inside any of the boxes grown by ``tolerance`` pixels (never for a flat map,
     which has no maximum to point with). Boxes and tolerance are
     in the pixels of the image the boxes were drawn on; ``scale`` is (map width / that width, map height / that
@@ -168,7 +175,7 @@ def chance_hit_rate(boxes: Iterable[Box], width: int, height: int, tolerance: fl
         x0, y0 = max(0, int(np.ceil(box.x0 - tolerance))), max(0, int(np.ceil(box.y0 - tolerance)))
         x1, y1 = min(width - 1, int(np.floor(box.x1 + tolerance))), min(height - 1, int(np.floor(box.y1 + tolerance)))
         if x1 >= x0 and y1 >= y0:
-            inside[y0:y1 + 1, x0:x1 + 1] = True
+            inside[y0 : y1 + 1, x0 : x1 + 1] = True
     return float(inside.mean())
 
 
@@ -215,8 +222,13 @@ class MethodTally:
             tally = self.labels.get(label)
             if tally is None or not tally.positives:
                 continue
-            entry = {"positives": tally.positives, "hits": tally.hits, "hit_rate": tally.hits / tally.positives,
-                     "uniform_random_hit_rate": tally.chance / tally.positives, "flat_maps": tally.flat}
+            entry = {
+                "positives": tally.positives,
+                "hits": tally.hits,
+                "hit_rate": tally.hits / tally.positives,
+                "uniform_random_hit_rate": tally.chance / tally.positives,
+                "flat_maps": tally.flat,
+            }
             if self.randomized:
                 entry["randomized_model_hit_rate"] = tally.randomized_hits / tally.positives
             per_label[label] = entry
@@ -252,15 +264,19 @@ def localization_text(summary: dict) -> str:
             rows.append(("all positives", result))
         for label, entry in rows:
             randomized = entry.get("randomized_model_hit_rate")
-            lines.append(f"  {label:<28}{entry['positives']:>10}{entry['hit_rate']:>10.3f}"
-                         f"{entry['uniform_random_hit_rate']:>12.3f}"
-                         + (f"{randomized:>14.3f}" if randomized is not None else f"{'-':>14}"))
+            lines.append(
+                f"  {label:<28}{entry['positives']:>10}{entry['hit_rate']:>10.3f}"
+                f"{entry['uniform_random_hit_rate']:>12.3f}"
+                + (f"{randomized:>14.3f}" if randomized is not None else f"{'-':>14}")
+            )
         if not rows:
             lines.append("  no positive image with a lesion box among the explained images")
         check = result.get("randomization")
         if check:
             mean = "n/a" if check["spearman_mean"] is None else f"{check['spearman_mean']:.3f}"
             median = "n/a" if check["spearman_median"] is None else f"{check['spearman_median']:.3f}"
-            lines.append(f"  randomized model: Spearman correlation with the trained model's maps mean {mean}, "
-                         f"median {median} over {check['maps']} maps ({check['constant_maps']} constant)")
+            lines.append(
+                f"  randomized model: Spearman correlation with the trained model's maps mean {mean}, "
+                f"median {median} over {check['maps']} maps ({check['constant_maps']} constant)"
+            )
     return "\n".join(lines)

@@ -68,15 +68,27 @@ def _hybrid_cnn_stage(model: PreTrainedModel) -> nn.Module:
 
 
 TARGET_LAYERS: dict[str, dict[str, TargetLayer]] = {  # family → named layers, the first is the default
-    "vit": {"tokens": TargetLayer(lambda m: m.vit.layers[-1].layernorm_before, FAMILIES["vit"].position_prefix,
-                                  "the last encoder block's input tokens, [CLS] dropped")},
-    "deit": {"tokens": TargetLayer(lambda m: m.deit.layers[-1].layernorm_before, FAMILIES["deit"].position_prefix,
-                                   "the last encoder block's input tokens, [CLS] and distillation tokens dropped")},
+    "vit": {
+        "tokens": TargetLayer(
+            lambda m: m.vit.layers[-1].layernorm_before,
+            FAMILIES["vit"].position_prefix,
+            "the last encoder block's input tokens, [CLS] dropped",
+        )
+    },
+    "deit": {
+        "tokens": TargetLayer(
+            lambda m: m.deit.layers[-1].layernorm_before,
+            FAMILIES["deit"].position_prefix,
+            "the last encoder block's input tokens, [CLS] and distillation tokens dropped",
+        )
+    },
     "swin": {"tokens": TargetLayer(lambda m: m.swin.layernorm, 0, "the last stage's tokens after the final norm")},
     "resnet_vit": {
-        "tokens": TargetLayer(lambda m: m.resnet_vit.layers[-1].layernorm_before,
-                              FAMILIES["resnet_vit"].position_prefix,
-                              "the last encoder block's input tokens, [CLS] dropped"),
+        "tokens": TargetLayer(
+            lambda m: m.resnet_vit.layers[-1].layernorm_before,
+            FAMILIES["resnet_vit"].position_prefix,
+            "the last encoder block's input tokens, [CLS] dropped",
+        ),
         "cnn": TargetLayer(_hybrid_cnn_stage, None, "the ResNet stage whose feature map becomes the tokens"),
     },
     "densenet121": {"cnn": TargetLayer(lambda m: m.timm_model.features.denseblock4, None, "the last dense block")},
@@ -92,11 +104,14 @@ def model_family(model: PreTrainedModel) -> str:
         architecture = str(getattr(model.config, "architecture", ""))
         if architecture.startswith("densenet"):
             return "densenet121"
-        raise UnsupportedExplanation(f"no explanation target is known for the timm architecture {architecture!r}; "
-                                     "supported: densenet")
+        raise UnsupportedExplanation(
+            f"no explanation target is known for the timm architecture {architecture!r}; supported: densenet"
+        )
     if model_type not in TARGET_LAYERS:
-        raise UnsupportedExplanation(f"no explanation target is known for {model_type!r} models; supported model "
-                                     f"types: vit, deit, swin, resnet_vit and timm densenet")
+        raise UnsupportedExplanation(
+            f"no explanation target is known for {model_type!r} models; supported model "
+            f"types: vit, deit, swin, resnet_vit and timm densenet"
+        )
     return model_type
 
 
@@ -108,8 +123,10 @@ def check_method(family: str, method: str) -> None:
     if method not in METHODS:
         raise UnsupportedExplanation(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     if method not in supported_methods(family):
-        raise UnsupportedExplanation(f"{method} does not apply to {family} models (they have no [CLS] attention over "
-                                     f"a patch grid); {family} supports: {', '.join(supported_methods(family))}")
+        raise UnsupportedExplanation(
+            f"{method} does not apply to {family} models (they have no [CLS] attention over "
+            f"a patch grid); {family} supports: {', '.join(supported_methods(family))}"
+        )
 
 
 def target_layer(family: str, name: str | None = None) -> TargetLayer:
@@ -117,8 +134,10 @@ def target_layer(family: str, name: str | None = None) -> TargetLayer:
     if name is None:
         return next(iter(layers.values()))
     if name not in layers:
-        raise UnsupportedExplanation(f"{family} has no target layer {name!r}; its layers: "
-                                     + "; ".join(f"{key} ({layer.description})" for key, layer in layers.items()))
+        raise UnsupportedExplanation(
+            f"{family} has no target layer {name!r}; its layers: "
+            + "; ".join(f"{key} ({layer.description})" for key, layer in layers.items())
+        )
     return layers[name]
 
 
@@ -170,8 +189,14 @@ def unit_scale(maps: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0).astype(np.float32)
 
 
-def cam_maps(model: PreTrainedModel, pixel_values: torch.Tensor, label_indices: Sequence[int], *,
-             method: str = "gradcam", layer: str | None = None) -> np.ndarray:
+def cam_maps(
+    model: PreTrainedModel,
+    pixel_values: torch.Tensor,
+    label_indices: Sequence[int],
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> np.ndarray:
     """``(B, len(label_indices), H, W)`` maps in [0, 1] at the input resolution; ``[b, j]`` explains the logit of
     label ``label_indices[j]`` for image ``b``."""
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
@@ -180,8 +205,9 @@ def cam_maps(model: PreTrainedModel, pixel_values: torch.Tensor, label_indices: 
     family = model_family(model)
     check_method(family, method)
     if method not in CAM_METHODS:
-        raise UnsupportedExplanation(f"cam_maps computes {', '.join(CAM_METHODS)}; use attention_rollout() for "
-                                     f"{method}")
+        raise UnsupportedExplanation(
+            f"cam_maps computes {', '.join(CAM_METHODS)}; use attention_rollout() for {method}"
+        )
     target = target_layer(family, layer)
     labels = model.config.num_labels
     bad = [int(index) for index in label_indices if not 0 <= int(index) < labels]
@@ -250,8 +276,14 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor) -> np.
     return unit_scale(maps[:, 0].cpu().numpy())
 
 
-def explanation_maps(model: PreTrainedModel, pixel_values: torch.Tensor, label_indices: Sequence[int], *,
-                     method: str, layer: str | None = None) -> np.ndarray:
+def explanation_maps(
+    model: PreTrainedModel,
+    pixel_values: torch.Tensor,
+    label_indices: Sequence[int],
+    *,
+    method: str,
+    layer: str | None = None,
+) -> np.ndarray:
     """``(B, len(label_indices), H, W)`` maps in [0, 1] at the input resolution, by any method (``layer``: the CAM
     methods' target layer, see :data:`TARGET_LAYERS`)."""
     if method == ROLLOUT:  # every encoder layer: ``layer`` (which the CAM methods read) does not apply

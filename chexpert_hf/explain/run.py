@@ -60,6 +60,7 @@ from chexpert_hf.utils import current_umask
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class Radiograph:
     name: str  # unique file-name stem for the outputs
@@ -108,12 +109,20 @@ def read_image_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Radiograp
         except (UnreadableImage, OSError) as error:
             skipped.append(f"{path}: {error}" if str(path) not in str(error) else str(error))
     names = unique_stems(kept)
-    return [Radiograph(name, image_key(path), image) for name, path, image in zip(names, kept, images, strict=True)], \
-        skipped
+    return [
+        Radiograph(name, image_key(path), image) for name, path, image in zip(names, kept, images, strict=True)
+    ], skipped
 
 
-def split_images(data: str | os.PathLike, model_labels: Sequence[str], *, split: str = "validation",
-                 num_images: int = 16, views: str = "frontal", prepare_image_size: int = 320) -> SplitImages:
+def split_images(
+    data: str | os.PathLike,
+    model_labels: Sequence[str],
+    *,
+    split: str = "validation",
+    num_images: int = 16,
+    views: str = "frontal",
+    prepare_image_size: int = 320,
+) -> SplitImages:
     """The first ``num_images`` (0: all) images of a prepared split, with their raw labels, read as ``evaluate``
     reads a split (:func:`chexpert_hf.data.loading.load_prepared_split`)."""
     from chexpert_hf.data.loading import check_views, load_prepared_split
@@ -121,8 +130,9 @@ def split_images(data: str | os.PathLike, model_labels: Sequence[str], *, split:
     check_views(views)
     if num_images < 0:
         raise ValueError(f"--num-images must be 0 (all) or more, got {num_images}")
-    part = load_prepared_split(data, list(model_labels), split=split, views=views, limit=num_images,
-                               image_size=prepare_image_size)
+    part = load_prepared_split(
+        data, list(model_labels), split=split, views=views, limit=num_images, image_size=prepare_image_size
+    )
     return SplitImages(part.rows, part.raw)
 
 
@@ -143,7 +153,7 @@ class SplitImages(Sequence):
 
     def __getitem__(self, index):
         if isinstance(index, int):
-            return self[index:index + 1][0]
+            return self[index : index + 1][0]
         start, stop, step = index.indices(len(self))
         if step != 1:
             raise ValueError("only contiguous slices of a split are read")
@@ -151,8 +161,11 @@ class SplitImages(Sequence):
         out = []
         for position, data_bytes in zip(range(start, stop), encoded, strict=True):
             with Image.open(io.BytesIO(data_bytes)) as image:
-                out.append(Radiograph(self.names[position], image_key(self.paths[position]), image.convert("L"),
-                                      self.raw[position]))
+                out.append(
+                    Radiograph(
+                        self.names[position], image_key(self.paths[position]), image.convert("L"), self.raw[position]
+                    )
+                )
         return out
 
 
@@ -208,7 +221,8 @@ def _is_replaceable(folder: Path) -> bool:
         return True
     markers = (HEATMAPS_NPZ, LOCALIZATION_JSON)
     return any((folder / name).is_file() for name in markers) or any(
-        entry.is_dir() and (entry / HEATMAPS_NPZ).is_file() for entry in entries)
+        entry.is_dir() and (entry / HEATMAPS_NPZ).is_file() for entry in entries
+    )
 
 
 def _box_geometry(lesions: Lesions, item: Radiograph) -> tuple[tuple[int, int], tuple[float, float], bool] | None:
@@ -241,8 +255,10 @@ def check_output(output: str | os.PathLike, overwrite: bool, keep: Sequence[str 
         if not overwrite:
             raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
         if not _is_replaceable(output):
-            raise FileExistsError(f"--overwrite replaces an earlier explain output only, and {output} is not one "
-                                  f"(no {HEATMAPS_NPZ}); name a new folder")
+            raise FileExistsError(
+                f"--overwrite replaces an earlier explain output only, and {output} is not one "
+                f"(no {HEATMAPS_NPZ}); name a new folder"
+            )
     return output
 
 
@@ -257,16 +273,31 @@ def _check_processor(loaded) -> None:
     """Maps are put back over the image by squashing them to its size: that is right only for a processor that
     resizes the whole image to a square (every model this project trains), not for one that crops."""
     if loaded.square_resize() is None:
-        raise ValueError(f"{loaded.source}'s image processor does not resize the whole image to a square (it crops, "
-                         "pads or keeps the aspect ratio), so a map could not be placed back on the image; explain "
-                         "supports squash-resizing processors such as those chexpert-hf saves")
+        raise ValueError(
+            f"{loaded.source}'s image processor does not resize the whole image to a square (it crops, "
+            "pads or keeps the aspect ratio), so a map could not be placed back on the image; explain "
+            "supports squash-resizing processors such as those chexpert-hf saves"
+        )
 
 
-def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike, *,
-            methods: Sequence[str] = ("gradcam",), labels: Sequence[str] | None = None, top_k: int | None = None,
-            layer: str | None = None, lesions: Lesions | None = None, tolerance: float = DEFAULT_TOLERANCE,
-            sanity_check: bool = False, batch_size: int = 8, seed: int = 0, overwrite: bool = False,
-            progress: bool = True, keep: Sequence[str | os.PathLike] = ()) -> ExplainResult:
+def explain(
+    loaded,
+    radiographs: Sequence[Radiograph],
+    output: str | os.PathLike,
+    *,
+    methods: Sequence[str] = ("gradcam",),
+    labels: Sequence[str] | None = None,
+    top_k: int | None = None,
+    layer: str | None = None,
+    lesions: Lesions | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    sanity_check: bool = False,
+    batch_size: int = 8,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    keep: Sequence[str | os.PathLike] = (),
+) -> ExplainResult:
     """Explain ``radiographs`` with ``loaded`` (:func:`chexpert_hf.evaluation.inference.load_classifier`) and write
     the outputs into ``output`` (see :func:`check_output`; ``keep``: paths the output must not hold). With
     ``lesions`` (or ``sanity_check``) also score the maps (see :mod:`chexpert_hf.explain.localization`) and write
@@ -290,12 +321,22 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
         for folder in folders.values():
             folder.mkdir(exist_ok=True)
         writers = {method: NpzWriter(folders[method] / HEATMAPS_NPZ) for method in methods}
-        session = _Session(loaded, methods, layer, selected, top_k, lesions, tolerance, folders, writers,
-                           tallies={method: MethodTally(randomized=sanity_check) for method in methods},
-                           randomized=randomized_copy(loaded.model, seed) if sanity_check else None)
+        session = _Session(
+            loaded,
+            methods,
+            layer,
+            selected,
+            top_k,
+            lesions,
+            tolerance,
+            folders,
+            writers,
+            tallies={method: MethodTally(randomized=sanity_check) for method in methods},
+            randomized=randomized_copy(loaded.model, seed) if sanity_check else None,
+        )
         bar = tqdm(total=len(radiographs), desc="explaining", unit=" images", disable=not progress)
         for start in range(0, len(radiographs), batch_size):
-            batch = radiographs[start:start + batch_size]
+            batch = radiographs[start : start + batch_size]
             _explain_batch(session, batch)
             bar.update(len(batch))
         bar.close()
@@ -308,8 +349,15 @@ def explain(loaded, radiographs: Sequence[Radiograph], output: str | os.PathLike
     return ExplainResult(output, len(radiographs), session.maps_written, localization, notes)
 
 
-def _check_request(loaded, family: str, methods: Sequence[str], labels: Sequence[str] | None, top_k: int | None,
-                   layer: str | None, lesions: Lesions | None) -> list[int]:
+def _check_request(
+    loaded,
+    family: str,
+    methods: Sequence[str],
+    labels: Sequence[str] | None,
+    top_k: int | None,
+    layer: str | None,
+    lesions: Lesions | None,
+) -> list[int]:
     """Refuse a request the model cannot answer before anything is computed; the selected label indices."""
     if not methods:
         raise ValueError("no method given")
@@ -326,8 +374,10 @@ def _check_request(loaded, family: str, methods: Sequence[str], labels: Sequence
         if not 1 <= top_k <= len(loaded.labels):
             raise ValueError(f"--top-k must be between 1 and {len(loaded.labels)} (the model's labels), got {top_k}")
         if lesions is not None:
-            raise ValueError("--lesions scores every positive image of the requested labels; use --labels (or "
-                             "nothing, for all labels) instead of --top-k")
+            raise ValueError(
+                "--lesions scores every positive image of the requested labels; use --labels (or "
+                "nothing, for all labels) instead of --top-k"
+            )
     return selected
 
 
@@ -357,7 +407,7 @@ def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
     with torch.no_grad():
         probabilities = torch.sigmoid(loaded.model(pixel_values=pixels).logits.float()).cpu().numpy()
     if session.top_k is not None:
-        chosen = [[int(i) for i in np.argsort(-row, kind="stable")[:session.top_k]] for row in probabilities]
+        chosen = [[int(i) for i in np.argsort(-row, kind="stable")[: session.top_k]] for row in probabilities]
     else:
         chosen = [session.selected] * len(batch)
     needed = sorted({index for indices in chosen for index in indices})
@@ -372,12 +422,30 @@ def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
         if session.randomized is not None:
             random_maps = explanation_maps(session.randomized, pixels, needed, method=method, layer=method_layer)
         for b, item in enumerate(batch):
-            _explain_image(session, method, item, chosen[b], probabilities[b], maps[b],
-                           None if random_maps is None else random_maps[b], column, geometry[b])
+            _explain_image(
+                session,
+                method,
+                item,
+                chosen[b],
+                probabilities[b],
+                maps[b],
+                None if random_maps is None else random_maps[b],
+                column,
+                geometry[b],
+            )
 
 
-def _explain_image(session: _Session, method: str, item: Radiograph, chosen: Sequence[int], probabilities: np.ndarray,
-                   maps: np.ndarray, random_maps: np.ndarray | None, column: dict[int, int], geometry) -> None:
+def _explain_image(
+    session: _Session,
+    method: str,
+    item: Radiograph,
+    chosen: Sequence[int],
+    probabilities: np.ndarray,
+    maps: np.ndarray,
+    random_maps: np.ndarray | None,
+    column: dict[int, int],
+    geometry,
+) -> None:
     """One image, one method: each chosen label's map into the archive and its overlay, the sheet, the scores
     (``maps``: the image's maps, one per needed label, ``column`` says which)."""
     width, height = item.image.size
@@ -401,8 +469,9 @@ def _explain_image(session: _Session, method: str, item: Radiograph, chosen: Seq
     write_sheet(folder / f"{item.name}__sheet.png", item.image, overlays, titles)
 
 
-def _score_pointing(session: _Session, method: str, item: Radiograph, index: int, heatmap: np.ndarray,
-                    random_map, geometry) -> None:
+def _score_pointing(
+    session: _Session, method: str, item: Radiograph, index: int, heatmap: np.ndarray, random_map, geometry
+) -> None:
     """The pointing game for one (image, label) with boxes of a positive finding, into the method's tally."""
     lesions = session.lesions
     label = session.loaded.labels[index]
@@ -417,21 +486,27 @@ def _score_pointing(session: _Session, method: str, item: Radiograph, index: int
     randomized_hit = None
     if random_map is not None:
         randomized_hit = pointing_hit(to_size(random_map, width, height), boxes, session.tolerance, scale)
-    session.tallies[method].labels[label].add(pointing_hit(heatmap, boxes, session.tolerance, scale),
-                                              chance_hit_rate(boxes, *original, session.tolerance),
-                                              randomized_hit, flat=heatmap.max() <= heatmap.min())
+    session.tallies[method].labels[label].add(
+        pointing_hit(heatmap, boxes, session.tolerance, scale),
+        chance_hit_rate(boxes, *original, session.tolerance),
+        randomized_hit,
+        flat=heatmap.max() <= heatmap.min(),
+    )
 
 
-def _write_outputs(session: _Session, staging: Path, output: Path, family: str, images: int,
-                   sanity_check: bool) -> tuple[dict | None, list[str]]:
+def _write_outputs(
+    session: _Session, staging: Path, output: Path, family: str, images: int, sanity_check: bool
+) -> tuple[dict | None, list[str]]:
     """Close the archives, write ``localization.json`` (with scores), then put the staging folder in place of
     ``output``; the localization summary (None without scores) and the notes."""
     for writer in session.writers.values():
         writer.close()
     notes: list[str] = []
     if session.unscaled:
-        notes.append(f"{session.unscaled} image(s) whose original file was not found next to "
-                     f"{session.lesions.path.name}: their boxes were taken to be in the explained image's pixels")
+        notes.append(
+            f"{session.unscaled} image(s) whose original file was not found next to "
+            f"{session.lesions.path.name}: their boxes were taken to be in the explained image's pixels"
+        )
     localization = None
     if sanity_check:
         if ROLLOUT in session.methods:
@@ -454,5 +529,14 @@ def _write_outputs(session: _Session, staging: Path, output: Path, family: str, 
     return localization, notes
 
 
-__all__ = ["ExplainResult", "Radiograph", "SplitImages", "check_output", "explain", "read_image_files", "read_split",
-           "resolve_labels", "split_images"]
+__all__ = [
+    "ExplainResult",
+    "Radiograph",
+    "SplitImages",
+    "check_output",
+    "explain",
+    "read_image_files",
+    "read_split",
+    "resolve_labels",
+    "split_images",
+]

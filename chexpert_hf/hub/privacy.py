@@ -91,8 +91,14 @@ def _machine_path_leaks(text: str, extra: Iterable[str | os.PathLike]) -> list[L
     return leaks
 
 
-def find_leaks(text: str, *, tokens: Sequence[str] = (), machine_paths: Iterable[str | os.PathLike] | None = None,
-               value: bool = False, any_path: bool = True) -> list[Leak]:
+def find_leaks(
+    text: str,
+    *,
+    tokens: Sequence[str] = (),
+    machine_paths: Iterable[str | os.PathLike] | None = None,
+    value: bool = False,
+    any_path: bool = True,
+) -> list[Leak]:
     """Each kind of leak in ``text`` once, at its first occurrence, tokens first: the tokens in ``tokens`` (else
     anything token-shaped), the roots of :func:`machine_roots` when ``machine_paths`` is given (its extra roots),
     any other absolute path, a patient identifier. ``value``: ``text`` is one value (a card field), so being a path
@@ -130,5 +136,15 @@ def redact_tokens(text: str, replacement: str = "hf_***") -> str:
     return TOKEN_PATTERN.sub(replacement, text)
 
 
-__all__ = ["ABSOLUTE_PATH_PATTERN", "PATIENT_PATTERN", "TOKEN_PATTERN", "Leak", "find_leaks", "first_leak",
-           "is_absolute_path", "line_of", "machine_roots", "redact_tokens"]
+__all__ = [
+    "ABSOLUTE_PATH_PATTERN",
+    "PATIENT_PATTERN",
+    "TOKEN_PATTERN",
+    "Leak",
+    "find_leaks",
+    "first_leak",
+    "is_absolute_path",
+    "line_of",
+    "machine_roots",
+    "redact_tokens",
+]

@@ -91,8 +91,13 @@ def _redact(text: str, token: str | None) -> str:
 def _is_network_error(error: BaseException) -> bool:
     """A failure to reach the endpoint (refused, DNS, timeout, TLS), whatever HTTP client the Hub library uses."""
     module = type(error).__module__.split(".")[0]
-    return isinstance(error, (OSError, TimeoutError)) or module in ("httpx", "httpx2", "httpcore", "requests",
-                                                                     "urllib3")
+    return isinstance(error, (OSError, TimeoutError)) or module in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "requests",
+        "urllib3",
+    )
 
 
 def trainer_repo_id(hub_model_id: str | None, output_dir: StrPath) -> str:
@@ -134,12 +139,16 @@ def check_hub_access(token: str | None = None, repo_id: str | None = None, *, re
     access = (info.get("auth") or {}).get("accessToken") or {}
     role = access.get("role")
     if role == "read":
-        raise HubAccessError(f"the token of {name!r} at {endpoint} is read-only: pushing needs a token with write "
-                             f"access (a 'write' or fine-grained token); run `hf auth login` with one")
+        raise HubAccessError(
+            f"the token of {name!r} at {endpoint} is read-only: pushing needs a token with write "
+            f"access (a 'write' or fine-grained token); run `hf auth login` with one"
+        )
     if role == "fineGrained" and not _write_grants(access):
-        raise HubAccessError(f"the fine-grained token of {name!r} at {endpoint} has the {REPO_WRITE} permission on "
-                             f"no namespace, so it cannot push; edit its permissions on the Hub (write access to "
-                             f"the repositories of your namespace or an organization's) or use a 'write' token")
+        raise HubAccessError(
+            f"the fine-grained token of {name!r} at {endpoint} has the {REPO_WRITE} permission on "
+            f"no namespace, so it cannot push; edit its permissions on the Hub (write access to "
+            f"the repositories of your namespace or an organization's) or use a 'write' token"
+        )
     if repo_id is None:
         return name
     namespace, _, repository = repo_id.rpartition("/")
@@ -152,18 +161,24 @@ def check_hub_access(token: str | None = None, repo_id: str | None = None, *, re
         # a fine-grained token is scoped to organizations its owner belongs to, whatever whoami lists
         if org is None and not (role == "fineGrained" and _grants_write(access, namespace, target, repo_type)):
             listed = ", ".join(sorted(str(org.get("name")) for org in orgs.values())) or "none"
-            raise HubAccessError(f"{name!r} cannot push to {where}: {namespace!r} is neither their namespace nor one "
-                                 f"of their organizations ({listed}); push to {name}/{repository} or join "
-                                 f"{namespace!r}")
+            raise HubAccessError(
+                f"{name!r} cannot push to {where}: {namespace!r} is neither their namespace nor one "
+                f"of their organizations ({listed}); push to {name}/{repository} or join "
+                f"{namespace!r}"
+            )
         if org is not None and org.get("roleInOrg") == "read":
-            raise HubAccessError(f"{name!r} cannot push to {where}: their role in the organization {namespace!r} is "
-                                 f"'read'; an admin of {namespace!r} can make it 'write'")
+            raise HubAccessError(
+                f"{name!r} cannot push to {where}: their role in the organization {namespace!r} is "
+                f"'read'; an admin of {namespace!r} can make it 'write'"
+            )
     if role == "fineGrained":
         if not _grants_write(access, namespace, target, repo_type):
             granted = ", ".join(_write_grants(access))
-            raise HubAccessError(f"the fine-grained token of {name!r} cannot push to {where}: it lacks the "
-                                 f"{REPO_WRITE} permission on {namespace!r} (it has {REPO_WRITE} on {granted} only); "
-                                 f"add {namespace!r} to the token's permissions on the Hub, or use another token")
+            raise HubAccessError(
+                f"the fine-grained token of {name!r} cannot push to {where}: it lacks the "
+                f"{REPO_WRITE} permission on {namespace!r} (it has {REPO_WRITE} on {granted} only); "
+                f"add {namespace!r} to the token's permissions on the Hub, or use another token"
+            )
     elif role != "write":
         _create_to_prove(api, endpoint, token, name, target, repo_type, where)
     return name
@@ -178,8 +193,9 @@ def _access_error(error: Exception, endpoint: str, token: str, doing: str) -> Ex
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if isinstance(error, OfflineModeIsEnabled):
-        return HubAccessError(f"cannot reach the Hub at {endpoint}: offline mode is on (HF_HUB_OFFLINE=1); unset it "
-                              f"to push")
+        return HubAccessError(
+            f"cannot reach the Hub at {endpoint}: offline mode is on (HF_HUB_OFFLINE=1); unset it to push"
+        )
     if isinstance(error, HfHubHTTPError):
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status == 401:
@@ -190,8 +206,9 @@ def _access_error(error: Exception, endpoint: str, token: str, doing: str) -> Ex
         return HubAccessError(f"the Hub at {endpoint} {doing} (HTTP {status}); try again later")
     if _is_network_error(error):
         reason = _redact(str(error), token) or type(error).__name__
-        return HubAccessError(f"cannot reach the Hub at {endpoint} ({reason}); check the network, a proxy or "
-                              f"HF_ENDPOINT")
+        return HubAccessError(
+            f"cannot reach the Hub at {endpoint} ({reason}); check the network, a proxy or HF_ENDPOINT"
+        )
     return error
 
 
@@ -203,8 +220,9 @@ def _scoped_grants(access: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     for entry in (access.get("fineGrained") or {}).get("scoped") or []:
         if isinstance(entry, dict):
             entity = entry.get("entity") or {}
-            grants.append((str(entity.get("type", "")), str(entity.get("name", "")),
-                           list(entry.get("permissions") or [])))
+            grants.append(
+                (str(entity.get("type", "")), str(entity.get("name", "")), list(entry.get("permissions") or []))
+            )
     return grants
 
 
@@ -240,8 +258,10 @@ def _create_to_prove(api, endpoint: str, token: str, name: str, target: str, rep
         if status == 409:
             return
         if status == 403:
-            raise HubAccessError(f"the token of {name!r} cannot push to {where}: the Hub refused to create it (HTTP "
-                                 f"403 Forbidden); use a token with write access to {target.split('/')[0]!r}") from None
+            raise HubAccessError(
+                f"the token of {name!r} cannot push to {where}: the Hub refused to create it (HTTP "
+                f"403 Forbidden); use a token with write access to {target.split('/')[0]!r}"
+            ) from None
         raise _access_error(error, endpoint, token, f"could not create {where}") from None
     except Exception as error:
         problem = _access_error(error, endpoint, token, f"could not create {where}")
@@ -323,8 +343,9 @@ def _write_trainer_state(source: Path, target: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _text_problems(text: str, tokens: Sequence[str], forbidden_paths: Sequence[StrPath], binary: bool = False
-                   ) -> list[str]:
+def _text_problems(
+    text: str, tokens: Sequence[str], forbidden_paths: Sequence[StrPath], binary: bool = False
+) -> list[str]:
     """What :func:`chexpert_hf.hub.privacy.find_leaks` finds, the paths of this machine included (only those in
     text read out of a binary file)."""
     leaks = find_leaks(text, tokens=tokens, machine_paths=forbidden_paths, any_path=not binary)
@@ -348,8 +369,9 @@ def _readable_texts(path: Path) -> list[tuple[str, bool]]:
             return []
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            return [(archive.read(name).decode("latin-1"), True) for name in archive.namelist()
-                    if name.endswith(".pkl")]
+            return [
+                (archive.read(name).decode("latin-1"), True) for name in archive.namelist() if name.endswith(".pkl")
+            ]
     return []
 
 
@@ -468,8 +490,10 @@ def stage_model_folder(
         raise PublishError(f"{output_dir} is not a folder")
     source = Path(model_dir) if model_dir is not None else output_dir
     if require_card and not (output_dir / CARD).is_file():
-        raise PublishError(f"{output_dir} has no model card ({CARD}): a model is never published without its card; "
-                           f"write the card first")
+        raise PublishError(
+            f"{output_dir} has no model card ({CARD}): a model is never published without its card; "
+            f"write the card first"
+        )
     staging = _empty_staging(staging_dir)
     _stage_model_files(source, staging, processor_fallback=output_dir)
     extras = [CARD, *CARD_COMPANIONS]
@@ -535,8 +559,12 @@ def push_output_folder(
         stage_model_folder(output_dir, staging, token=token)
         api = HfApi()
         url = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        api.upload_folder(repo_id=getattr(url, "repo_id", repo_id), folder_path=str(staging),
-                          commit_message=commit_message, token=token)
+        api.upload_folder(
+            repo_id=getattr(url, "repo_id", repo_id),
+            folder_path=str(staging),
+            commit_message=commit_message,
+            token=token,
+        )
     return str(url)
 
 
@@ -631,8 +659,10 @@ def push_prepared_dataset(prepared_dir: StrPath, repo_id: str, *, token: str | N
 
     prepared_dir = Path(prepared_dir)
     if not (prepared_dir / DATASET_DICT_JSON).is_file():
-        raise PublishError(f"{prepared_dir} is not a prepared CheXpert dataset (no dataset_dict.json); run "
-                           f"`chexpert-hf prepare` first and push its output folder")
+        raise PublishError(
+            f"{prepared_dir} is not a prepared CheXpert dataset (no dataset_dict.json); run "
+            f"`chexpert-hf prepare` first and push its output folder"
+        )
     check_hub_access(token, repo_id, repo_type="dataset")
     token = token or get_token()
     dataset = datasets.load_from_disk(str(prepared_dir))
@@ -651,7 +681,13 @@ def push_prepared_dataset(prepared_dir: StrPath, repo_id: str, *, token: str | N
         audit_folder(temporary, token=token, forbidden_paths=[prepared_dir])
         url = api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True, token=token)
         repo_id = getattr(url, "repo_id", repo_id)
-        api.upload_file(path_or_fileobj=str(card_path), path_in_repo=CARD, repo_id=repo_id, repo_type="dataset",
-                        commit_message="Add the dataset card", token=token)
+        api.upload_file(
+            path_or_fileobj=str(card_path),
+            path_in_repo=CARD,
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message="Add the dataset card",
+            token=token,
+        )
     dataset.push_to_hub(repo_id, private=True, token=token)
     return str(url)

@@ -27,8 +27,10 @@ class HubStagingMixin:
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Check for a token that can push (and a reachable Hub) before anything else, then create the repo."""
         if self.is_world_process_zero():
-            check_hub_access(token if token is not None else self.args.hub_token,
-                             repo_id=trainer_repo_id(self.args.hub_model_id, self.args.output_dir))
+            check_hub_access(
+                token if token is not None else self.args.hub_token,
+                repo_id=trainer_repo_id(self.args.hub_model_id, self.args.output_dir),
+            )
         super().init_hf_repo(token=token, private=private)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
@@ -48,13 +50,26 @@ class HubStagingMixin:
             shutil.rmtree(root, ignore_errors=True)
             self._hub_staging_root = None
 
-    def _upload_staged(self, folder: str, commit_message: str, token: str | None, revision: str | None,
-                       blocking: bool, path_in_repo: str | None = None):
+    def _upload_staged(
+        self,
+        folder: str,
+        commit_message: str,
+        token: str | None,
+        revision: str | None,
+        blocking: bool,
+        path_in_repo: str | None = None,
+    ):
         """Upload ``folder``; it is removed once its upload has finished (at once when blocking), never before."""
         try:
-            result = hf_api().upload_folder(repo_id=self.hub_model_id, folder_path=folder, path_in_repo=path_in_repo,
-                                            commit_message=commit_message, token=token, run_as_future=not blocking,
-                                            revision=revision)
+            result = hf_api().upload_folder(
+                repo_id=self.hub_model_id,
+                folder_path=folder,
+                path_in_repo=path_in_repo,
+                commit_message=commit_message,
+                token=token,
+                run_as_future=not blocking,
+                revision=revision,
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -64,9 +79,15 @@ class HubStagingMixin:
             result.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
         return result
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
-                    token: str | None = None, revision: str | None = None, private: bool | None = None,
-                    **kwargs: Any):
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ):
         """Upload the staged output folder (:func:`chexpert_hf.hub.push.stage_model_folder`), not the folder itself:
         never ``training_args.bin``, TensorBoard logs, predictions or checkpoints, and never without the card."""
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
@@ -107,8 +128,9 @@ class HubStagingMixin:
         model_staging = self._staging_folder("model")
         checkpoint_staging = None
         try:
-            stage_model_folder(self.args.output_dir, model_staging, token=token, model_dir=checkpoint_folder,
-                               require_card=False)  # the card is written after training
+            stage_model_folder(
+                self.args.output_dir, model_staging, token=token, model_dir=checkpoint_folder, require_card=False
+            )  # the card is written after training
             if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
                 checkpoint_staging = self._staging_folder("checkpoint")
                 stage_checkpoint_folder(checkpoint_folder, checkpoint_staging, token=token)
@@ -119,10 +141,19 @@ class HubStagingMixin:
             raise
         jobs = [self._upload_staged(model_staging, commit_message, token, revision, blocking=False)]
         if checkpoint_staging is not None:
-            path_in_repo = ("last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT
-                            else Path(checkpoint_folder).name)
-            jobs.append(self._upload_staged(checkpoint_staging, commit_message + ", checkpoint", token, revision,
-                                            blocking=False, path_in_repo=path_in_repo))
+            path_in_repo = (
+                "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else Path(checkpoint_folder).name
+            )
+            jobs.append(
+                self._upload_staged(
+                    checkpoint_staging,
+                    commit_message + ", checkpoint",
+                    token,
+                    revision,
+                    blocking=False,
+                    path_in_repo=path_in_repo,
+                )
+            )
         if self.push_in_progress is None or self.push_in_progress.is_done():
             self.push_in_progress = PushInProgress(jobs)
         else:

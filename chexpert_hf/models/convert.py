@@ -217,4 +217,3 @@ def _load_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], sourc
             f"wrong shape {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]]}"
         )
     module.load_state_dict(state, strict=True)
-

@@ -22,8 +22,9 @@ _TINY: dict[str, dict[str, Any]] = {
     "vit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, patch_size=8),
     "swin": dict(patch_size=4, embed_dim=16, depths=[1, 2], num_heads=[2, 4], window_size=4),
     "deit": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, patch_size=8),
-    "resnet_vit": dict(backbone_config=_TINY_BIT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=37),
+    "resnet_vit": dict(
+        backbone_config=_TINY_BIT, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
+    ),
     "densenet121": dict(model_args={"growth_rate": 8, "block_config": [1, 1, 1, 1]}),
 }
 TINY_FAMILIES = tuple(_TINY)

@@ -67,8 +67,12 @@ UncertaintyPolicy = Literal[tuple(UNCERTAINTY_POLICIES)]
 BlankPolicy = Literal[BLANK_POLICIES]
 Sampling = Literal[SAMPLING]
 # How a field with choices is named in the error for a value outside them (otherwise by its own name).
-CHOICE_NAMES = {"family": "model family", "freeze_policy": "freeze policy", "uncertainty_policy": "uncertainty policy",
-                "blank_policy": "blank policy"}
+CHOICE_NAMES = {
+    "family": "model family",
+    "freeze_policy": "freeze policy",
+    "uncertainty_policy": "uncertainty policy",
+    "blank_policy": "blank policy",
+}
 
 
 class ConfigurationError(ValueError):
@@ -98,8 +102,10 @@ class ModelArguments:
     )
     config_overrides: dict | str | None = field(
         default=None,
-        metadata={"help": "model configuration fields to change, a YAML mapping or a JSON string "
-                  "(e.g. '{\"hidden_size\": 96}'); how the demo builds its tiny ViT"},
+        metadata={
+            "help": "model configuration fields to change, a YAML mapping or a JSON string "
+            "(e.g. '{\"hidden_size\": 96}'); how the demo builds its tiny ViT"
+        },
     )
     image_size: int | None = field(
         default=None, metadata={"help": "input side in pixels (default: the checkpoint's own, 224 from scratch)"}
@@ -134,14 +140,17 @@ class ModelArguments:
 class DataArguments:
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "a folder written by `chexpert-hf prepare`, or a raw CheXpert root (the folder holding "
-                  "train.csv and valid.csv), prepared on first use into data_cache_dir; empty: a synthetic "
-                  "CheXpert is generated (the demo, no download)"},
+        metadata={
+            "help": "a folder written by `chexpert-hf prepare`, or a raw CheXpert root (the folder holding "
+            "train.csv and valid.csv), prepared on first use into data_cache_dir; empty: a synthetic "
+            "CheXpert is generated (the demo, no download)"
+        },
     )
     validation_split: str = field(
         default="official",
-        metadata={"help": "'official' (CheXpert's valid.csv) or 'patients:<fraction>' (a patient-disjoint "
-                  "share of train)"},
+        metadata={
+            "help": "'official' (CheXpert's valid.csv) or 'patients:<fraction>' (a patient-disjoint share of train)"
+        },
     )
     views: View = field(default="frontal", metadata={"help": "'frontal' (the usual benchmark) or 'all'"})
     eval_level: EvalLevel = field(
@@ -156,13 +165,17 @@ class DataArguments:
     )
     prepare_num_proc: int | None = field(
         default=None,
-        metadata={"help": "worker processes that prepare a raw tree on first use (default: the CPUs this process "
-                  "may use, as os.sched_getaffinity reports them under container or SLURM limits)"},
+        metadata={
+            "help": "worker processes that prepare a raw tree on first use (default: the CPUs this process "
+            "may use, as os.sched_getaffinity reports them under container or SLURM limits)"
+        },
     )
     data_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "where raw trees are prepared and synthetic data is generated "
-                  "(default: $CHEXPERT_HF_CACHE or ~/.cache/chexpert_hf)"},
+        metadata={
+            "help": "where raw trees are prepared and synthetic data is generated "
+            "(default: $CHEXPERT_HF_CACHE or ~/.cache/chexpert_hf)"
+        },
     )
     synthetic_patients: int = field(default=1500, metadata={"help": "training patients of the synthetic CheXpert"})
     synthetic_valid_patients: int = field(
@@ -171,16 +184,20 @@ class DataArguments:
     synthetic_seed: int = field(default=0, metadata={"help": "seed of the synthetic CheXpert"})
     decode_cache: bool = field(
         default=False,
-        metadata={"help": "decode every image once into memory at the model's size, in every process (small datasets "
-                  "such as the demo; CheXpert's 191k frontal images at 224 px take 9.6 GB per process, 77 GB on "
-                  "8 GPUs); refused when this machine's processes would need more than its available memory"},
+        metadata={
+            "help": "decode every image once into memory at the model's size, in every process (small datasets "
+            "such as the demo; CheXpert's 191k frontal images at 224 px take 9.6 GB per process, 77 GB on "
+            "8 GPUs); refused when this machine's processes would need more than its available memory"
+        },
     )
     cache_features: bool = field(
         default=False,
-        metadata={"help": "head strategy only: run the frozen backbone once over the training and validation images "
-                  "(no augmentation), store the pooled features next to the prepared dataset (keyed by the "
-                  "backbone's weights, image size and precision; later runs reuse them) and train the head on them; "
-                  "the output is a normal full checkpoint"},
+        metadata={
+            "help": "head strategy only: run the frozen backbone once over the training and validation images "
+            "(no augmentation), store the pooled features next to the prepared dataset (keyed by the "
+            "backbone's weights, image size and precision; later runs reuse them) and train the head on them; "
+            "the output is a normal full checkpoint"
+        },
     )
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "where cached features go (default: <prepared dataset>.features)"}
@@ -224,21 +241,28 @@ class PolicyArguments:
     )
     uncertainty_policy: UncertaintyPolicy = field(
         default="u_mixed",
-        metadata={"help": "what uncertain (-1) labels become: " + ", ".join(UNCERTAINTY_POLICIES)
-                  + " (u_mixed: U-Ones for Atelectasis and Edema, U-Zeros for the rest)"},
+        metadata={
+            "help": "what uncertain (-1) labels become: "
+            + ", ".join(UNCERTAINTY_POLICIES)
+            + " (u_mixed: U-Ones for Atelectasis and Edema, U-Zeros for the rest)"
+        },
     )
     blank_policy: BlankPolicy = field(
         default="negative", metadata={"help": "what blank labels become: 'negative' or 'mask' (left out of the loss)"}
     )
     sampling: Sampling = field(
         default="none",
-        metadata={"help": "training sampler: 'none' (shuffle), 'inverse_frequency' or 'sqrt_inverse_frequency' "
-                  "(weighted draws with replacement; formula in chexpert_hf/training/sampling.py)"},
+        metadata={
+            "help": "training sampler: 'none' (shuffle), 'inverse_frequency' or 'sqrt_inverse_frequency' "
+            "(weighted draws with replacement; formula in chexpert_hf/training/sampling.py)"
+        },
     )
     pos_weight: str = field(
         default="none",
-        metadata={"help": "BCE pos_weight: 'none', 'balanced' (negatives/positives per label, from the training "
-                  "targets) or comma-separated numbers, one per label"},
+        metadata={
+            "help": "BCE pos_weight: 'none', 'balanced' (negatives/positives per label, from the training "
+            "targets) or comma-separated numbers, one per label"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -287,13 +311,17 @@ class CheXpertTrainingArguments(TrainingArguments):
     logging_steps: float = _default("logging_steps", 50)
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "train even when output_dir holds an earlier run, deleting its checkpoints and results "
-                  "first (without it such a run is refused; --resume_from_checkpoint last continues it instead)"},
+        metadata={
+            "help": "train even when output_dir holds an earlier run, deleting its checkpoints and results "
+            "first (without it such a run is refused; --resume_from_checkpoint last continues it instead)"
+        },
     )
     cpu_threads: int | None = field(
         default=None,
-        metadata={"help": "CPU threads per process when training on the CPU (default: this machine's CPUs divided "
-                  "by its processes; `accelerate launch` without a config file would leave 1)"},
+        metadata={
+            "help": "CPU threads per process when training on the CPU (default: this machine's CPUs divided "
+            "by its processes; `accelerate launch` without a config file would leave 1)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -355,14 +383,18 @@ class Recipe:
             ours.update(dataclasses.asdict(part))
         # resume_from_checkpoint is how this run started, not what it is: run again, it would resume the result.
         # Tokens (hub_token) never reach a file.
-        training = {key: value for key, value in self.values.items()
-                    if key not in ours and key != "resume_from_checkpoint" and not key.endswith("_token")}
+        training = {
+            key: value
+            for key, value in self.values.items()
+            if key not in ours and key != "resume_from_checkpoint" and not key.endswith("_token")
+        }
         header = (
             f"# resolved recipe {self.name!r}: TrainingArguments not listed here were left at their defaults\n"
             f"# reproduce with: accelerate launch recipes/train.py --config recipe.yaml\n"
         )
-        resolved = {key: value.value if isinstance(value, Enum) else value
-                    for key, value in {**ours, **training}.items()}
+        resolved = {
+            key: value.value if isinstance(value, Enum) else value for key, value in {**ours, **training}.items()
+        }
         return header + yaml.safe_dump(resolved, sort_keys=False)
 
 
@@ -384,11 +416,26 @@ def read_recipe_file(path: Path) -> dict[str, Any]:
 
 
 # The fields most runs change, shown first in ``chexpert-hf train --help`` (after --recipe and --config).
-COMMON_FIELDS = ("output_dir", "data_dir", "family", "variant", "model_name_or_path", "labels", "freeze_policy",
-                 "learning_rate", "num_train_epochs", "per_device_train_batch_size", "seed", "resume_from_checkpoint")
-_GROUPS = ((ModelArguments, "model"), (DataArguments, "data"),
-           (PolicyArguments, "policies (uncertain and blank labels, loss, sampling)"),
-           (CheXpertTrainingArguments, "Transformers TrainingArguments (the defaults chosen for CheXpert)"))
+COMMON_FIELDS = (
+    "output_dir",
+    "data_dir",
+    "family",
+    "variant",
+    "model_name_or_path",
+    "labels",
+    "freeze_policy",
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "seed",
+    "resume_from_checkpoint",
+)
+_GROUPS = (
+    (ModelArguments, "model"),
+    (DataArguments, "data"),
+    (PolicyArguments, "policies (uncertain and blank labels, loss, sampling)"),
+    (CheXpertTrainingArguments, "Transformers TrainingArguments (the defaults chosen for CheXpert)"),
+)
 
 
 class _OneSpelling(argparse.ArgumentDefaultsHelpFormatter):
@@ -427,8 +474,9 @@ def _parser() -> RecipeParser:
         description="Fine-tune a model on CheXpert. A recipe (--recipe NAME or --config FILE) gives the fields; "
         "every field below is also a flag, and a flag overrides the recipe. Docs: docs/training.md",
     )
-    parser.add_argument("--recipe", metavar="NAME",
-                        help="a recipe in recipes/ by name: " + ", ".join(available_recipes()))
+    parser.add_argument(
+        "--recipe", metavar="NAME", help="a recipe in recipes/ by name: " + ", ".join(available_recipes())
+    )
     parser.add_argument("--config", metavar="FILE", help="a recipe YAML file anywhere")
     options = parser._optionals
     options.title = "recipe"
@@ -470,8 +518,9 @@ def _unknown_flag(extras: Sequence[str], fields: Sequence[str]) -> str:
         return f"unexpected argument(s) {' '.join(extras)}: fields are given as --field value"
     name = flags[0].lstrip("-").split("=", 1)[0].replace("-", "_")
     hint = difflib.get_close_matches(name, fields, n=1)
-    return f"unknown field {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else
-                                         "; `chexpert-hf train --help` lists the fields")
+    return f"unknown field {name!r}" + (
+        f"; did you mean {hint[0]!r}?" if hint else "; `chexpert-hf train --help` lists the fields"
+    )
 
 
 def _given(argv: Sequence[str], parser: argparse.ArgumentParser) -> set[str]:
@@ -504,8 +553,10 @@ def parse_recipe(argv: Sequence[str] | None = None) -> Recipe:
     if recipe:
         known = available_recipes()
         if not known:
-            raise ValueError(f"no recipes found in {recipes_dir()}: the recipes/ folder comes with the source "
-                             f"checkout (git clone, then pip install -e .); or give --config PATH")
+            raise ValueError(
+                f"no recipes found in {recipes_dir()}: the recipes/ folder comes with the source "
+                f"checkout (git clone, then pip install -e .); or give --config PATH"
+            )
         if recipe not in known:
             raise ValueError(f"unknown recipe {recipe!r}; available: {', '.join(known)}")
         path = recipes_dir() / f"{recipe}.yaml"
@@ -518,8 +569,9 @@ def parse_recipe(argv: Sequence[str] | None = None) -> Recipe:
     unknown = [key for key in values if key not in actions]
     if unknown:
         hints = {key: difflib.get_close_matches(key, actions, n=1) for key in unknown}
-        described = ", ".join(f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                              for key, hint in hints.items())
+        described = ", ".join(
+            f"{key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "") for key, hint in hints.items()
+        )
         raise ValueError(f"{source}: unknown key(s) {described}; `chexpert-hf train --help` lists the fields")
     values = {key: _coerce(key, value, actions[key], source) for key, value in values.items()}
     parser.set_defaults(**values)  # `--help` with a recipe shows its values as the defaults

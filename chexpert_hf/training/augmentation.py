@@ -19,12 +19,14 @@ def light_affine(pixels: torch.Tensor, generator: torch.Generator | None = None)
     drawn from ``generator`` (on the batch's device; None: torch's default generator)."""
     batch = pixels.shape[0]
     device = pixels.device
-    angle = (torch.empty(batch, device=device).uniform_(-1, 1, generator=generator)
-             * math.radians(LIGHT_AUGMENTATION["degrees"]))
+    angle = torch.empty(batch, device=device).uniform_(-1, 1, generator=generator) * math.radians(
+        LIGHT_AUGMENTATION["degrees"]
+    )
     low, high = LIGHT_AUGMENTATION["scale"]
     scale = torch.empty(batch, device=device).uniform_(low, high, generator=generator)
-    shift = (torch.empty(batch, 2, device=device).uniform_(-1, 1, generator=generator)
-             * 2 * LIGHT_AUGMENTATION["translate"])
+    shift = (
+        torch.empty(batch, 2, device=device).uniform_(-1, 1, generator=generator) * 2 * LIGHT_AUGMENTATION["translate"]
+    )
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)

@@ -142,13 +142,27 @@ class FeatureCache:
 
 
 # Configuration fields that do not change what the backbone computes.
-_UNKEYED_CONFIG = {"id2label", "label2id", "num_labels", "problem_type", "transformers_version", "architectures",
-                   "dtype", "torch_dtype", "output_attentions", "output_hidden_states", "return_dict"}
+_UNKEYED_CONFIG = {
+    "id2label",
+    "label2id",
+    "num_labels",
+    "problem_type",
+    "transformers_version",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+}
 
 
 def config_fingerprint(model: PreTrainedModel) -> str:
-    fields = {key: value for key, value in model.config.to_dict().items()
-              if not key.startswith("_") and key not in _UNKEYED_CONFIG}
+    fields = {
+        key: value
+        for key, value in model.config.to_dict().items()
+        if not key.startswith("_") and key not in _UNKEYED_CONFIG
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -162,9 +176,17 @@ def dataset_fingerprint(prepared: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def feature_cache(model: PreTrainedModel, family: str, source: str, image_size: int, mean: Sequence[float],
-                  std: Sequence[float], precision: str, root: str | os.PathLike,
-                  prepared: str | os.PathLike | None = None) -> FeatureCache:
+def feature_cache(
+    model: PreTrainedModel,
+    family: str,
+    source: str,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    precision: str,
+    root: str | os.PathLike,
+    prepared: str | os.PathLike | None = None,
+) -> FeatureCache:
     description = {
         "format": FORMAT_VERSION,
         "model_class": type(model).__name__,
@@ -220,7 +242,11 @@ def extract_features(
     captured: list[torch.Tensor] = []
     hook = classifier(model).register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     loader = torch.utils.data.DataLoader(
-        split, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=DecodeCollator(image_size),
+        split,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=DecodeCollator(image_size),
         pin_memory=device.type == "cuda",
     )
     was_training = model.training
@@ -240,7 +266,7 @@ def extract_features(
             values = captured[0].float().flatten(1).cpu().numpy()
             if features is None:
                 features = np.empty((len(split), values.shape[1]), dtype=np.float32)
-            features[start:start + len(values)] = values
+            features[start : start + len(values)] = values
             start += len(values)
     finally:
         hook.remove()
@@ -265,8 +291,10 @@ def _fsynced(write: Callable[[BinaryIO], object]) -> Callable[[str], None]:
 def _save_array(path: Path, array: np.ndarray, description: dict) -> None:
     """The array and its description, each written to a temporary name and renamed (never half a file)."""
     atomic_write(path, _fsynced(lambda stream: np.save(stream, array)))
-    atomic_write(path.with_suffix(".json"),
-                 _fsynced(lambda stream: stream.write(json.dumps(description, indent=2).encode() + b"\n")))
+    atomic_write(
+        path.with_suffix(".json"),
+        _fsynced(lambda stream: stream.write(json.dumps(description, indent=2).encode() + b"\n")),
+    )
 
 
 @dataclass
@@ -297,16 +325,27 @@ def attach_cached_features(
             if path.is_file():
                 features = np.load(path, mmap_mode="r")  # rows are read as batches ask for them
                 if features.ndim != 2 or len(features) != len(split):
-                    raise ValueError(f"{path} holds {features.shape} features for a split of {len(split)} images; "
-                                     f"delete it to extract again")
+                    raise ValueError(
+                        f"{path} holds {features.shape} features for a split of {len(split)} images; "
+                        f"delete it to extract again"
+                    )
                 reused.append(name)
             else:
                 began = time.perf_counter()
                 features = extract_features(model, split, desc=f"extracting {name} features", **extraction)
                 spent = time.perf_counter() - began
                 seconds += spent
-                _save_array(path, features, {**cache.description, "split": name, "rows": len(split),
-                                             "features": int(features.shape[1]), "seconds": round(spent, 3)})
+                _save_array(
+                    path,
+                    features,
+                    {
+                        **cache.description,
+                        "split": name,
+                        "rows": len(split),
+                        "features": int(features.shape[1]),
+                        "seconds": round(spent, 3),
+                    },
+                )
                 extracted.append(name)
         split.features = features
         split.decoded = None  # the pixels are no longer read

@@ -57,8 +57,16 @@ def variant_label(recipe: Recipe, built) -> str:
     return checkpoint_name(built.source) or built.variant
 
 
-def collect_run_info(recipe: Recipe, built, summary, train_metrics: dict, log_history: list[dict],
-                     threads: int | None, extraction_seconds: float | None, resumed_from: str | None = None) -> dict:
+def collect_run_info(
+    recipe: Recipe,
+    built,
+    summary,
+    train_metrics: dict,
+    log_history: list[dict],
+    threads: int | None,
+    extraction_seconds: float | None,
+    resumed_from: str | None = None,
+) -> dict:
     """What the run cost, for ``run_info.json``. Training images/s leaves out the evaluations inside training; a
     resumed run has none (its time covers only the part after the checkpoint, its history the whole run)."""
     args = recipe.training
@@ -105,15 +113,18 @@ def base_model(source: str) -> str | None:
     return candidate
 
 
-def card_info_from_run(recipe: Recipe, built, summary, splits, scores: dict, train_seconds: float | None,
-                       threads: int | None) -> CardInfo:
+def card_info_from_run(
+    recipe: Recipe, built, summary, splits, scores: dict, train_seconds: float | None, threads: int | None
+) -> CardInfo:
     """The model card's facts for a finished run: the recipe, the model it built, the data and the scores."""
     model_args, data_args, policy, args = recipe.model, recipe.data, recipe.policy, recipe.training
     synthetic = not data_args.data_dir
     if synthetic:
-        described = (f"synthetic CheXpert from chexpert_hf's generator ({data_args.synthetic_patients:,} training "
-                     f"and {data_args.synthetic_valid_patients:,} validation patients, seed {data_args.synthetic_seed})"
-                     f", prepared at {data_args.prepare_image_size} px")
+        described = (
+            f"synthetic CheXpert from chexpert_hf's generator ({data_args.synthetic_patients:,} training "
+            f"and {data_args.synthetic_valid_patients:,} validation patients, seed {data_args.synthetic_seed})"
+            f", prepared at {data_args.prepare_image_size} px"
+        )
     else:
         described = f"{Path(data_args.data_dir).name}, prepared at {data_args.prepare_image_size} px"
     fraction = data_args.validation_fraction()

@@ -112,8 +112,9 @@ def run(recipe: Recipe) -> dict[str, float]:
     if trainer.is_world_process_zero() and scores is not None:
         _write_reports(recipe, built, scorer, scores, labels)
         if args.do_train:
-            info = card_info_from_run(recipe, built, summary, splits, scores, train_metrics.get("train_runtime"),
-                                      threads)
+            info = card_info_from_run(
+                recipe, built, summary, splits, scores, train_metrics.get("train_runtime"), threads
+            )
             write_model_card(args.output_dir, info)
 
     # --- save and push ---------------------------------------------------------------------------------------
@@ -122,8 +123,9 @@ def run(recipe: Recipe) -> dict[str, float]:
     if args.do_train:
         trainer.save_model()
         if trainer.is_world_process_zero():
-            info = collect_run_info(recipe, built, summary, train_metrics, training_history, threads,
-                                    extraction_seconds, resume)
+            info = collect_run_info(
+                recipe, built, summary, train_metrics, training_history, threads, extraction_seconds, resume
+            )
             write_text(Path(args.output_dir) / RUN_INFO, json.dumps(info, indent=2) + "\n")
     return metrics
 
@@ -139,8 +141,12 @@ def _check_push_access(args) -> None:
 
     repo_id = trainer_repo_id(args.hub_model_id, args.output_dir)
     user = check_hub_access(args.hub_token, repo_id=repo_id)
-    logger.info("will push to the Hub as %s: %s (hub_strategy %s)", user, repo_id,
-                getattr(args.hub_strategy, "value", args.hub_strategy))
+    logger.info(
+        "will push to the Hub as %s: %s (hub_strategy %s)",
+        user,
+        repo_id,
+        getattr(args.hub_strategy, "value", args.hub_strategy),
+    )
 
 
 def _load_data(recipe: Recipe, labels: list[str]):
@@ -166,8 +172,14 @@ def _load_data(recipe: Recipe, labels: list[str]):
         max_train_samples=data_args.max_train_samples,
         max_eval_samples=data_args.max_eval_samples,
     )
-    logger.info("data %s: %d training and %d validation images (%s views), labels %s",
-                prepared, len(splits.train), len(splits.validation), data_args.views, labels)
+    logger.info(
+        "data %s: %d training and %d validation images (%s views), labels %s",
+        prepared,
+        len(splits.train),
+        len(splits.validation),
+        data_args.views,
+        labels,
+    )
     return prepared, splits
 
 
@@ -191,21 +203,26 @@ def _check_image_caches(recipe: Recipe, built, splits) -> None:
     refuse the settings it cannot honour. Both need the built model (its image size, its trainable part)."""
     data_args, policy, args = recipe.data, recipe.policy, recipe.training
     if data_args.decode_cache:
-        check_decode_cache_memory([len(splits.train), len(splits.validation)], built.image_size,
-                                  _local_processes(args))
+        check_decode_cache_memory([len(splits.train), len(splits.validation)], built.image_size, _local_processes(args))
         for split in (splits.train, splits.validation):
             split.decode_all(built.image_size)
 
     if data_args.cache_features:
         if policy.freeze_policy != "head":
-            raise ConfigurationError(f"cache_features needs freeze_policy: head (the features of a backbone that "
-                                     f"trains change every step); this recipe has {policy.freeze_policy!r}")
+            raise ConfigurationError(
+                f"cache_features needs freeze_policy: head (the features of a backbone that "
+                f"trains change every step); this recipe has {policy.freeze_policy!r}"
+            )
         if data_args.augmentation != "none":
-            logger.warning("augmentation %r does not apply with cache_features: the features are computed once, "
-                           "from unaugmented images", data_args.augmentation)
+            logger.warning(
+                "augmentation %r does not apply with cache_features: the features are computed once, "
+                "from unaugmented images",
+                data_args.augmentation,
+            )
         if args.gradient_checkpointing:
-            raise ConfigurationError("gradient_checkpointing has nothing to save when only a head trains on cached "
-                                     "features: turn it off")
+            raise ConfigurationError(
+                "gradient_checkpointing has nothing to save when only a head trains on cached features: turn it off"
+            )
 
 
 def _build_trainer(recipe: Recipe, built, splits, scorer: SplitScorer, labels: list[str]) -> CheXpertTrainer:
@@ -261,11 +278,18 @@ def _evaluate(trainer: CheXpertTrainer, scorer: SplitScorer) -> tuple[dict[str, 
 
 def _write_reports(recipe: Recipe, built, scorer: SplitScorer, scores: dict, labels: list[str]) -> None:
     model_args, data_args = recipe.model, recipe.data
-    write_reports(recipe.training.output_dir, scores, *scorer.last_scored, labels,
-                  title=f"CheXpert validation: {recipe.name}",
-                  details=[f"model: {model_args.family} ({built.variant}), freeze policy {recipe.policy.freeze_policy}",
-                           f"validation: {data_args.validation_split}, {data_args.views} views"],
-                  extra={"split": "validation", "level": data_args.eval_level})
+    write_reports(
+        recipe.training.output_dir,
+        scores,
+        *scorer.last_scored,
+        labels,
+        title=f"CheXpert validation: {recipe.name}",
+        details=[
+            f"model: {model_args.family} ({built.variant}), freeze policy {recipe.policy.freeze_policy}",
+            f"validation: {data_args.validation_split}, {data_args.views} views",
+        ],
+        extra={"split": "validation", "level": data_args.eval_level},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,8 +299,11 @@ def _write_reports(recipe: Recipe, built, scorer: SplitScorer, scores: dict, lab
 
 def _setup_logging(recipe: Recipe) -> None:
     level = logging.INFO if recipe.training.should_log else logging.WARNING
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(recipe.training.get_process_log_level())
 
@@ -315,8 +342,9 @@ def _resume_checkpoint(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-def check_decode_cache_memory(rows: Sequence[int], image_size: int, processes: int,
-                              available: int | None = None) -> int:
+def check_decode_cache_memory(
+    rows: Sequence[int], image_size: int, processes: int, available: int | None = None
+) -> int:
     """The bytes ``decode_cache`` will hold in each process (one ``uint8`` channel per image); ConfigurationError
     when this machine's processes together would need more than its available memory. Returns the estimate."""
     per_process = sum(rows) * image_size * image_size
@@ -335,8 +363,18 @@ def check_decode_cache_memory(rows: Sequence[int], image_size: int, processes: i
 
 
 RUN_MARKERS = (SAFE_WEIGHTS, PYTORCH_WEIGHTS, TRAINER_STATE, RUN_INFO, METRICS_JSON)
-RUN_FILES = (*RUN_MARKERS, MODEL_CONFIG, PROCESSOR_FILES[0], RECIPE_YAML, MODEL_CARD, TRAINING_ARGS_BIN, *RESULTS_JSONS,
-             METRICS_MD, ROC_PNG, BENCHMARK_RUN)
+RUN_FILES = (
+    *RUN_MARKERS,
+    MODEL_CONFIG,
+    PROCESSOR_FILES[0],
+    RECIPE_YAML,
+    MODEL_CARD,
+    TRAINING_ARGS_BIN,
+    *RESULTS_JSONS,
+    METRICS_MD,
+    ROC_PNG,
+    BENCHMARK_RUN,
+)
 
 
 def _earlier_run(output_dir: Path) -> list[str]:
@@ -407,8 +445,9 @@ def _pos_weight(policy: PolicyArguments, targets: np.ndarray, labels: list[str])
         return balanced_pos_weight(targets).tolist()
     values = policy.pos_weight_values()
     if values is not None and len(values) != len(labels):
-        raise ConfigurationError(f"pos_weight has {len(values)} values but the model has {len(labels)} labels: "
-                                 f"{labels}")
+        raise ConfigurationError(
+            f"pos_weight has {len(values)} values but the model has {len(labels)} labels: {labels}"
+        )
     return values
 
 
@@ -417,39 +456,57 @@ def _cache_features(recipe: Recipe, built, splits, prepared: Path, trainer: CheX
     main process and stored); returns the seconds this process spent extracting."""
     data_args, args = recipe.data, recipe.training
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
-        raise ConfigurationError("cache_features trains a head of a few thousand weights: run it with DDP or one "
-                                 "device (accelerate_configs/single_gpu.yaml), not FSDP or DeepSpeed")
+        raise ConfigurationError(
+            "cache_features trains a head of a few thousand weights: run it with DDP or one "
+            "device (accelerate_configs/single_gpu.yaml), not FSDP or DeepSpeed"
+        )
     precision = mixed_precision(args)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model = built.model.to(args.device)
-    cache = feature_cache(model, recipe.model.family, built.source, built.image_size, built.processor.image_mean,
-                          built.processor.image_std, precision,
-                          data_args.feature_cache_dir or default_root(prepared), prepared=prepared)
+    cache = feature_cache(
+        model,
+        recipe.model.family,
+        built.source,
+        built.image_size,
+        built.processor.image_mean,
+        built.processor.image_std,
+        precision,
+        data_args.feature_cache_dir or default_root(prepared),
+        prepared=prepared,
+    )
     # every process asks; the first to lock a file extracts it, the others wait on the lock (no ddp_timeout)
     result = attach_cached_features(
-        model, {"train": splits.train, "validation": splits.validation}, cache,
-        image_size=built.image_size, mean=built.processor.image_mean, std=built.processor.image_std,
-        device=args.device, batch_size=args.per_device_eval_batch_size,
-        num_workers=args.dataloader_num_workers, autocast_dtype=autocast,
+        model,
+        {"train": splits.train, "validation": splits.validation},
+        cache,
+        image_size=built.image_size,
+        mean=built.processor.image_mean,
+        std=built.processor.image_std,
+        device=args.device,
+        batch_size=args.per_device_eval_batch_size,
+        num_workers=args.dataloader_num_workers,
+        autocast_dtype=autocast,
     )
     # the backbone is not used again: off the accelerator (peak memory is the head's), the head back on it
     built.model.to("cpu")
     trainer.model.to(args.device)
-    logger.info("cached features in %s: %s%s", result.folder,
-                f"extracted {', '.join(result.extracted)} in {result.seconds:.1f} s" if result.extracted else "",
-                ("; " if result.extracted and result.reused else "")
-                + (f"reused {', '.join(result.reused)}" if result.reused else ""))
+    logger.info(
+        "cached features in %s: %s%s",
+        result.folder,
+        f"extracted {', '.join(result.extracted)} in {result.seconds:.1f} s" if result.extracted else "",
+        ("; " if result.extracted and result.reused else "")
+        + (f"reused {', '.join(result.reused)}" if result.reused else ""),
+    )
     return result.seconds
-
-
 
 
 def _how_to_resume(output_dir: str) -> str:
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if last is None:
         return f"No checkpoint was saved in {output_dir} yet: run the same command again to start over."
-    return (f"The newest checkpoint is {last}: add --resume_from_checkpoint last to the same command to continue "
-            f"from it.")
+    return (
+        f"The newest checkpoint is {last}: add --resume_from_checkpoint last to the same command to continue from it."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -469,8 +526,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:  # one line for the whole run, not one per process
             print(f"chexpert-hf train: interrupted. {_how_to_resume(recipe.training.output_dir)}", file=sys.stderr)
         return 130
-    except (ConfigurationError, FileNotFoundError, CheXpertFormatError, NonFiniteLossError, HubAccessError,
-            PublishError) as error:
+    except (
+        ConfigurationError,
+        FileNotFoundError,
+        CheXpertFormatError,
+        NonFiniteLossError,
+        HubAccessError,
+        PublishError,
+    ) as error:
         print(f"chexpert-hf train: error: {error}", file=sys.stderr)
         if isinstance(error, NonFiniteLossError):  # every process stopped at the same check
             end_process_group_at_exit()

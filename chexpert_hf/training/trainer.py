@@ -36,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 
 def _holds_weights(folder: str) -> bool:
-    return any(Path(folder, name).is_file() for name in (SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, PYTORCH_WEIGHTS,
-                                                          PYTORCH_WEIGHTS_INDEX))
+    return any(
+        Path(folder, name).is_file()
+        for name in (SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX)
+    )
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -148,8 +150,9 @@ class CheXpertTrainer(HubStagingMixin, Trainer):
             self._first_bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
         bad = ~torch.isfinite(loss.detach())
         unset = self._first_bad_step == 0
-        self._first_bad_step = torch.where(bad & unset, torch.full_like(self._first_bad_step, step),
-                                           self._first_bad_step)
+        self._first_bad_step = torch.where(
+            bad & unset, torch.full_like(self._first_bad_step, step), self._first_bad_step
+        )
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteLossError` when a loss was not finite on any process (every process calls this
@@ -184,8 +187,9 @@ class CheXpertTrainer(HubStagingMixin, Trainer):
         if not hasattr(model, "config") or not callable(getattr(type(model), "from_pretrained", None)):
             return False
         loaded, info = type(model).from_pretrained(folder, config=model.config, output_loading_info=True)
-        problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys",
-                                                                     "mismatched_keys")}
+        problems = {
+            kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
         problems = {kind: keys for kind, keys in problems.items() if keys}
         if problems:
             raise ValueError(f"{folder} does not fit the model being trained: {problems}")
@@ -225,14 +229,21 @@ class CheXpertTrainer(HubStagingMixin, Trainer):
             # Only global rank 0 writes weights: on another node with its own disk the folder holds at most this
             # process's RNG state. Keep the weights; the training job then finds that the processes differ and
             # stops with the remedy (chexpert_hf.training.train.check_same_weights).
-            logger.warning("process %d: the best checkpoint %s holds no model weights on this machine's disk",
-                           self.args.process_index, best)
+            logger.warning(
+                "process %d: the best checkpoint %s holds no model weights on this machine's disk",
+                self.args.process_index,
+                best,
+            )
             return
         if best is None or not self._load_weights_from(best):
             super()._load_best_model()
         else:
-            logger.info("the final model is the best checkpoint, %s (%s %s)", best, self.args.metric_for_best_model,
-                        self.state.best_metric)
+            logger.info(
+                "the final model is the best checkpoint, %s (%s %s)",
+                best,
+                self.args.metric_for_best_model,
+                self.state.best_metric,
+            )
 
     # --- optimizer -----------------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -245,8 +256,10 @@ class CheXpertTrainer(HubStagingMixin, Trainer):
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             if self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) != 2:
-                raise ConfigurationError("layer-wise parameter groups need FSDP2 (fsdp_version: 2, as in "
-                                         "accelerate_configs/fsdp.yaml): FSDP1 flattens the parameters they use")
+                raise ConfigurationError(
+                    "layer-wise parameter groups need FSDP2 (fsdp_version: 2, as in "
+                    "accelerate_configs/fsdp.yaml): FSDP1 flattens the parameters they use"
+                )
             if self.optimizer_cls_and_kwargs is not None:
                 optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
             else:
@@ -269,7 +282,11 @@ class CheXpertTrainer(HubStagingMixin, Trainer):
             total = sum(p.numel() for p in getattr(opt_model, "full_model", opt_model).parameters())
             logger.info(
                 "optimizer %s: %d parameter groups, %s trainable / %s frozen parameters (%.2f%%), layer_decay %s",
-                optimizer_cls.__name__, len(groups), f"{trainable:,}", f"{total - trainable:,}",
-                100 * trainable / max(total, 1), self.layer_decay,
+                optimizer_cls.__name__,
+                len(groups),
+                f"{trainable:,}",
+                f"{total - trainable:,}",
+                100 * trainable / max(total, 1),
+                self.layer_decay,
             )
         return self.optimizer

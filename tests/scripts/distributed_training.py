@@ -40,13 +40,36 @@ def augment(output: Path, recipe: str) -> dict:
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 1, 16, 16), dtype=np.uint8))
     draws = []
     for _rerun in range(2):
-        model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                                    intermediate_size=8, image_size=16, patch_size=8,
-                                                    num_channels=1, num_labels=2))
-        args = CheXpertTrainingArguments(output_dir=str(output / "augment"), use_cpu=True, seed=3, report_to="none",
-                                         eval_strategy="no", save_strategy="no", dataloader_num_workers=0)
-        trainer = CheXpertTrainer(model=model, args=args, family="vit", image_mean=[0.5], image_std=[0.5],
-                                  num_channels=1, augmentation="light")
+        model = ViTForImageClassification(
+            ViTConfig(
+                hidden_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=8,
+                image_size=16,
+                patch_size=8,
+                num_channels=1,
+                num_labels=2,
+            )
+        )
+        args = CheXpertTrainingArguments(
+            output_dir=str(output / "augment"),
+            use_cpu=True,
+            seed=3,
+            report_to="none",
+            eval_strategy="no",
+            save_strategy="no",
+            dataloader_num_workers=0,
+        )
+        trainer = CheXpertTrainer(
+            model=model,
+            args=args,
+            family="vit",
+            image_mean=[0.5],
+            image_std=[0.5],
+            num_channels=1,
+            augmentation="light",
+        )
         trainer.model.train()
         seen = {}
         for step, batch in ((0, 0), (0, 1), (1, 0)):
@@ -91,13 +114,29 @@ def resume(output: Path, recipe: str) -> dict:
 def rank_dirs(output: Path, recipe: str) -> dict:
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        code = train_main(["--config", recipe, "--output_dir", str(output / "rank_dirs" / f"rank{RANK}"),
-                           "--max_steps", "6", "--save_steps", "3", "--eval_strategy", "steps", "--eval_steps", "3",
-                           "--load_best_model_at_end", "true"])
+        code = train_main(
+            [
+                "--config",
+                recipe,
+                "--output_dir",
+                str(output / "rank_dirs" / f"rank{RANK}"),
+                "--max_steps",
+                "6",
+                "--save_steps",
+                "3",
+                "--eval_strategy",
+                "steps",
+                "--eval_steps",
+                "3",
+                "--load_best_model_at_end",
+                "true",
+            ]
+        )
     return {"code": code, "stderr": stderr.getvalue()}
 
 
 PARTS = {"augment": augment, "resume": resume, "rank_dirs": rank_dirs}
+
 
 def record_group_at_exit(output: Path) -> None:
     """Registered before anything else, so it runs after every other exit handler (they run last in, first out)."""

@@ -23,15 +23,26 @@ from chexpert_hf.training.trainer import CheXpertTrainer
 
 def main(output: str) -> None:
     torch.manual_seed(0)
-    config = tiny_config("vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                         num_channels=1)
+    config = tiny_config(
+        "vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, num_channels=1
+    )
     model = ViTForImageClassification(ViTConfig(**config, image_size=16, num_labels=2))
-    args = CheXpertTrainingArguments(output_dir=str(Path(output) / "run"), per_device_train_batch_size=4,
-                                     use_cpu=True, report_to="none", eval_strategy="no", save_strategy="steps",
-                                     save_steps=2, max_steps=6, logging_steps=100, dataloader_num_workers=0,
-                                     disable_tqdm=True)
-    trainer = CheXpertTrainer(model=model, args=args, train_dataset=Rows(64), family="vit", image_mean=[0.5],
-                              image_std=[0.5], num_channels=1)
+    args = CheXpertTrainingArguments(
+        output_dir=str(Path(output) / "run"),
+        per_device_train_batch_size=4,
+        use_cpu=True,
+        report_to="none",
+        eval_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
+        max_steps=6,
+        logging_steps=100,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = CheXpertTrainer(
+        model=model, args=args, train_dataset=Rows(64), family="vit", image_mean=[0.5], image_std=[0.5], num_channels=1
+    )
     rank = trainer.args.process_index
 
     def poison(module, inputs, result):

@@ -32,8 +32,10 @@ class Rows(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    return {"row_index": torch.tensor([item["row_index"] for item in items]),
-            "labels": torch.tensor(np.stack([item["labels"] for item in items]))}
+    return {
+        "row_index": torch.tensor([item["row_index"] for item in items]),
+        "labels": torch.tensor(np.stack([item["labels"] for item in items])),
+    }
 
 
 def targets_for(rows: int) -> np.ndarray:
@@ -42,14 +44,37 @@ def targets_for(rows: int) -> np.ndarray:
 
 def epochs_seen(rows: int, batch: int, seed: int, output: str) -> tuple[dict, object]:
     targets = targets_for(rows)
-    model = ViTForImageClassification(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                                intermediate_size=8, image_size=8, patch_size=4, num_labels=3))
-    args = CheXpertTrainingArguments(output_dir=str(Path(output) / "run"), per_device_train_batch_size=batch,
-                                     use_cpu=True, seed=seed, report_to="none", dataloader_num_workers=0,
-                                     eval_strategy="no", save_strategy="no")
-    trainer = CheXpertTrainer(model=model, args=args, train_dataset=Rows(targets), data_collator=collate,
-                              family="vit", image_mean=[0.5], image_std=[0.5],
-                              sample_weights=sample_weights(targets, "inverse_frequency"))
+    model = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+            image_size=8,
+            patch_size=4,
+            num_labels=3,
+        )
+    )
+    args = CheXpertTrainingArguments(
+        output_dir=str(Path(output) / "run"),
+        per_device_train_batch_size=batch,
+        use_cpu=True,
+        seed=seed,
+        report_to="none",
+        dataloader_num_workers=0,
+        eval_strategy="no",
+        save_strategy="no",
+    )
+    trainer = CheXpertTrainer(
+        model=model,
+        args=args,
+        train_dataset=Rows(targets),
+        data_collator=collate,
+        family="vit",
+        image_mean=[0.5],
+        image_std=[0.5],
+        sample_weights=sample_weights(targets, "inverse_frequency"),
+    )
     loader = trainer.get_train_dataloader()
     epochs = {}
     for epoch in (0, 1):
@@ -62,8 +87,7 @@ def main(output: str, batch: int, seed: int, row_counts: list[int]) -> None:
     seen = {}
     for rows in row_counts:
         seen[rows], args = epochs_seen(rows, batch, seed, output)
-    Path(output, f"rank{args.process_index}.json").write_text(json.dumps({"world_size": args.world_size,
-                                                                         "rows": seen}))
+    Path(output, f"rank{args.process_index}.json").write_text(json.dumps({"world_size": args.world_size, "rows": seen}))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,17 @@ class OneSpellingRaw(OneSpelling, argparse.RawDescriptionHelpFormatter):
 
 def add_model_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """The options of every command that runs a model."""
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=batch_size,
-                        help=f"images per forward pass (default: {batch_size})")
+    parser.add_argument(
+        "--batch_size",
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"images per forward pass (default: {batch_size})",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true",
-                        help="allow a model whose code ships with it (the ResNet+ViT hybrid) to run that code")
+    parser.add_argument(
+        "--trust_remote_code",
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a model whose code ships with it (the ResNet+ViT hybrid) to run that code",
+    )

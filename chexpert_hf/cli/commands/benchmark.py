@@ -35,15 +35,31 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--accelerate_config accelerate_configs/single_gpu.yaml \\\n      --data_dir data/CheXpert-v1.0-small "
         "--output outputs/benchmark_vit",
     )
-    parser.add_argument("--recipes", required=True, metavar="R1,R2,...",
-                        help="comma-separated recipe names (from recipes/) or paths to recipe .yaml files")
-    parser.add_argument("--seeds", default="0", metavar="S1,S2,...",
-                        help="comma-separated integer seeds, one run each (default: 0)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/benchmark"), metavar="DIR",
-                        help="folder for the runs, logs and results (default: outputs/benchmark)")
-    parser.add_argument("--accelerate_config", "--accelerate-config", type=Path, default=None, metavar="FILE",
-                        help="accelerate config file for every run (passed as --config_file; default: one process, "
-                        "no mixed precision, no dynamo)")
+    parser.add_argument(
+        "--recipes",
+        required=True,
+        metavar="R1,R2,...",
+        help="comma-separated recipe names (from recipes/) or paths to recipe .yaml files",
+    )
+    parser.add_argument(
+        "--seeds", default="0", metavar="S1,S2,...", help="comma-separated integer seeds, one run each (default: 0)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("outputs/benchmark"),
+        metavar="DIR",
+        help="folder for the runs, logs and results (default: outputs/benchmark)",
+    )
+    parser.add_argument(
+        "--accelerate_config",
+        "--accelerate-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="accelerate config file for every run (passed as --config_file; default: one process, "
+        "no mixed precision, no dynamo)",
+    )
     parser.set_defaults(handler=run, passes_unknown_flags=True)  # they are recipe-field overrides for every run
     return parser
 
@@ -56,6 +72,18 @@ def run(args: argparse.Namespace) -> int:
     recipes, seeds = parse_recipe_list(args.recipes), parse_seeds(args.seeds)
     overrides = list(getattr(args, "overrides", []))
     config = ["--accelerate_config", str(args.accelerate_config)] if args.accelerate_config else []
-    command = shlex.join(["chexpert-hf", "benchmark", "--recipes", args.recipes, "--seeds", args.seeds, "--output",
-                          str(args.output), *config, *overrides])
+    command = shlex.join(
+        [
+            "chexpert-hf",
+            "benchmark",
+            "--recipes",
+            args.recipes,
+            "--seeds",
+            args.seeds,
+            "--output",
+            str(args.output),
+            *config,
+            *overrides,
+        ]
+    )
     return benchmark(recipes, seeds, args.output, overrides, args.accelerate_config, command=command)

@@ -22,22 +22,41 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "bootstrap over studies, and prints the table." + docs("evaluation"),
     )
     parser.add_argument("--model", help="a trained output folder or a Hub model id")
-    parser.add_argument("--data_dir", "--data", "--data-dir",
-                        help="a prepared dataset folder (chexpert-hf prepare) or a CheXpert root")
-    parser.add_argument("--split", choices=("validation", "test"), default="validation",
-                        help="split to score (default: validation)")
-    parser.add_argument("--views", choices=("all", "frontal"), default=None,
-                        help="images to run the model on (default: the views of the model's recipe.yaml, else all)")
-    parser.add_argument("--prepare_image_size", "--prepare-image-size", type=int, default=None,
-                        help="when --data_dir is a CheXpert root: the size it is prepared at, once, into the cache "
-                        "(default: the model's recipe.yaml, else 320)")
+    parser.add_argument(
+        "--data_dir", "--data", "--data-dir", help="a prepared dataset folder (chexpert-hf prepare) or a CheXpert root"
+    )
+    parser.add_argument(
+        "--split", choices=("validation", "test"), default="validation", help="split to score (default: validation)"
+    )
+    parser.add_argument(
+        "--views",
+        choices=("all", "frontal"),
+        default=None,
+        help="images to run the model on (default: the views of the model's recipe.yaml, else all)",
+    )
+    parser.add_argument(
+        "--prepare_image_size",
+        "--prepare-image-size",
+        type=int,
+        default=None,
+        help="when --data_dir is a CheXpert root: the size it is prepared at, once, into the cache "
+        "(default: the model's recipe.yaml, else 320)",
+    )
     parser.add_argument("--predictions", type=Path, help="a predictions CSV to score instead of running a model")
     parser.add_argument("--groundtruth", type=Path, help="CheXpert's valid.csv or the test set's groundtruth.csv")
     parser.add_argument("--per_image", "--per-image", action="store_true", help="score images instead of studies")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="folder for the reports (default: MODEL/eval-SPLIT for a local model, else ./eval-NAME)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0: none)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for the reports (default: MODEL/eval-SPLIT for a local model, else ./eval-NAME)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the 95%% confidence intervals (default: 1000; 0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     add_model_options(parser, batch_size=64)
     parser.set_defaults(handler=run)
@@ -59,24 +78,37 @@ def run(args: argparse.Namespace) -> int:
     if model_mode:
         trained = recipe_settings(args.model)
         scored, predictions, summary = evaluate_model(
-            args.model, args.data_dir, split=args.split, per_image=args.per_image,
-            views=args.views or trained.get("views", "all"), batch_size=args.batch_size, device=args.device,
-            trust_remote_code=args.trust_remote_code, n_bootstrap=args.bootstrap, seed=args.seed,
+            args.model,
+            args.data_dir,
+            split=args.split,
+            per_image=args.per_image,
+            views=args.views or trained.get("views", "all"),
+            batch_size=args.batch_size,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
             prepare_image_size=args.prepare_image_size or trained.get("prepare_image_size", 320),
         )
         local = Path(args.model).is_dir()
-        output = args.output or (Path(args.model) / f"eval-{args.split}{level}" if local
-                                 else Path(f"eval-{args.model.rstrip('/').split('/')[-1]}-{args.split}{level}"))
+        output = args.output or (
+            Path(args.model) / f"eval-{args.split}{level}"
+            if local
+            else Path(f"eval-{args.model.rstrip('/').split('/')[-1]}-{args.split}{level}")
+        )
         title = f"CheXpert evaluation: {summary['model']}, {args.split} split"
     else:
-        scored, summary = score_predictions(args.predictions, args.groundtruth, per_image=args.per_image,
-                                            n_bootstrap=args.bootstrap, seed=args.seed)
+        scored, summary = score_predictions(
+            args.predictions, args.groundtruth, per_image=args.per_image, n_bootstrap=args.bootstrap, seed=args.seed
+        )
         predictions = None
         output = args.output or Path(f"eval-{Path(args.predictions).stem}{level}")
         title = f"CheXpert evaluation: {summary['predictions']} against {summary['groundtruth']}"
         if summary["unscored_predictions"]:
-            print(f"note: {summary['unscored_predictions']} {summary['level']}(ies) of {args.predictions} are not in "
-                  f"{args.groundtruth} and were not scored")
+            print(
+                f"note: {summary['unscored_predictions']} {summary['level']}(ies) of {args.predictions} are not in "
+                f"{args.groundtruth} and were not scored"
+            )
     paths = write_evaluation(output, scored, summary, title=title, predictions=predictions)
     print(scores_table(scored.scores))
     print(f"wrote {', '.join(str(path) for path in paths.values())}")

@@ -24,39 +24,91 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "on what the model learned), and writes OUTPUT/localization.json." + docs("explain"),
     )
     parser.add_argument("--model", required=True, help="a trained output folder or a Hub model id")
-    parser.add_argument("--images", nargs="+", type=Path, metavar="IMG", default=None,
-                        help="image files to explain (unreadable ones are skipped and named)")
-    parser.add_argument("--data_dir", "--data", "--data-dir",
-                        help="or: a prepared dataset folder (chexpert-hf prepare) or a CheXpert root")
-    parser.add_argument("--split", choices=("train", "validation", "test"), default="validation",
-                        help="with --data_dir: the split to take images from (default: validation)")
-    parser.add_argument("--num_images", "--num-images", type=int, default=16,
-                        help="with --data_dir: the first N images of the split (default: 16; 0: all)")
-    parser.add_argument("--views", choices=("frontal", "all"), default="frontal",
-                        help="with --data_dir: which views (default: frontal, the views lesion boxes are drawn on)")
-    parser.add_argument("--prepare_image_size", "--prepare-image-size", type=int, default=None,
-                        help="when --data_dir is a CheXpert root: the size it is prepared at (default: the model's "
-                        "recipe.yaml, else 320)")
-    parser.add_argument("--labels", default=None,
-                        help="comma-separated labels to explain, e.g. 'Cardiomegaly,Pleural Effusion' (default: all "
-                        "the model's labels)")
-    parser.add_argument("--top_k", "--top-k", type=int, default=None,
-                        help="instead: each image's K most probable labels")
-    parser.add_argument("--method", default="gradcam",
-                        help="gradcam, gradcam++ or attention_rollout (ViT, DeiT and the hybrid), or several "
-                        "separated by commas (default: gradcam)")
-    parser.add_argument("--target_layer", "--target-layer", default=None,
-                        help="the layer Grad-CAM reads; only the hybrid has a choice: tokens (default) or cnn")
-    parser.add_argument("--lesions", type=Path, default=None,
-                        help="lesions.csv (path,label,x0,y0,x1,y1): score the maps with the pointing game and the "
-                        "model-randomization check")
-    parser.add_argument("--tolerance", type=float, default=15.0,
-                        help="pointing-game tolerance in pixels of the original image (default: 15)")
-    parser.add_argument("--sanity_check", "--sanity-check", action="store_true",
-                        help="run the model-randomization check even without --lesions")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        metavar="IMG",
+        default=None,
+        help="image files to explain (unreadable ones are skipped and named)",
+    )
+    parser.add_argument(
+        "--data_dir",
+        "--data",
+        "--data-dir",
+        help="or: a prepared dataset folder (chexpert-hf prepare) or a CheXpert root",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "validation", "test"),
+        default="validation",
+        help="with --data_dir: the split to take images from (default: validation)",
+    )
+    parser.add_argument(
+        "--num_images",
+        "--num-images",
+        type=int,
+        default=16,
+        help="with --data_dir: the first N images of the split (default: 16; 0: all)",
+    )
+    parser.add_argument(
+        "--views",
+        choices=("frontal", "all"),
+        default="frontal",
+        help="with --data_dir: which views (default: frontal, the views lesion boxes are drawn on)",
+    )
+    parser.add_argument(
+        "--prepare_image_size",
+        "--prepare-image-size",
+        type=int,
+        default=None,
+        help="when --data_dir is a CheXpert root: the size it is prepared at (default: the model's "
+        "recipe.yaml, else 320)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated labels to explain, e.g. 'Cardiomegaly,Pleural Effusion' (default: all "
+        "the model's labels)",
+    )
+    parser.add_argument(
+        "--top_k", "--top-k", type=int, default=None, help="instead: each image's K most probable labels"
+    )
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        help="gradcam, gradcam++ or attention_rollout (ViT, DeiT and the hybrid), or several "
+        "separated by commas (default: gradcam)",
+    )
+    parser.add_argument(
+        "--target_layer",
+        "--target-layer",
+        default=None,
+        help="the layer Grad-CAM reads; only the hybrid has a choice: tokens (default) or cnn",
+    )
+    parser.add_argument(
+        "--lesions",
+        type=Path,
+        default=None,
+        help="lesions.csv (path,label,x0,y0,x1,y1): score the maps with the pointing game and the "
+        "model-randomization check",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=15.0,
+        help="pointing-game tolerance in pixels of the original image (default: 15)",
+    )
+    parser.add_argument(
+        "--sanity_check",
+        "--sanity-check",
+        action="store_true",
+        help="run the model-randomization check even without --lesions",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the randomized model's weights (default: 0)")
-    parser.add_argument("--output", type=Path, required=True,
-                        help="folder to write (it must not exist, unless --overwrite)")
+    parser.add_argument(
+        "--output", type=Path, required=True, help="folder to write (it must not exist, unless --overwrite)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     add_model_options(parser, batch_size=8)
     parser.set_defaults(handler=run)
@@ -70,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     from chexpert_hf.explain.run import check_output, explain, read_image_files, read_split
 
     if (args.images is None) == (args.data_dir is None):
-        raise ValueError("give either --images IMG [IMG ...] or --data_dir PREPARED_DIR (with --split and "
-                         "--num_images)")
+        raise ValueError(
+            "give either --images IMG [IMG ...] or --data_dir PREPARED_DIR (with --split and --num_images)"
+        )
     methods = [name.strip() for name in args.method.split(",") if name.strip()]
     unknown = [name for name in methods if name not in METHODS]
     if unknown or not methods:
@@ -80,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
     # what the output folder must not hold (the model folder, the data): checked before the model loads
-    keep = [path for path in (args.model, args.data_dir, args.lesions, *(args.images or ()))
-            if path and Path(path).exists()]
+    keep = [
+        path for path in (args.model, args.data_dir, args.lesions, *(args.images or ())) if path and Path(path).exists()
+    ]
     check_output(args.output, args.overwrite, keep)
     lesions = read_lesions(args.lesions) if args.lesions else None
     loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
@@ -97,13 +151,30 @@ def run(args: argparse.Namespace) -> int:
         from chexpert_hf.evaluation.evaluate import recipe_settings
 
         trained = recipe_settings(args.model)
-        radiographs = read_split(args.data_dir, loaded.labels, split=args.split, num_images=args.num_images,
-                                 views=args.views,
-                                 prepare_image_size=args.prepare_image_size or trained.get("prepare_image_size", 320))
-    result = explain(loaded, radiographs, args.output, methods=methods, labels=labels, top_k=args.top_k,
-                     layer=args.target_layer, lesions=lesions, tolerance=args.tolerance,
-                     sanity_check=args.sanity_check, batch_size=args.batch_size, seed=args.seed,
-                     overwrite=args.overwrite, keep=keep)
+        radiographs = read_split(
+            args.data_dir,
+            loaded.labels,
+            split=args.split,
+            num_images=args.num_images,
+            views=args.views,
+            prepare_image_size=args.prepare_image_size or trained.get("prepare_image_size", 320),
+        )
+    result = explain(
+        loaded,
+        radiographs,
+        args.output,
+        methods=methods,
+        labels=labels,
+        top_k=args.top_k,
+        layer=args.target_layer,
+        lesions=lesions,
+        tolerance=args.tolerance,
+        sanity_check=args.sanity_check,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        keep=keep,
+    )
     if result.localization is not None:
         print(localization_text(result.localization))
     for note in result.notes:

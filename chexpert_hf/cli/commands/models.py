@@ -16,8 +16,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "no download) and count the parameters each freeze policy (head, last_block, full) leaves trainable."
         + docs("models"),
     )
-    parser.add_argument("--labels", choices=("all", "competition"), default="all",
-                        help="head size: all 14 CheXpert labels (default) or the 5 competition labels")
+    parser.add_argument(
+        "--labels",
+        choices=("all", "competition"),
+        default="all",
+        help="head size: all 14 CheXpert labels (default) or the 5 competition labels",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the Markdown table used in the README")
     parser.set_defaults(handler=run)
     return parser

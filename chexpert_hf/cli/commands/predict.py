@@ -19,9 +19,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="a trained output folder or a Hub model id")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="also write the table as CSV (Path + one column per label), the format "
-                        "`chexpert-hf evaluate --predictions` reads")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the table as CSV (Path + one column per label), the format "
+        "`chexpert-hf evaluate --predictions` reads",
+    )
     add_model_options(parser, batch_size=32)
     parser.set_defaults(handler=run)
     return parser

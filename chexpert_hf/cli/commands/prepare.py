@@ -19,20 +19,37 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "OUTPUT/skipped.csv; --strict stops at the first one instead. The output appears only when complete."
         + docs("data"),
     )
-    parser.add_argument("--data_dir", "--data-dir", "--data", required=True, type=Path,
-                        help="the folder that holds train.csv and valid.csv (e.g. .../CheXpert-v1.0-small)")
+    parser.add_argument(
+        "--data_dir",
+        "--data-dir",
+        "--data",
+        required=True,
+        type=Path,
+        help="the folder that holds train.csv and valid.csv (e.g. .../CheXpert-v1.0-small)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="folder to write the prepared dataset to")
-    parser.add_argument("--image_size", "--image-size", type=int, default=320,
-                        help="shorter side in pixels (default: 320)")
-    parser.add_argument("--num_proc", "--num-proc", type=int, default=DEFAULT_NUM_PROC,
-                        help=f"worker processes (default: {DEFAULT_NUM_PROC}, the CPU count up to 8)")
+    parser.add_argument(
+        "--image_size", "--image-size", type=int, default=320, help="shorter side in pixels (default: 320)"
+    )
+    parser.add_argument(
+        "--num_proc",
+        "--num-proc",
+        type=int,
+        default=DEFAULT_NUM_PROC,
+        help=f"worker processes (default: {DEFAULT_NUM_PROC}, the CPU count up to 8)",
+    )
     parser.add_argument("--strict", action="store_true", help="stop with an error at the first unreadable image")
     parser.add_argument("--frontal_only", "--frontal-only", action="store_true", help="leave lateral views out")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    parser.add_argument("--push_to_hub", "--push-to-hub", metavar="REPO_ID", default=None,
-                        help="then publish the prepared dataset to this Hub dataset repository, always private: "
-                        "CheXpert's Research Use Agreement does not allow public redistribution. The Hub login "
-                        "(HF_TOKEN or `hf auth login`) is checked before preparing starts")
+    parser.add_argument(
+        "--push_to_hub",
+        "--push-to-hub",
+        metavar="REPO_ID",
+        default=None,
+        help="then publish the prepared dataset to this Hub dataset repository, always private: "
+        "CheXpert's Research Use Agreement does not allow public redistribution. The Hub login "
+        "(HF_TOKEN or `hf auth login`) is checked before preparing starts",
+    )
     parser.set_defaults(handler=run)
     return parser
 

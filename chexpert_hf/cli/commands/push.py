@@ -19,8 +19,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "(HF_TOKEN or `hf auth login`) is checked first." + docs("hub"),
     )
     parser.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a training output folder")
-    parser.add_argument("--repo_id", "--repo-id", required=True,
-                        help="the Hub repository, e.g. user/vit-base-chexpert")
+    parser.add_argument("--repo_id", "--repo-id", required=True, help="the Hub repository, e.g. user/vit-base-chexpert")
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.set_defaults(handler=run)
     return parser

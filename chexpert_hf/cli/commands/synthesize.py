@@ -19,12 +19,23 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "finding was drawn. Deterministic in --seed." + docs("data"),
     )
     parser.add_argument("--output", required=True, type=Path, help="folder to write CheXpert-v1.0-small into")
-    parser.add_argument("--num_patients", "--num-patients", type=int, default=200,
-                        help="training patients (default: 200)")
-    parser.add_argument("--valid_patients", "--valid-patients", type=int, default=None,
-                        help="validation patients, one study each (default: max(20, num_patients // 5))")
-    parser.add_argument("--test_patients", "--test-patients", type=int, default=0,
-                        help="test patients; writes test/ and a study-level groundtruth.csv (default: 0)")
+    parser.add_argument(
+        "--num_patients", "--num-patients", type=int, default=200, help="training patients (default: 200)"
+    )
+    parser.add_argument(
+        "--valid_patients",
+        "--valid-patients",
+        type=int,
+        default=None,
+        help="validation patients, one study each (default: max(20, num_patients // 5))",
+    )
+    parser.add_argument(
+        "--test_patients",
+        "--test-patients",
+        type=int,
+        default=0,
+        help="test patients; writes test/ and a study-level groundtruth.csv (default: 0)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--num_proc", "--num-proc", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CheXpert-v1.0-small")
