@@ -10,6 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import csv  # noqa: E402
 import io  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -19,6 +21,9 @@ from PIL import Image  # noqa: E402
 from chexpert_hf.data import prepare, synthesize  # noqa: E402
 from chexpert_hf.data.synthetic import TRAIN_HEADER  # noqa: E402
 from chexpert_hf.models.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SCRIPTS = ROOT / "tests" / "scripts"  # programs the tests run under ``accelerate launch``
 
 # Tiny configurations of every model family (a few thousand parameters, 32 px; chexpert_hf.models.tiny); the tests
 # build them from these and load them back through the real from_pretrained path.
@@ -82,6 +87,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def two_process_command(script: Path, *arguments) -> list[str]:
+    """``accelerate launch`` running ``script arguments...`` as 2 CPU processes over gloo, on a free port."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        str(script),
+        *map(str, arguments),
+    ]
+
+
+def run_from_root(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``command`` in the repository root, capturing its output as text."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def jpeg_bytes(size=(200, 240), mode="L", value=128, quality=92) -> bytes:

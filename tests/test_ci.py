@@ -3,12 +3,11 @@
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("check_commit_message", ROOT / ".ci" / "check_commit_message.py")
 check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check)

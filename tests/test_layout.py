@@ -5,8 +5,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-PACKAGE = Path(__file__).resolve().parents[1] / "chexpert_hf"
+PACKAGE = ROOT / "chexpert_hf"
 # Earliest first; the shared top-level modules (the vocabulary every stage uses) rank before them all.
 STAGES = ["data", "models", "evaluation", "hub", "training", "explain", "benchmark", "cli"]
 SHARED = ("labels", "utils", "outputs")
@@ -111,3 +112,16 @@ def test_the_package_exports_resolve_and_load_lazily():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         chexpert_hf.no_such_name  # noqa: B018
+
+
+def test_the_tests_mirror_the_stage_folders():
+    """``tests/<stage>/`` for each stage folder of the package (and ``tests/scripts/`` for launched programs):
+    a test of ``chexpert_hf/<stage>/...`` is found beside the other tests of that stage, not at the top level."""
+    tests = ROOT / "tests"
+    folders = {path.name for path in tests.iterdir() if path.is_dir() and not path.name.startswith((".", "_"))}
+    assert folders - {"scripts"} == set(STAGES)
+    staged = {path.stem for path in PACKAGE.glob("*/*.py")} - {path.stem for path in PACKAGE.glob("*.py")}
+    for path in tests.glob("test_*.py"):  # the top level: shared modules and the repository itself
+        stem = path.stem.removeprefix("test_")
+        assert stem not in STAGES, f"{path.name} tests a stage: move it into tests/{stem}/"
+        assert stem not in staged, f"{path.name} tests a module of a stage folder: move it beside that stage's tests"

@@ -4,7 +4,8 @@ it stays short, and it and the docs pages it leads to never point at a file that
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 README = ROOT / "README.md"
 README_MAX_LINES = 200
 # [text](target) and ![alt](target); the target ends at whitespace or the closing parenthesis

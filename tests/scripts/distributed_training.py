@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+from tiny_training import cpu_arguments, tiny_vit  # beside this script
 
-from chexpert_hf.training.arguments import CheXpertTrainingArguments
 from chexpert_hf.training.nonfinite import NonFiniteLossGuard
 from chexpert_hf.training.train import main as train_main
 from chexpert_hf.training.trainer import CheXpertTrainer
@@ -40,27 +39,8 @@ def augment(output: Path, recipe: str) -> dict:
     pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 1, 16, 16), dtype=np.uint8))
     draws = []
     for _rerun in range(2):
-        model = ViTForImageClassification(
-            ViTConfig(
-                hidden_size=8,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=8,
-                image_size=16,
-                patch_size=8,
-                num_channels=1,
-                num_labels=2,
-            )
-        )
-        args = CheXpertTrainingArguments(
-            output_dir=str(output / "augment"),
-            use_cpu=True,
-            seed=3,
-            report_to="none",
-            eval_strategy="no",
-            save_strategy="no",
-            dataloader_num_workers=0,
-        )
+        model = tiny_vit(width=8)
+        args = cpu_arguments(output / "augment", seed=3)
         trainer = CheXpertTrainer(
             model=model,
             args=args,

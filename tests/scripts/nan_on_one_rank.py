@@ -11,11 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
-from tiny_rows import Rows  # beside this script
-from transformers import ViTConfig, ViTForImageClassification
+from tiny_training import Rows, cpu_arguments, tiny_vit  # beside this script
 
-from chexpert_hf.models.tiny import tiny_config
-from chexpert_hf.training.arguments import CheXpertTrainingArguments
 from chexpert_hf.training.distributed import end_process_group
 from chexpert_hf.training.nonfinite import NonFiniteLossError
 from chexpert_hf.training.trainer import CheXpertTrainer
@@ -23,22 +20,14 @@ from chexpert_hf.training.trainer import CheXpertTrainer
 
 def main(output: str) -> None:
     torch.manual_seed(0)
-    config = tiny_config(
-        "vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, num_channels=1
-    )
-    model = ViTForImageClassification(ViTConfig(**config, image_size=16, num_labels=2))
-    args = CheXpertTrainingArguments(
-        output_dir=str(Path(output) / "run"),
+    model = tiny_vit()
+    args = cpu_arguments(
+        Path(output) / "run",
         per_device_train_batch_size=4,
-        use_cpu=True,
-        report_to="none",
-        eval_strategy="no",
         save_strategy="steps",
         save_steps=2,
         max_steps=6,
         logging_steps=100,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     trainer = CheXpertTrainer(
         model=model, args=args, train_dataset=Rows(64), family="vit", image_mean=[0.5], image_std=[0.5], num_channels=1

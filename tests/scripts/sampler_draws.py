@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+from tiny_training import cpu_arguments, tiny_vit  # beside this script
 
-from chexpert_hf.training.arguments import CheXpertTrainingArguments
 from chexpert_hf.training.distributed import end_process_group
 from chexpert_hf.training.sampling import sample_weights
 from chexpert_hf.training.trainer import CheXpertTrainer
@@ -44,27 +43,8 @@ def targets_for(rows: int) -> np.ndarray:
 
 def epochs_seen(rows: int, batch: int, seed: int, output: str) -> tuple[dict, object]:
     targets = targets_for(rows)
-    model = ViTForImageClassification(
-        ViTConfig(
-            hidden_size=8,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=8,
-            image_size=8,
-            patch_size=4,
-            num_labels=3,
-        )
-    )
-    args = CheXpertTrainingArguments(
-        output_dir=str(Path(output) / "run"),
-        per_device_train_batch_size=batch,
-        use_cpu=True,
-        seed=seed,
-        report_to="none",
-        dataloader_num_workers=0,
-        eval_strategy="no",
-        save_strategy="no",
-    )
+    model = tiny_vit(3, width=8, image_size=8, patch_size=4, channels=3)
+    args = cpu_arguments(Path(output) / "run", per_device_train_batch_size=batch, seed=seed)
     trainer = CheXpertTrainer(
         model=model,
         args=args,

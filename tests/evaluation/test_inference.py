@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import tiny_model
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -25,7 +26,6 @@ from chexpert_hf.hub.model_card import card_metrics
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models.tiny import tiny_config
 from chexpert_hf.training.train import main as train_main
-from tests.conftest import tiny_model
 
 # three input channels, as every pretrained family: the pipeline feeds RGB
 TINY_VIT = tiny_config("vit", intermediate_size=64)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from chexpert_hf.labels import UNCERTAINTY_POLICIES
 from chexpert_hf.models.freeze import POLICIES
@@ -161,10 +162,9 @@ def test_the_console_script_and_the_recipes_script_report_a_misspelt_flag_alike(
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
     for command in ([sys.executable, "-m", "chexpert_hf.cli", "train"], [sys.executable, "recipes/train.py"]):
         result = subprocess.run(
-            [*command, "--recipe", "demo", "--learning_rat", "3"], capture_output=True, text=True, cwd=root
+            [*command, "--recipe", "demo", "--learning_rat", "3"], capture_output=True, text=True, cwd=ROOT
         )
         assert result.returncode == 2, command
         assert result.stderr.strip().splitlines() == [

@@ -246,14 +246,11 @@ def test_cache_features_needs_the_head_strategy(prepared_dir, tmp_path, capsys):
 def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, tmp_path):
     """``accelerate launch --num_processes 2``: one process extracts each split, the other reads its file; the head
     trains under DDP, and the saved full model scores from the images what the run scored on the features."""
-    import subprocess
-    import sys
 
-    from conftest import free_port
+    from conftest import ROOT, run_from_root, two_process_command
 
     from chexpert_hf.evaluation.evaluate import evaluate_model
 
-    root = Path(__file__).resolve().parent.parent
     recipe = _recipe(
         tmp_path,
         prepared_dir,
@@ -263,21 +260,12 @@ def test_two_processes_extract_once_and_train_the_head_under_ddp(prepared_dir, t
         load_best_model_at_end=False,
         save_strategy="no",
     )
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(root / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(root / "recipes" / "train.py"),
+    command = two_process_command(
+        ROOT / "recipes" / "train.py",
         "--config",
         str(recipe),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=root)
+    )
+    result = run_from_root(command, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # every process asks for the features; whichever locks a file first extracts it (the main process logs)
     assert "2 process(es)" in result.stdout and "cached features in" in result.stdout

@@ -1,14 +1,12 @@
 """The training job end to end: outputs, the data cache, resuming, and 2 processes under ``accelerate launch``."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import free_port
+from conftest import ROOT, run_from_root, two_process_command
 from safetensors.torch import load_file
 
 from chexpert_hf.data import synthesize
@@ -18,7 +16,6 @@ from chexpert_hf.models.tiny import tiny_config
 from chexpert_hf.training.nonfinite import NonFiniteLossGuard
 from chexpert_hf.training.train import main as train_main
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY_VIT = tiny_config("vit", intermediate_size=64, num_channels=1)
 
 
@@ -215,16 +212,7 @@ def test_demo_under_two_processes_then_one_process_evaluation_agrees(tmp_path):
         "--per_device_eval_batch_size",
         "16",
     ]
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
+    command = two_process_command(
         str(ROOT / "recipes" / "train.py"),
         "--recipe",
         "demo",
@@ -237,8 +225,8 @@ def test_demo_under_two_processes_then_one_process_evaluation_agrees(tmp_path):
         str(tmp_path / "two"),
         "--disable_tqdm",
         "true",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    )
+    result = run_from_root(command, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     two = json.loads((tmp_path / "two" / "eval_results.json").read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SIZE, free_port, tiny_model
+from conftest import ROOT, TINY_SIZE, free_port, tiny_model
 
 from chexpert_hf.models import FAMILIES, build_model
 from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy, param_groups
@@ -21,7 +21,7 @@ from chexpert_hf.training.arguments import ConfigurationError
 from chexpert_hf.training.fsdp import apply_fsdp_wrap_policy, fsdp_block_classes, fsdp_wrapped_modules
 
 SHARDED = [name for name, family in FAMILIES.items() if family.fsdp_block]
-FSDP_CONFIG = os.path.join(os.path.dirname(__file__), "..", "accelerate_configs", "fsdp.yaml")
+FSDP_CONFIG = str(ROOT / "accelerate_configs" / "fsdp.yaml")
 BATCH = 4  # two images per process
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+from conftest import ROOT
 
 from chexpert_hf.cli.main import build_parser, main
 
@@ -94,7 +95,7 @@ def test_models_lists_every_family_and_the_docs_table_is_current(capsys):
             assert any(line.split()[:2] == [family, variant] for line in text.splitlines()), (family, variant)
     assert main(["models", "--markdown"]) == 0
     table = capsys.readouterr().out.strip()
-    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    page = (ROOT / "docs" / "models.md").read_text()
     start, end = "<!-- models-table:start -->\n", "\n<!-- models-table:end -->"
     assert page[page.index(start) + len(start) : page.index(end)] == table, (
         "docs/models.md's model table is stale: replace it with the output of `chexpert-hf models --markdown`"

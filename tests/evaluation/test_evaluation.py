@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_csv
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -19,7 +20,6 @@ from chexpert_hf.data.synthetic import TRAIN_HEADER
 from chexpert_hf.evaluation.evaluate import read_predictions, score_predictions, write_evaluation
 from chexpert_hf.evaluation.metrics import bootstrap_auroc, score
 from chexpert_hf.labels import CHEXPERT_LABELS, COMPETITION_LABELS
-from tests.conftest import write_csv
 
 RNG_LABELS = list(CHEXPERT_LABELS)
 

@@ -2,20 +2,17 @@
 and output folders that differ between processes (node-local disks)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import free_port
+from conftest import SCRIPTS, run_from_root, two_process_command
 from safetensors.torch import load_file
 
 from chexpert_hf.data import synthesize
 from chexpert_hf.models.tiny import tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY_VIT = tiny_config("vit", intermediate_size=64, num_channels=1, hidden_dropout_prob=0.1)
 
 
@@ -52,24 +49,15 @@ def launched(tmp_path_factory) -> Path:
         "greater_is_better": True,
     }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "tests" / "scripts" / "distributed_training.py"),
+    command = two_process_command(
+        SCRIPTS / "distributed_training.py",
         str(folder),
         str(folder / "recipe.yaml"),
         "augment",
         "resume",
         "rank_dirs",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    )
+    result = run_from_root(command, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder
 
@@ -143,17 +131,8 @@ def test_processes_wait_for_the_first_preparation_on_its_lock_not_a_timed_barrie
     entry.parent.mkdir(parents=True)
     lock = FileLock(str(entry) + ".lock", thread_local=False)  # released by another thread
     lock.acquire()
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "tests" / "scripts" / "train_with_timeout.py"),
+    command = two_process_command(
+        SCRIPTS / "train_with_timeout.py",
         "5",
         str(ready),
         "--recipe",
@@ -180,7 +159,7 @@ def test_processes_wait_for_the_first_preparation_on_its_lock_not_a_timed_barrie
         str(tmp_path / "out"),
         "--disable_tqdm",
         "true",
-    ]
+    )
     held = {}
 
     def release_later():  # "the first process" prepares for 12 s, more than twice the timeout
@@ -194,7 +173,7 @@ def test_processes_wait_for_the_first_preparation_on_its_lock_not_a_timed_barrie
     holder = threading.Thread(target=release_later, daemon=True)
     holder.start()
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        result = run_from_root(command, timeout=300)
     finally:
         holder.join(timeout=300)
         if lock.is_locked:

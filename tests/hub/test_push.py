@@ -20,7 +20,7 @@ from conftest import free_port, tiny_model
 from huggingface_hub import HfApi, RepoUrl, constants
 from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image
-from scripts.tiny_rows import Rows
+from scripts.tiny_training import Rows, cpu_arguments, tiny_vit
 
 try:  # the HTTP client huggingface_hub uses
     import httpx2 as httpx
@@ -665,37 +665,27 @@ def test_a_folder_that_is_not_a_prepared_dataset_is_refused(synthetic_root, hub)
 
 
 def _push_trainer(output: Path, **training):
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTImageProcessor
 
-    from chexpert_hf.training.arguments import CheXpertTrainingArguments
     from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
-    model = ViTForImageClassification(
-        ViTConfig(**tiny_config("vit", **MICRO_VIT, num_channels=1), image_size=16, num_labels=2)
-    )
+    model = tiny_vit()  # MICRO_VIT, grey 16-px input
     processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5], image_std=[0.5])
     settings = dict(
-        output_dir=str(output),
         per_device_train_batch_size=8,
-        use_cpu=True,
-        report_to="none",
-        eval_strategy="no",
         save_strategy="steps",
         save_steps=2,
         max_steps=4,
         logging_steps=1,
         learning_rate=1e-3,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         push_to_hub=True,
         hub_model_id="user/tiny",
         hub_strategy="checkpoint",
         hub_token=TOKEN,
         hub_always_push=True,
     )
-    settings.update(training)
-    args = CheXpertTrainingArguments(**settings)
+    args = cpu_arguments(output, **{**settings, **training})
     return CheXpertTrainer(
         model=model,
         args=args,

@@ -4,22 +4,17 @@ optimizer and the non-finite-loss stop."""
 import json
 import logging
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
-from scripts.tiny_rows import Rows
+from conftest import SCRIPTS, run_from_root, two_process_command
+from scripts.tiny_training import Rows, cpu_arguments, tiny_vit
 
-from chexpert_hf.models.tiny import tiny_config
 from chexpert_hf.training.augmentation import light_affine
 from chexpert_hf.training.losses import balanced_pos_weight, masked_bce_with_logits
 from chexpert_hf.training.sampling import WeightedEpochSampler, positive_rates, sample_weights
 
-ROOT = Path(__file__).resolve().parent.parent
 nan = np.nan
 
 
@@ -84,24 +79,15 @@ def test_two_processes_share_one_epoch_of_draws(tmp_path):
     batch, so together they see exactly the draws one process would; when the draws do not fill the last pair of
     batches, Accelerate completes it from the start of the same sequence."""
     batch, seed = 4, 3
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "tests" / "scripts" / "sampler_draws.py"),
+    command = two_process_command(
+        SCRIPTS / "sampler_draws.py",
         str(tmp_path),
         str(batch),
         str(seed),
         "48",
         "50",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    )
+    result = run_from_root(command, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -164,32 +150,22 @@ def test_light_augmentation_keeps_shape_and_laterality():
 
 
 def _trainer(tmp_path, **training):
-    from transformers import ViTConfig, ViTForImageClassification
 
     from chexpert_hf.models.freeze import apply_freeze_policy
-    from chexpert_hf.training.arguments import CheXpertTrainingArguments
     from chexpert_hf.training.trainer import CheXpertTrainer
 
     torch.manual_seed(0)
-    config = tiny_config("vit", hidden_size=16, num_attention_heads=2, intermediate_size=16, num_channels=1)
-    model = ViTForImageClassification(ViTConfig(**config, image_size=16, num_labels=2))
+    model = tiny_vit(layers=2)
     apply_freeze_policy(model, "vit", "last_block")
     settings = dict(
-        output_dir=str(tmp_path),
         per_device_train_batch_size=8,
-        use_cpu=True,
-        report_to="none",
-        eval_strategy="no",
         save_strategy="steps",
         save_steps=2,
         max_steps=8,
         logging_steps=1,
         learning_rate=1e-3,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
-    settings.update(training)
-    args = CheXpertTrainingArguments(**settings)
+    args = cpu_arguments(tmp_path, **{**settings, **training})
     return CheXpertTrainer(
         model=model,
         args=args,
@@ -262,20 +238,11 @@ def test_every_trainable_parameter_gets_a_gradient(family, policy):
 def test_a_nan_on_one_process_stops_every_process(tmp_path):
     """Under DDP a NaN on one rank reaches every rank's weights through the gradient all-reduce: all ranks must
     stop at the same check, name the same step, and write no checkpoint after it."""
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu.yaml"),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-        str(ROOT / "tests" / "scripts" / "nan_on_one_rank.py"),
+    command = two_process_command(
+        SCRIPTS / "nan_on_one_rank.py",
         str(tmp_path),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    )
+    result = run_from_root(command, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     messages = [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)]
     for message in messages:
