@@ -8,12 +8,8 @@ an older module path still counts). Nothing here runs or writes anything.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import difflib
 import functools
 import hashlib
-import io
 import json
 import os
 import re
@@ -25,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chexpert_hf.outputs import BENCHMARK_RUN, RUN_INFO
-from chexpert_hf.training.arguments import DATACLASSES, available_recipes, parse_recipe, read_recipe_file, recipes_dir
+from chexpert_hf.training.arguments import available_recipes, parse_recipe, read_recipe_file, recipes_dir
 
 # The fields the benchmark sets itself on every run (or, for --recipe/--config, chooses per run).
 RESERVED = ("seed", "output_dir", "recipe", "config", "overwrite_output_dir")
@@ -94,31 +90,12 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 
 def _validated_recipe(selector: Sequence[str], overrides: Sequence[str], label: str):
-    """``parse_recipe`` of the run's arguments, with its argparse errors (which exit) turned into ValueError."""
-    errors = io.StringIO()
+    """``parse_recipe`` of the run's arguments; its one-line ValueError names the recipe and the overrides."""
     try:
-        with contextlib.redirect_stderr(errors):
-            return parse_recipe([*selector, *overrides])
-    except SystemExit:
-        lines = [line for line in errors.getvalue().splitlines() if "error:" in line]
-        reason = lines[-1].split("error:", 1)[1].strip() if lines else "invalid arguments"
-        reason += _hints(reason)
-        raise ValueError(f"recipe {label} with the overrides {shlex.join(overrides) or '(none)'}: {reason}") from None
+        return parse_recipe([*selector, *overrides])
     except ValueError as error:
-        raise ValueError(f"recipe {label}: {error}") from None
-
-
-def _hints(reason: str) -> str:
-    """`` (did you mean --num_train_epochs?)`` for the misspelt flags an argparse message names."""
-    if "unrecognized arguments" not in reason:
-        return ""
-    fields = [item.name for dataclass in DATACLASSES for item in dataclasses.fields(dataclass)]
-    hints = []
-    for token in reason.split():
-        if token.startswith("--"):
-            close = difflib.get_close_matches(token[2:].split("=", 1)[0].replace("-", "_"), fields, n=1)
-            hints += [f"--{close[0]}"] if close else []
-    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+        shown = f" with the overrides {shlex.join(overrides)}" if overrides else ""
+        raise ValueError(f"recipe {label}{shown}: {error}") from None
 
 
 def sha256_file(path: Path) -> str:

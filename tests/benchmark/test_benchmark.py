@@ -343,7 +343,11 @@ def test_a_missing_start_folder_that_no_recipe_makes_is_an_error(tmp_path, monke
         (["--recipes", "demo", "--seeds", "0,x"], "non-negative integers"),
         (["--recipes", "demo", "--seeds", "1,2,1"], "seed\\(s\\) 1 more than once"),
         (["--recipes", "demo", "--seeds", ""], "non-negative integers"),
-        (["--recipes", "demo", "--learning_rat", "0.1"], "unknown field 'learning_rat'; did you mean 'learning_rate'"),
+        (
+            ["--recipes", "demo", "--learning_rat", "0.1"],
+            "recipe demo with the overrides --learning_rat 0.1: unknown field 'learning_rat'; "
+            "did you mean 'learning_rate'",
+        ),
         (["--recipes", "demo", "--num_train_epochs", "many"], "num_train_epochs.*invalid float value"),
         (["--recipes", "demo", "--freeze_policy", "most"], "unknown freeze policy 'most'"),
         (["--recipes", "demo", "--output_dir", "elsewhere"], "--output_dir cannot be overridden"),
