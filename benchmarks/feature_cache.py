@@ -26,6 +26,7 @@ from pathlib import Path
 from chexpert_hf.benchmark.results import mean_std_text
 from chexpert_hf.outputs import RUN_INFO
 from chexpert_hf.training.train import main as train_main
+from chexpert_hf.utils import markdown_table
 
 
 def _run(recipe: str, output: Path, seed: int, epochs: int, cached: bool, cache_dir: Path, extra: list[str]) -> dict:
@@ -114,13 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         "auroc_cached": [run["mean_auroc"] for run in cached],
     }
     print(f"\n{args.recipe}, {args.epochs} epochs, seeds {args.seeds}, on {summary['hardware']}")
-    print("| mode | training (s, mean over seeds) | extraction (s) | mean AUROC (mean ± std) |")
-    print("|---|---:|---:|---:|")
-    print(f"| on the fly | {fly_seconds:.1f} | – | {mean_std_text(summary['auroc_on_the_fly'])} |")
-    print(
-        f"| cached features | {cached_seconds:.1f} | {extraction:.1f} (first seed; later seeds reuse it) | "
-        f"{mean_std_text(summary['auroc_cached'])} |"
-    )
+    rows = [
+        ["on the fly", f"{fly_seconds:.1f}", "–", mean_std_text(summary["auroc_on_the_fly"])],
+        [
+            "cached features",
+            f"{cached_seconds:.1f}",
+            f"{extraction:.1f} (first seed; later seeds reuse it)",
+            mean_std_text(summary["auroc_cached"]),
+        ],
+    ]
+    header = ["mode", "training (s, mean over seeds)", "extraction (s)", "mean AUROC (mean ± std)"]
+    print("\n".join(markdown_table(header, rows, "lrrr", tight_rule=True)))
     print(
         f"speed-up of the training: {summary['speedup_training']:.1f}x; of a first run including its extraction: "
         f"{summary['speedup_with_extraction']:.1f}x"

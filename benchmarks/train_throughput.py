@@ -40,6 +40,7 @@ from chexpert_hf.labels import CHEXPERT_LABELS
 from chexpert_hf.models import FAMILIES, build_model
 from chexpert_hf.models.freeze import POLICIES, apply_freeze_policy
 from chexpert_hf.models.tiny import TINY_IMAGE_SIZE, tiny_config
+from chexpert_hf.utils import markdown_table
 
 # Tiny configurations for --quick (seconds on a CPU; the code path is the full-size one).
 _QUICK_VIT = dict(num_attention_heads=2, intermediate_size=64)  # over chexpert_hf.models.tiny's sizes
@@ -256,21 +257,22 @@ def measure_pipeline(
 
 
 def table(rows: list[Row]) -> str:
-    header = (
-        "| family | size | strategy | compiled | device | dtype | px | batch | trainable | img/s synthetic | "
-        "GFLOP/img | TFLOP/s | peak GiB | img/s pipeline | data wait |"
-    )
-    lines = [header, "|" + "---|" * 8 + "---:|" * 7]
+    header = [
+        *("family", "size", "strategy", "compiled", "device", "dtype", "px", "batch"),
+        *("trainable", "img/s synthetic", "GFLOP/img", "TFLOP/s", "peak GiB", "img/s pipeline", "data wait"),
+    ]
+    cells = []
     for r in rows:
         pipeline = "" if r.pipeline_images_per_s is None else f"{r.pipeline_images_per_s:,.1f}"
         wait = "" if r.data_wait_share is None else f"{100 * r.data_wait_share:.1f}%"
-        lines.append(
-            f"| {r.family} | {r.size} | {r.strategy} | {'yes' if r.compiled else 'no'} | {r.device} | "
-            f"{r.dtype} | {r.image_size} | {r.batch_size} | {100 * r.trainable_share:.3g}% | "
-            f"{r.images_per_s:,.1f} | {r.gflop_per_image:.3g} | {r.tflop_per_s:.3g} | {r.peak_gib:.2f} | "
-            f"{pipeline} | {wait} |"
+        cells.append(
+            [
+                *(r.family, r.size, r.strategy, "yes" if r.compiled else "no", r.device, r.dtype),
+                *(str(r.image_size), str(r.batch_size), f"{100 * r.trainable_share:.3g}%", f"{r.images_per_s:,.1f}"),
+                *(f"{r.gflop_per_image:.3g}", f"{r.tflop_per_s:.3g}", f"{r.peak_gib:.2f}", pipeline, wait),
+            ]
         )
-    return "\n".join(lines)
+    return "\n".join(markdown_table(header, cells, "l" * 8 + "r" * 7, tight_rule=True))
 
 
 def main(argv: list[str] | None = None) -> int:

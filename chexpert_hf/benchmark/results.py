@@ -16,7 +16,7 @@ from chexpert_hf.benchmark.plan import BENCHMARK_RUN, Plan, read_json, run_state
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models.freeze import POLICIES
 from chexpert_hf.outputs import AUROC_FIGURE_PNG, METRICS_JSON, RESULTS_CSV, RESULTS_MD, RUN_INFO
-from chexpert_hf.utils import atomic_write, write_text
+from chexpert_hf.utils import atomic_write, markdown_table, write_text
 
 FIGURE = AUROC_FIGURE_PNG
 
@@ -215,8 +215,7 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
         "trainable",
         "seeds",
     ]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---:", "---", "---", "---", "---:"] + ["---:"] * (len(COMPETITION_LABELS) + 4)) + "|")
+    table = []
     for entry in entries:
         model = f"{entry['family']} ({entry['variant']})" if entry["variant"] else entry["family"]
         speed = entry["images_per_second"]
@@ -232,7 +231,8 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
             _percent(entry["trainable_share"]),
             f"{entry['finished']}/{entry['runs']}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines += markdown_table(header, table, "rlllr" + "r" * (len(COMPETITION_LABELS) + 4), tight_rule=True)
     lines += [
         "",
         "± is the sample standard deviation (ddof = 1) over the finished seeds; without ± only one seed finished. "

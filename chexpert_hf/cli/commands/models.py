@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from chexpert_hf.cli.commands._common import OneSpelling, docs
+from chexpert_hf.utils import markdown_table
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -22,7 +23,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         default="all",
         help="head size: all 14 CheXpert labels (default) or the 5 competition labels",
     )
-    parser.add_argument("--markdown", action="store_true", help="print the Markdown table used in the README")
+    parser.add_argument("--markdown", action="store_true", help="print the Markdown table used in docs/models.md")
     parser.set_defaults(handler=run)
     return parser
 
@@ -37,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def models_markdown(rows: list[dict], policies: tuple[str, ...]) -> str:
-    """The README's table: trainable parameters per family, variant and freeze policy."""
-    header = "| family | variant | default checkpoint | " + " | ".join(f"`{p}`" for p in policies) + " |"
-    lines = [header, "|---|---|---|" + "---:|" * len(policies)]
-    for row in rows:
-        counts = " | ".join(f"{row[p]:,}" for p in policies)
-        lines.append(f"| `{row['family']}` | {row['variant']} | `{row['checkpoint']}` | {counts} |")
-    return "\n".join(lines)
+    """docs/models.md's table: trainable parameters per family, variant and freeze policy."""
+    header = ["family", "variant", "default checkpoint", *(f"`{p}`" for p in policies)]
+    cells = (
+        [f"`{row['family']}`", row["variant"], f"`{row['checkpoint']}`", *(f"{row[p]:,}" for p in policies)]
+        for row in rows
+    )
+    return "\n".join(markdown_table(header, cells, "lll" + "r" * len(policies), tight_rule=True))
 
 
 def models_text(rows: list[dict], policies: tuple[str, ...]) -> str:
