@@ -314,7 +314,9 @@ def plan(
     for seed in seeds:
         for name, path in zip(names, files, strict=True):
             recipe = parsed[name]
-            starts_from = _starting_folder(recipe.model.model_name_or_path)
+            # a prerequisite's folder is local even before the first run makes it (and ``outputs/`` with it)
+            made = finder.depends_on.get(name)
+            starts_from = made[0] if made else _starting_folder(recipe.model.model_name_or_path)
             result.runs.append(
                 Run(
                     name,
@@ -380,7 +382,7 @@ class _PrerequisiteFinder:
             made_by.model.variant or "",
             made_by.policy.freeze_policy,
             prerequisite=True,
-            starts_from=_starting_folder(made_by.model.model_name_or_path),
+            starts_from=deeper[0] if deeper else _starting_folder(made_by.model.model_name_or_path),
         )
         self.found[target] = Prerequisite(run, source, [name])
         self.depends_on[maker.stem] = deeper
@@ -413,13 +415,15 @@ def run_state(run: Run) -> tuple[str, str]:
 
 
 def _changes(run: Run, recorded: dict[str, Any]) -> list[str]:
-    """How ``run``'s settings now differ from the ``recorded`` ones (a starting folder that is gone is no change:
-    there is nothing to compare)."""
+    """How ``run``'s settings now differ from the ``recorded`` ones. Starting weights without a hash on either side
+    are no change, there is nothing to compare: a folder that is gone, or a record without the hash (earlier versions
+    recorded none for a run whose prerequisite the same benchmark call had just trained)."""
     current = run.settings()
     changed = [
         key
         for key in SETTINGS
-        if recorded.get(key) != current[key] and not (key == "starts_from_sha256" and current[key] is None)
+        if recorded.get(key) != current[key]
+        and not (key == "starts_from_sha256" and None in (current[key], recorded.get(key)))
     ]
     described = {
         "recipe_sha256": "the recipe file changed",

@@ -87,6 +87,7 @@ class FakeLauncher:
         }
         (folder / "run_info.json").write_text(json.dumps(info))
         if run.prerequisite:
+            (folder / "model.safetensors").write_bytes(b"weights of " + run.recipe.encode())
             return 0
         aurocs = label_aurocs(run)
         metrics = {
@@ -300,9 +301,19 @@ def test_a_prerequisite_recipe_is_trained_once_first(tmp_path, monkeypatch, caps
     ) in capsys.readouterr().out
     assert list(pd.read_csv(output / "results.csv")["recipe"]) == ["finetune", "finetune"]
 
+    # made/ did not exist when the grid was planned: the runs still recorded the weights they started from
+    recorded = json.loads((output / "runs" / "finetune" / "seed0" / "benchmark_run.json").read_text())
+    assert recorded["starts_from_sha256"] == plan._weights_sha256(first.output_dir) is not None
+
     again = FakeLauncher()  # the model exists now: neither it nor the finished runs run again
     assert benchmark([str(finetune)], [0, 1], output, launcher=again) == 0
     assert again.calls == []
+
+    # a record from before that fix holds no hash: nothing to compare, the run is still finished
+    record_path = output / "runs" / "finetune" / "seed0" / "benchmark_run.json"
+    record_path.write_text(json.dumps({**recorded, "starts_from_sha256": None}))
+    assert [plan.run_state(run)[0] for run in plan.plan([str(finetune)], [0, 1], output).runs] == ["finished"] * 2
+    record_path.write_text(json.dumps(recorded))
 
     # new weights in the folder the runs started from: the runs are stale, the prerequisite (same settings) is not
     (first.output_dir / "model.safetensors").write_bytes(b"other weights")
