@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic CheXpert tree, its prepared dataset, and hand-made image files."""
+"""Shared fixtures and helpers: a small synthetic CheXpert tree, its prepared dataset, hand-made image files, the
+tiny models, the two-process launch, and the model-card information the card, privacy and file-mode tests share."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # before datase
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import csv  # noqa: E402
+import dataclasses  # noqa: E402
 import io  # noqa: E402
+import json  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -20,6 +23,8 @@ from PIL import Image  # noqa: E402
 
 from chexpert_hf.data import prepare, synthesize  # noqa: E402
 from chexpert_hf.data.synthetic import TRAIN_HEADER  # noqa: E402
+from chexpert_hf.hub.model_card import CardInfo  # noqa: E402
+from chexpert_hf.labels import COMPETITION_LABELS  # noqa: E402
 from chexpert_hf.models.tiny import TINY_FAMILIES, TINY_IMAGE_SIZE, tiny_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
@@ -153,3 +158,74 @@ def make_tree(root: Path, files: dict[str, bytes], header=TRAIN_HEADER, rows=Non
     )
     write_csv(root / "valid.csv", header, valid)
     return root
+
+
+# --- a model card's information (chexpert_hf.hub.model_card) ---------------------------------------------------
+
+# Values with many significant digits, so rounding anywhere on the way would show.
+PER_LABEL = {
+    "Atelectasis": (0.8123456789012345, (0.7712345678901234, 0.8498765432109876), 0.6234567890123456, 62, 238),
+    "Cardiomegaly": (0.8345678901234567, (0.7912345678901234, 0.8787654321098765), 0.5123456789012345, 39, 261),
+    "Consolidation": (0.9012345678901234, (0.8601234567890123, 0.9387654321098765), 0.4123456789012345, 34, 266),
+    "Edema": (0.9234567890123456, (0.8998765432109876, 0.9476543210987654), 0.7654321098765432, 81, 219),
+    "Pleural Effusion": (0.9387654321098765, (0.9176543210987654, 0.9598765432109876), 0.8765432109876543, 113, 187),
+    "Support Devices": (0.8812345678901234, (0.8498765432109876, 0.9123456789012345), 0.9012345678901234, 150, 150),
+}
+
+
+def make_metrics() -> dict:
+    per_label = {
+        label: {"auroc": auroc, "auroc_ci95": list(ci), "auprc": auprc, "positives": pos, "negatives": neg}
+        for label, (auroc, ci, auprc, pos, neg) in PER_LABEL.items()
+    }
+    competition = [per_label[label]["auroc"] for label in COMPETITION_LABELS]
+    metrics = {
+        "mean_auroc": sum(competition) / len(competition),
+        "mean_auroc_ci95": [0.8712345678901234, 0.9098765432109876],
+        "mean_auroc_all": sum(result["auroc"] for result in per_label.values()) / len(per_label),
+        "n_studies": 300,
+        "per_label": per_label,
+        "skipped_labels": ["Fracture"],
+        "bootstrap": {"resamples": 1000, "seed": 0, "confidence": 0.95},
+    }
+    # The caller hands over metrics.json as read back from disk.
+    return json.loads(json.dumps(metrics))
+
+
+def make_info(**changes) -> CardInfo:
+    info = CardInfo(
+        model_name="vit_base_full",
+        family="vit",
+        variant="base",
+        base_model="google/vit-base-patch16-224-in21k",
+        freeze_policy="full",
+        trainable_parameters=85_807_118,
+        total_parameters=85_807_118,
+        image_size=224,
+        labels=[*COMPETITION_LABELS, "Fracture", "Support Devices"],
+        uncertainty_policy="u_mixed",
+        blank_policy="negative",
+        sampling="inverse_frequency",
+        pos_weight="balanced",
+        hyperparameters={
+            "learning_rate": 3.0e-5,
+            "layer_decay": 0.75,
+            "epochs": 5,
+            "effective_batch_size": 64,
+            "lr_scheduler": "cosine",
+            "precision": "bf16",
+            "seed": 0,
+            "optimizer": "adamw_torch",
+        },
+        hardware="1 × NVIDIA H100 80GB HBM3",
+        wall_time_seconds=207.4,
+        synthetic_data=False,
+        dataset_id="chexpert",
+        dataset_description="CheXpert-v1.0-small, prepared at 320 px",
+        views="frontal",
+        split_sizes={"train": 191027, "validation": 202},
+        evaluated_split="validation",
+        eval_level="study",
+        metrics=make_metrics(),
+    )
+    return dataclasses.replace(info, **changes)

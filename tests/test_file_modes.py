@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_model_card import make_info
+from conftest import make_info
 
 from chexpert_hf import utils
 from chexpert_hf.evaluation.evaluate import predictions_frame, write_evaluation, write_predictions_csv

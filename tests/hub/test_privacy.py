@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_model_card import make_info
+from conftest import make_info
 
 from chexpert_hf.hub.model_card import build_model_card
 from chexpert_hf.hub.privacy import KNOWN_TOKEN, PATH, PATIENT, TOKEN, find_leaks, first_leak
