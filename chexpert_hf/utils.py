@@ -33,6 +33,24 @@ def current_umask() -> int:
     return umask
 
 
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets here: ``0666`` less the umask (``umask 022``: ``0644``)."""
+    return 0o666 & ~current_umask()
+
+
+def give_new_file_mode(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Give the files of ``folder`` that match ``pattern`` the mode of an ordinary new file; returns them.
+
+    For files that a library writes through a private temporary file: safetensors 0.8 saves every
+    ``*.safetensors`` as 0600 whatever the umask (safetensors/safetensors#782), so on a shared cluster nobody else
+    could load a model whose ``config.json`` beside it they can read.
+    """
+    paths = sorted(Path(folder).glob(pattern))
+    for path in paths:
+        os.chmod(path, new_file_mode())
+    return paths
+
+
 def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
     try:
         handle = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
@@ -65,7 +83,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     try:
         write(temporary)
         _fsync_path(temporary)
-        os.chmod(temporary, 0o666 & ~current_umask())
+        os.chmod(temporary, new_file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

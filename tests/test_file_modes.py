@@ -129,3 +129,32 @@ def test_a_synthetic_tree_and_a_prepared_dataset_keep_the_umask_mode(umask, tmp_
     for folder in (root, prepared):
         assert mode(folder) == 0o777 & ~mask, folder
     assert mode(root / "train.csv") == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("cached_features", [False, True], ids=["model", "head-on-cached-features"])
+def test_saved_weights_keep_the_umask_mode(umask, tmp_path, cached_features):
+    """safetensors 0.8 writes every weights file 0600 (safetensors/safetensors#782): the checkpoints and the final
+    model of a run must still be as readable as the config.json beside them."""
+    import torch
+    from safetensors.torch import save_file
+    from scripts.tiny_training import Rows, cpu_arguments, tiny_vit
+
+    from chexpert_hf.training.feature_cache import FeatureHeadModel
+    from chexpert_hf.training.trainer import CheXpertTrainer
+
+    mask, expected = umask
+    grey = dict(image_mean=[0.5], image_std=[0.5])
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "library.safetensors"))  # what the library leaves alone
+    library_mode = mode(tmp_path / "library.safetensors")
+    torch.manual_seed(0)
+    model = FeatureHeadModel(tiny_vit()) if cached_features else tiny_vit()
+    arguments = cpu_arguments(tmp_path / "run", per_device_train_batch_size=8, max_steps=1, save_strategy="steps")
+    trainer = CheXpertTrainer(model=model, args=arguments, train_dataset=Rows(), family="vit", num_channels=1, **grey)
+    if not cached_features:
+        trainer.train()  # checkpoint-1 through the Trainer's checkpoint path
+    trainer.save_model()
+    folders = [tmp_path / "run"] + ([] if cached_features else [tmp_path / "run" / "checkpoint-1"])
+    for folder in folders:
+        assert mode(folder / "model.safetensors") == mode(folder / "config.json") == expected, folder
+    if mask != 0o077:  # the library's own mode differs: without the chmod these folders would show it
+        assert library_mode != expected

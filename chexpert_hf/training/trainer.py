@@ -31,6 +31,7 @@ from chexpert_hf.training.augmentation import augmentation_generator, light_affi
 from chexpert_hf.training.losses import masked_bce_with_logits
 from chexpert_hf.training.nonfinite import NonFiniteLossError, NonFiniteLossGuard
 from chexpert_hf.training.sampling import SamplerEpoch, WeightedEpochSampler, epoch_samplers
+from chexpert_hf.utils import give_new_file_mode
 
 logger = logging.getLogger(__name__)
 
@@ -204,20 +205,21 @@ class CheXpertTrainer(HubStagingMixin, Trainer):
         return getattr(model, "full_model", model)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """As the Trainer, except that a head trained on cached features is saved inside its full model, so every
-        checkpoint and the final folder load with ``from_pretrained`` like any other."""
+        """As the Trainer (every checkpoint and the final model pass here, FSDP's gathered state dict too), except
+        that a head trained on cached features is saved inside its full model, so every folder loads with
+        ``from_pretrained`` like any other; and the weights get the umask's mode, as the files beside them do."""
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if getattr(model, "full_model", None) is None:
             super()._save(output_dir, state_dict)
-            return
-        if not self.args.should_save:
-            return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        model.full_model.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        elif self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            model.full_model.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.should_save:
+            give_new_file_mode(output_dir, "*.safetensors")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if model is not None or not self._load_weights_from(resume_from_checkpoint):  # FSDP passes the wrapped model
