@@ -143,13 +143,20 @@ def test_saved_weights_keep_the_umask_mode(umask, tmp_path, cached_features):
     from chexpert_hf.training.trainer import CheXpertTrainer
 
     mask, expected = umask
-    grey = dict(image_mean=[0.5], image_std=[0.5])
     save_file({"x": torch.zeros(1)}, str(tmp_path / "library.safetensors"))  # what the library leaves alone
     library_mode = mode(tmp_path / "library.safetensors")
     torch.manual_seed(0)
     model = FeatureHeadModel(tiny_vit()) if cached_features else tiny_vit()
     arguments = cpu_arguments(tmp_path / "run", per_device_train_batch_size=8, max_steps=1, save_strategy="steps")
-    trainer = CheXpertTrainer(model=model, args=arguments, train_dataset=Rows(), family="vit", num_channels=1, **grey)
+    trainer = CheXpertTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=Rows(),
+        family="vit",
+        image_mean=[0.5],
+        image_std=[0.5],
+        num_channels=1,
+    )
     if not cached_features:
         trainer.train()  # checkpoint-1 through the Trainer's checkpoint path
     trainer.save_model()
