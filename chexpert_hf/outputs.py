@@ -9,6 +9,13 @@ METRICS_JSON = "metrics.json"  # the scores of an evaluation (chexpert_hf.evalua
 METRICS_MD = "metrics.md"  # the same as a Markdown table
 ROC_PNG = "roc.png"  # ROC curves of the competition labels
 PREDICTIONS_CSV = "predictions.csv"  # per-image probabilities (evaluate); holds patient ids, so never published
+# the raw labels of the images a training run validated on (valid.csv's format): ground truth for compare
+VALIDATION_LABELS_CSV = "validation_labels.csv"  # holds patient ids, so never published
+
+# --- compare (chexpert_hf.evaluation.compare) ------------------------------------------------------------------
+COMPARE_JSON = "compare.json"  # every paired comparison: AUROCs, differences, intervals, p-values
+COMPARE_MD = "compare.md"  # the same as a table a person reads
+COMPARE_PNG = "compare.png"  # the forest plot of the differences
 
 # --- training (chexpert_hf.training.train and the transformers Trainer) -------------------------------------------
 # what a training run cost; written last by chexpert_hf.training.train, read by the benchmark
@@ -45,3 +52,4 @@ BENCHMARK_RUN = "benchmark_run.json"  # written once a run of the grid succeeded
 RESULTS_CSV = "results.csv"  # one row per run
 RESULTS_MD = "results.md"  # the ranked summary
 AUROC_FIGURE_PNG = "auroc_by_strategy.png"
+LEARNING_CURVES_PNG = "learning_curves.png"  # validation AUROC and losses per epoch, per recipe

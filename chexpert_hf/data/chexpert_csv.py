@@ -112,8 +112,9 @@ def read_table(csv_path: Path) -> CsvTable:
     return CsvTable(csv_path, frame, lines)
 
 
-def label_columns(table: CsvTable) -> dict[str, str]:
-    """Map each canonical label to its column; missing labels, or two columns for one label, are errors."""
+def label_columns(table: CsvTable, require_all: bool = True) -> dict[str, str]:
+    """Map each canonical label to its column; two columns for one label are an error, and so are missing labels
+    unless ``require_all`` is false (a ground-truth file may hold only the labels it scores)."""
     found: dict[str, str] = {}
     for column in table.frame.columns:
         label = canonical_label(column)
@@ -125,18 +126,21 @@ def label_columns(table: CsvTable) -> dict[str, str]:
             )
         found[label] = column
     missing = [label for label in CHEXPERT_LABELS if label not in found]
-    if missing:
+    if missing and (require_all or len(missing) == len(CHEXPERT_LABELS)):
         raise CheXpertFormatError(
             f"{table.path}: missing label column(s) {missing}; the header is {list(table.frame.columns)}"
         )
     return found
 
 
-def parse_labels(table: CsvTable) -> np.ndarray:
-    """The label block as float32 (rows x 14, canonical order); a value outside 1/0/-1/blank is an error."""
-    columns = label_columns(table)
-    block = np.empty((len(table.frame), len(CHEXPERT_LABELS)), dtype=np.float32)
+def parse_labels(table: CsvTable, require_all: bool = True) -> np.ndarray:
+    """The label block as float32 (rows x 14, canonical order); a value outside 1/0/-1/blank is an error. With
+    ``require_all`` false, missing label columns are NaN (blank)."""
+    columns = label_columns(table, require_all)
+    block = np.full((len(table.frame), len(CHEXPERT_LABELS)), np.nan, dtype=np.float32)
     for index, label in enumerate(CHEXPERT_LABELS):
+        if label not in columns:
+            continue
         cells = table.frame[columns[label]].str.strip().str.lower()
         unknown = ~cells.isin(list(_LABEL_VALUES))
         if unknown.any():

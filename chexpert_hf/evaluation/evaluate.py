@@ -1,14 +1,16 @@
 """``chexpert-hf evaluate``: score a model on a prepared split, or score a predictions file as the leaderboard did.
 
-Predictions files (``PRED.csv``) have a ``Study`` or a ``Path`` column and one probability column per scored label
-(any subset of the 14 CheXpert labels, named as in CheXpert's CSVs, in any order). Ground truth (``GT.csv``) is a
+Predictions files (``PRED.csv``) have a ``Study`` or a ``Path`` column and one score column per scored label (any
+subset of the 14 CheXpert labels, named as in CheXpert's CSVs, in any order). A score is any finite real number:
+probabilities, logits, or sums of several models' outputs, as leaderboard files hold; AUROC needs only their order,
+and ``metrics.json`` says in ``scores_are_probabilities`` whether they all lie in [0, 1]. Ground truth (``GT.csv``) is a
 CheXpert ``valid.csv`` (image rows; a study's label is the maximum over its images) or the test set's study-level
 ``groundtruth.csv``. Scoring is per study by default: an image-level PRED is aggregated to studies by the maximum
 probability over each study's images, as in the CheXpert paper. Studies (or images) are matched on
 ``patientNNNNN/studyN[/file]``, so ``CheXpert-v1.0-small/valid/...`` and ``valid/...`` name the same study.
 
 Everything that could make a score wrong is an error naming the file, line and column: a GT study without a
-prediction, a row repeated, a probability that is not a number in [0, 1], a column that is not a CheXpert label.
+prediction, a row repeated, a score that is not a finite number, a column that is not a CheXpert label.
 Predictions for studies that are not in GT are not scored; they are counted and reported.
 """
 
@@ -28,6 +30,7 @@ import pandas as pd
 from chexpert_hf.data.chexpert_csv import (
     CheXpertFormatError,
     CsvTable,
+    label_columns,
     parse_labels,
     read_table,
     split_image_path,
@@ -156,32 +159,55 @@ def read_predictions(path: str | os.PathLike) -> KeyedRows:
         column = label_columns[label]
         cells = table.frame[column].str.strip()
         numbers = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(numbers) | (numbers < 0.0) | (numbers > 1.0)
+        bad = ~np.isfinite(numbers)
         if bad.any():
             rows = np.flatnonzero(bad)
             shown = ", ".join(f"line {table.lines[row]}: {cells.iat[row]!r}" for row in rows[:_SHOWN])
             more = f" and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
             raise CheXpertFormatError(
-                f"{table.path}, column {column!r}: {len(rows)} value(s) are not probabilities "
-                f"(finite numbers from 0 to 1): {shown}{more}"
+                f"{table.path}, column {column!r}: {len(rows)} value(s) are not finite numbers "
+                f"(a score may be any real number, but not NaN, infinite or text): {shown}{more}"
             )
         values[:, index] = numbers
     return KeyedRows(Path(path), level, study, image, values, labels, table.lines)
 
 
 def read_groundtruth(path: str | os.PathLike) -> KeyedRows:
-    """Ground truth: a CheXpert ``valid.csv`` (``Path``, image rows) or ``groundtruth.csv`` (``Study``), with raw
-    labels (1 / 0 / -1 / blank) in CheXpert's order."""
+    """Ground truth: a CheXpert ``valid.csv`` (``Path``, image rows), the test set's ``groundtruth.csv`` (``Study``)
+    or a training run's ``validation_labels.csv``, with raw labels (1 / 0 / -1 / blank) for the label columns it has
+    (CheXpert's order); other columns (Sex, Age, ...) are not read."""
     table = read_table(Path(path))
     level, key_column = _key_columns(table)
-    raw = parse_labels(table)
+    raw = parse_labels(table, require_all=False)
+    found = label_columns(table, require_all=False)
+    present = [index for index, label in enumerate(CHEXPERT_LABELS) if label in found]
     study, image = _parse_keys(table, level, key_column)
-    return KeyedRows(Path(path), level, study, image, raw, list(CHEXPERT_LABELS), table.lines)
+    labels = [CHEXPERT_LABELS[index] for index in present]
+    return KeyedRows(Path(path), level, study, image, raw[:, present], labels, table.lines)
+
+
+def groundtruth_from_prepared(
+    data: str | os.PathLike, split: str = "validation", views: str = "all", cache_dir: str | None = None
+) -> KeyedRows:
+    """Ground truth from a prepared dataset's split (image rows, every label it was prepared with): what
+    ``evaluate --model`` scores against, for predictions files."""
+    from chexpert_hf.data.loading import load_prepared_split
+
+    part = load_prepared_split(data, list(CHEXPERT_LABELS), split=split, views=views, cache_dir=cache_dir)
+    paths = part.rows["path"][:]
+    keys = [split_image_path(path) for path in paths]
+    unreadable = [path for path, key in zip(paths, keys, strict=True) if key is None]
+    if unreadable:
+        raise CheXpertFormatError(f"{part.prepared}: {split} image path {unreadable[0]!r} is not a CheXpert path")
+    study = np.array([f"{k[1]}/{k[2]}" for k in keys], dtype=object)
+    image = np.array([f"{k[1]}/{k[2]}/{k[3]}" for k in keys], dtype=object)
+    source = Path(f"{part.prepared}[{split}]")
+    return KeyedRows(source, "image", study, image, part.raw, list(CHEXPERT_LABELS), list(range(len(paths))))
 
 
 def _by_study(study: np.ndarray, values: np.ndarray, reduce: np.ufunc, fill: float) -> tuple[np.ndarray, np.ndarray]:
     """One row per study, in order of first appearance, reducing its rows with ``reduce`` (``np.maximum`` for
-    probabilities; ``np.fmax`` for targets, which ignores NaN unless every row is NaN)."""
+    scores; ``np.fmax`` for targets, which ignores NaN unless every row is NaN)."""
     studies, first, inverse = np.unique(study, return_index=True, return_inverse=True)
     out = np.full((len(studies), values.shape[1]), fill)
     reduce.at(out, inverse.reshape(-1), values)
@@ -189,16 +215,28 @@ def _by_study(study: np.ndarray, values: np.ndarray, reduce: np.ufunc, fill: flo
     return studies[order], out[order]
 
 
-def score_predictions(
-    predictions: str | os.PathLike,
-    groundtruth: str | os.PathLike,
-    *,
-    per_image: bool = False,
-    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-) -> tuple[Scored, dict[str, Any]]:
-    """Score a predictions file against ground truth; returns the scores and a summary of the matching."""
-    pred, truth = read_predictions(predictions), read_groundtruth(groundtruth)
+@dataclass
+class Matched:
+    """Predictions matched to ground truth: one row per ground-truth study (or image), in its order."""
+
+    keys: np.ndarray  # "patientNNNNN/studyN" (or ".../file" per image)
+    scores: np.ndarray  # (rows, labels of the predictions)
+    targets: np.ndarray  # evaluation targets (1 / 0 / NaN = left out) for the same labels
+    labels: list[str]
+    unit: str  # "study" or "image"
+    unscored: int  # predictions for studies (images) ground truth does not have
+
+
+def match_to_groundtruth(pred: KeyedRows, truth: KeyedRows, *, per_image: bool = False) -> Matched:
+    """Every ground-truth study (image) with its prediction: an image-level file is first reduced to studies by the
+    maximum over a study's images (scores and labels alike). A study without a prediction, or a predicted label
+    the ground truth has no column for, is an error naming it."""
+    absent = [label for label in pred.labels if label not in truth.labels]
+    if absent:
+        raise CheXpertFormatError(
+            f"{pred.path} scores label(s) {absent} but {truth.path} has no column for them; it has: "
+            f"{', '.join(truth.labels)}"
+        )
     columns = [truth.labels.index(label) for label in pred.labels]
     targets = evaluation_targets(truth.values[:, columns])
     if per_image:
@@ -234,26 +272,40 @@ def score_predictions(
         )
     matched = np.array([position[key] for key in truth_keys], dtype=np.int64)
     unscored = len(pred_keys) - len(matched)
-    if unscored:
-        logger.warning("%d %s(s) of %s are not in %s and were not scored", unscored, unit, pred.path, truth.path)
-    probabilities = pred_values[matched]
-    keys = np.asarray(truth_keys)
+    return Matched(np.asarray(truth_keys), pred_values[matched], truth_values, list(pred.labels), unit, unscored)
+
+
+def score_predictions(
+    predictions: str | os.PathLike,
+    groundtruth: str | os.PathLike,
+    *,
+    per_image: bool = False,
+    n_bootstrap: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[Scored, dict[str, Any]]:
+    """Score a predictions file against ground truth; returns the scores and a summary of the matching."""
+    pred, truth = read_predictions(predictions), read_groundtruth(groundtruth)
+    matched = match_to_groundtruth(pred, truth, per_image=per_image)
+    if matched.unscored:
+        logger.warning(
+            "%d %s(s) of %s are not in %s and were not scored", matched.unscored, matched.unit, pred.path, truth.path
+        )
     scores = score(
-        probabilities,
-        truth_values,
-        pred.labels,
-        study_ids=None if per_image else keys,
-        row_ids=keys,
+        matched.scores,
+        matched.targets,
+        matched.labels,
+        study_ids=None if per_image else matched.keys,
+        row_ids=matched.keys,
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
     summary = {
         "predictions": pred.path.name,
         "groundtruth": truth.path.name,
-        "level": unit,
-        "unscored_predictions": int(unscored),
+        "level": matched.unit,
+        "unscored_predictions": int(matched.unscored),
     }
-    return Scored(scores, probabilities, truth_values, pred.labels), summary
+    return Scored(scores, matched.scores, matched.targets, matched.labels), summary
 
 
 def write_predictions_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -268,6 +320,17 @@ def write_predictions_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
         Path(path),
         lambda name: frame.to_csv(name, index=False, float_format=PROBABILITY_FORMAT, quoting=csv.QUOTE_MINIMAL),
     )
+
+
+def groundtruth_frame(paths: Sequence[str], raw: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
+    """Raw labels (1 / 0 / -1 / NaN) per image in the format of CheXpert's ``valid.csv`` (``Path`` and one column
+    per label, blank for NaN), which :func:`read_groundtruth` reads: a training run's ``validation_labels.csv``."""
+    cells = {label: _label_cells(np.asarray(raw)[:, column]) for column, label in enumerate(labels)}
+    return pd.DataFrame({"Path": list(paths), **cells})
+
+
+def _label_cells(values: np.ndarray) -> list[str]:
+    return ["" if np.isnan(value) else str(int(value)) for value in values.tolist()]
 
 
 def predictions_frame(

@@ -35,7 +35,9 @@ in which a label has one class only has no AUROC for that label and is left out 
 
 Probabilities
 -------------
-The metrics are rank-based, so only the order of the scores counts; only finiteness is checked. The order must not
+The metrics are rank-based, so only the order of the scores counts; only finiteness is checked. Any finite real
+number is a score (a logit, the sum of an ensemble's outputs); the result says in ``scores_are_probabilities``
+whether every score lies in [0, 1], which metrics that read a score as a probability need. The order must not
 be lost on the way: a float32 sigmoid is exactly 1.0 from a logit of about 16.7, so confident studies would tie. Every
 path turns logits into probabilities with :func:`sigmoid`, in float64 (the Trainer's :class:`SplitScorer`, ``chexpert-hf
 evaluate --model``, ``predict``), so they score the same numbers bit for bit. float64 tells logits apart to about
@@ -74,6 +76,13 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     with np.errstate(over="ignore"):  # exp(-x) overflows to inf below x = -709: the probability is 0, rightly
         return 1.0 / (1.0 + np.exp(-logits))
+
+
+def scores_are_probabilities(scores: np.ndarray) -> bool:
+    """Whether every score lies in [0, 1]. The rank metrics (AUROC, AUPRC) take any finite score (logits, sums of
+    several models' outputs); metrics that read a score as a probability (calibration) need this to be true."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return bool(np.all((scores >= 0.0) & (scores <= 1.0)))
 
 
 def evaluation_targets(raw: np.ndarray) -> np.ndarray:
@@ -188,6 +197,7 @@ def score(
         count_key: len(probabilities),
         "per_label": per_label,
         "skipped_labels": [name for name in names if name not in per_label],
+        "scores_are_probabilities": scores_are_probabilities(probabilities),
     }
     if n_bootstrap > 0 and per_label:
         order = np.argsort(ids, kind="stable")  # resample in id order: the interval ignores the row order
@@ -331,8 +341,9 @@ class SplitScorer:
 
     The Trainer hands over ``label_ids = (targets, row_index)``; ``row_index`` says which dataset row each
     prediction belongs to, so the score is right whatever order a multi-process gather produced, and a row that
-    arrives twice (padding to equal batches) counts once. ``last_scores`` keeps the full :func:`score` result and
-    ``last_scored`` the rows it scored (probabilities, targets: per study at study level), for the ROC figure.
+    arrives twice (padding to equal batches) counts once. ``last_scores`` keeps the full :func:`score` result,
+    ``last_scored`` the rows it scored (probabilities, targets: per study at study level), for the ROC figure, and
+    ``last_probabilities`` every image's probabilities in the split's row order (the run's ``predictions.csv``).
     Set ``n_bootstrap`` before an evaluation to get confidence intervals (left at 0 during training: they are
     only wanted for the final report).
     """
@@ -356,6 +367,7 @@ class SplitScorer:
         self.seed = seed
         self.last_scores: dict[str, Any] | None = None
         self.last_scored: tuple[np.ndarray, np.ndarray] | None = None
+        self.last_probabilities: np.ndarray | None = None  # per image, in the split's row order
         self._reported_skips: list[str] = []
 
     def __call__(self, prediction: Any) -> dict[str, float]:
@@ -365,6 +377,7 @@ class SplitScorer:
         if len(rows) != len(self.targets):
             raise ValueError(f"scored {len(rows)} distinct rows, the split has {len(self.targets)}")
         probabilities = sigmoid(logits[first])  # float64, as every other scoring path: labels are independent
+        self.last_probabilities = probabilities  # rows are every row of the split, sorted: its row order
         studies = self.study_ids[rows] if self.level == "study" else None
         self.last_scores = score(
             probabilities,

@@ -83,6 +83,11 @@ def metrics_markdown(scores: dict[str, Any], title: str, details: Sequence[str] 
             else ""
         )
     )
+    if not scores.get("scores_are_probabilities", True):
+        lines.append(
+            "- scores: not probabilities (some lie outside [0, 1]); AUROC and AUPRC use only their order, so they "
+            "are computed as for probabilities; metrics that read a score as a probability (calibration) are skipped"
+        )
     if bootstrap:
         units = "studies" if bootstrap["unit"] == "study" else "images"
         lines.append(

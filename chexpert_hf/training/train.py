@@ -7,8 +7,9 @@ push; :func:`run` is that recipe, one short call per stage, and the stages follo
 ``OUTPUT_DIR`` (``output_dir``, default ``outputs/<recipe>``) receives the model (safetensors, ``config.json``
 with ``id2label`` and ``problem_type``), the image processor, ``recipe.yaml``, ``train_results.json``,
 ``eval_results.json``, ``all_results.json``, ``trainer_state.json``, the checkpoints, the final validation
-report (``metrics.json`` with 95% bootstrap intervals, ``metrics.md``, ``roc.png``), the model card
-(``README.md``) and, last, ``run_info.json``: what the run cost (trainable share, training time and images/s
+report (``metrics.json`` with 95% bootstrap intervals, ``metrics.md``, ``roc.png``; every validation image's
+probabilities in ``predictions.csv`` and its labels in ``validation_labels.csv``, for ``chexpert-hf compare``), the
+model card (``README.md``) and, last, ``run_info.json``: what the run cost (trainable share, training time and images/s
 without the evaluations, peak memory, hardware), which ``chexpert-hf benchmark`` collects; a run without it did not
 finish.
 """
@@ -30,6 +31,7 @@ from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from chexpert_hf.data.loading import DecodeCollator, load_training_splits, resolve_prepared
+from chexpert_hf.evaluation.evaluate import groundtruth_frame, predictions_frame, write_predictions_csv
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from chexpert_hf.evaluation.reports import scores_table, write_reports
 from chexpert_hf.hub.model_card import write_model_card
@@ -41,6 +43,7 @@ from chexpert_hf.outputs import (
     METRICS_MD,
     MODEL_CARD,
     MODEL_CONFIG,
+    PREDICTIONS_CSV,
     PROCESSOR_FILES,
     PYTORCH_WEIGHTS,
     RECIPE_YAML,
@@ -50,6 +53,7 @@ from chexpert_hf.outputs import (
     SAFE_WEIGHTS,
     TRAINER_STATE,
     TRAINING_ARGS_BIN,
+    VALIDATION_LABELS_CSV,
 )
 from chexpert_hf.training.arguments import ConfigurationError, PolicyArguments, Recipe, parse_recipe
 from chexpert_hf.training.distributed import end_process_group_at_exit
@@ -110,7 +114,7 @@ def run(recipe: Recipe) -> dict[str, float]:
 
     # --- report and card (first: a save with push_to_hub publishes the card) -------------------------------
     if trainer.is_world_process_zero() and scores is not None:
-        _write_reports(recipe, built, scorer, scores, labels)
+        _write_reports(recipe, built, scorer, scores, labels, splits.validation)
         if args.do_train:
             info = card_info_from_run(
                 recipe, built, summary, splits, scores, train_metrics.get("train_runtime"), threads
@@ -276,8 +280,15 @@ def _evaluate(trainer: CheXpertTrainer, scorer: SplitScorer) -> tuple[dict[str, 
     return metrics, scores
 
 
-def _write_reports(recipe: Recipe, built, scorer: SplitScorer, scores: dict, labels: list[str]) -> None:
+def _write_reports(recipe: Recipe, built, scorer: SplitScorer, scores: dict, labels: list[str], validation) -> None:
+    """``metrics.json``, ``metrics.md``, ``roc.png``; and every validation image's probabilities
+    (``predictions.csv``) with its labels (``validation_labels.csv``), so that ``chexpert-hf compare`` can test two
+    runs on the same studies later."""
     model_args, data_args = recipe.model, recipe.data
+    output = Path(recipe.training.output_dir)
+    paths = validation.dataset["path"][:]
+    write_predictions_csv(output / PREDICTIONS_CSV, predictions_frame(paths, scorer.last_probabilities, labels))
+    write_predictions_csv(output / VALIDATION_LABELS_CSV, groundtruth_frame(paths, validation.raw, labels))
     write_reports(
         recipe.training.output_dir,
         scores,
@@ -373,6 +384,8 @@ RUN_FILES = (
     *RESULTS_JSONS,
     METRICS_MD,
     ROC_PNG,
+    PREDICTIONS_CSV,
+    VALIDATION_LABELS_CSV,
     BENCHMARK_RUN,
 )
 

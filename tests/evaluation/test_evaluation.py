@@ -196,14 +196,32 @@ def test_a_repeated_row_is_named_by_its_lines(tmp_path):
     assert re.search(r"lines \[4, 16\]", message) and "patient64542/study1/view1_frontal.jpg" in message
 
 
-@pytest.mark.parametrize("value", ["abc", "", "inf", "nan", "1.5", "-0.1"])
-def test_a_value_that_is_not_a_probability_is_named(tmp_path, value):
+@pytest.mark.parametrize("value", ["abc", "", "inf", "-inf", "nan"])
+def test_a_value_that_is_not_a_finite_number_is_named(tmp_path, value):
     def change(pred):
         pred.loc[3, "Edema"] = value
         return pred
 
     message = bad_case(tmp_path, change)
-    assert "column 'Edema'" in message and "line 5" in message and "not probabilities" in message
+    assert "column 'Edema'" in message and "line 5" in message and "not finite numbers" in message
+
+
+def test_scores_outside_0_1_score_as_roc_auc_score_and_are_marked(tmp_path):
+    """Leaderboard files hold sums of several models' outputs and logits: AUROC needs only their order."""
+    gt, paths, _ = groundtruth_images(tmp_path)
+    rng = np.random.default_rng(11)
+    pred = predictions_for(paths, list(COMPETITION_LABELS))
+    pred[list(COMPETITION_LABELS)] = rng.uniform(-3.0, 5.0, size=(len(pred), len(COMPETITION_LABELS)))
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    scored, summary = score_predictions(tmp_path / "pred.csv", gt, n_bootstrap=0)
+    expected, _ = expected_study_scores(gt, pred, list(COMPETITION_LABELS))
+    assert expected  # the case has scorable labels
+    for label, values in expected.items():
+        assert scored.scores["per_label"][label]["auroc"] == pytest.approx(values[0], abs=1e-12)
+    assert scored.scores["scores_are_probabilities"] is False
+    probabilities = predictions_for(paths, list(COMPETITION_LABELS))
+    probabilities.to_csv(tmp_path / "probabilities.csv", index=False)
+    assert score_predictions(tmp_path / "probabilities.csv", gt, n_bootstrap=0)[0].scores["scores_are_probabilities"]
 
 
 def test_an_unknown_column_is_named(tmp_path):
@@ -324,8 +342,8 @@ def test_reports_and_the_command_line(tmp_path, capsys):
 
 def test_the_command_names_bad_input_and_writes_nothing(tmp_path, capsys):
     gt, paths, _ = groundtruth_images(tmp_path, studies=10)
-    pred = predictions_for(paths, ["Edema"])
-    pred.loc[4, "Edema"] = 2.0
+    pred = predictions_for(paths, ["Edema"]).astype({"Edema": object})
+    pred.loc[4, "Edema"] = "n/a"
     pred.to_csv(tmp_path / "pred.csv", index=False)
     out = tmp_path / "report"
     code = cli_main(

@@ -60,7 +60,14 @@ def test_evaluation_targets_reject_other_values(bad):
 def test_per_label_metrics_equal_sklearn():
     probabilities, targets = random_case(300, seed=1)
     result = score(probabilities, targets, CHEXPERT_LABELS)
-    assert set(result) == {"mean_auroc", "mean_auroc_all", "n_images", "per_label", "skipped_labels"}
+    assert set(result) == {
+        "mean_auroc",
+        "mean_auroc_all",
+        "n_images",
+        "per_label",
+        "skipped_labels",
+        "scores_are_probabilities",
+    }
     assert result["n_images"] == 300 and type(result["n_images"]) is int
     assert result["skipped_labels"] == []
     assert list(result["per_label"]) == list(CHEXPERT_LABELS)

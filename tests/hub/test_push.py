@@ -209,6 +209,7 @@ def make_output_dir(root: Path, family: str = "vit") -> Path:
     runs.mkdir(parents=True)
     (runs / "events.out.tfevents.1.host").write_bytes(b"\x00\x01" + str(output).encode())
     (output / "predictions.csv").write_text("path,patient_id,Edema\ntrain/patient00001/study1/x.jpg,patient00001,1\n")
+    (output / "validation_labels.csv").write_text("Path,Edema\nvalid/patient64541/study1/view1_frontal.jpg,1\n")
     _write_json(output / "eval-valid" / "scores.json", {"patient00002": 0.3})
     checkpoint = output / "checkpoint-2"
     _save_model(built, checkpoint)
@@ -237,7 +238,7 @@ def test_stage_model_folder_copies_exactly_the_allowlist(output_dir, tmp_path):
     on_disk = sorted(
         p.relative_to(tmp_path / "stage").as_posix() for p in (tmp_path / "stage").rglob("*") if p.is_file()
     )
-    assert on_disk == expected  # no training_args.bin, runs/, predictions.csv, eval-*/, checkpoint-*/
+    assert on_disk == expected  # no training_args.bin, runs/, predictions.csv, validation_labels.csv, checkpoint-*/
     assert (tmp_path / "stage" / "README.md").read_text() == CARD_TEXT
     assert (tmp_path / "stage" / "model.safetensors").read_bytes() == (output_dir / "model.safetensors").read_bytes()
 
