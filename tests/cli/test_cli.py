@@ -108,6 +108,7 @@ DOCS = {
     "synthesize": "data",
     "prepare": "data",
     "evaluate": "evaluation",
+    "compare": "evaluation",
     "predict": "evaluation",
     "explain": "explain",
     "push": "hub",
@@ -120,6 +121,7 @@ MINIMAL = {
     "synthesize": ["--output", "o"],
     "prepare": ["--data_dir", "d", "--output", "o"],
     "evaluate": [],
+    "compare": ["a.csv", "b.csv"],  # with --data_dir, the other spelling checked below, the command parses
     "predict": ["--model", "m", "image.png"],
     "explain": ["--model", "m", "--output", "o"],
     "push": ["folder", "--repo_id", "me/model"],
@@ -174,7 +176,7 @@ def test_every_old_spelling_still_parses_to_the_same_value():
             checked += 1
     assert checked >= 20
     # the data folder had three spellings across commands; each is accepted wherever a data folder is taken
-    for name in ("prepare", "evaluate", "explain"):
+    for name in ("prepare", "evaluate", "explain", "compare"):
         for spelling in ("--data_dir", "--data-dir", "--data"):
             args = build_parser().parse_args([name, *MINIMAL[name], spelling, "folder"])
             assert str(args.data_dir) == "folder", (name, spelling)
