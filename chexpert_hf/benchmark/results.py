@@ -1,8 +1,11 @@
-"""The benchmark's results: one row per grid run read from its folder, the statistics over seeds (mean ± sample
-std, ranks with ties) and the three files ``results.csv``, ``results.md`` and ``auroc_by_strategy.png``."""
+"""The benchmark's results: one row per grid run read from its folder (scores, cost, and the stability of its
+validation curve), the statistics over seeds (mean ± sample std, ranks with ties), the paired tests against the
+best recipe, and the files ``results.csv``, ``results.md``, ``auroc_by_strategy.png``, ``learning_curves.png`` and
+``compare.json`` / ``compare.md`` / ``compare.png`` (the paired tests in full)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -13,12 +16,24 @@ import numpy as np
 
 from chexpert_hf.benchmark.launch import human_seconds
 from chexpert_hf.benchmark.plan import BENCHMARK_RUN, Plan, read_json, run_state
+from chexpert_hf.benchmark.significance import against_best
+from chexpert_hf.benchmark.stability import STABILITY_KEYS, learning_curves_figure, read_curve, stability
+from chexpert_hf.evaluation.compare import ALPHA, COMPARE_RESAMPLES, write_compare
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models.freeze import POLICIES
-from chexpert_hf.outputs import AUROC_FIGURE_PNG, METRICS_JSON, RESULTS_CSV, RESULTS_MD, RUN_INFO
+from chexpert_hf.outputs import (
+    AUROC_FIGURE_PNG,
+    LEARNING_CURVES_PNG,
+    METRICS_JSON,
+    RESULTS_CSV,
+    RESULTS_MD,
+    RUN_INFO,
+    TRAINER_STATE,
+)
 from chexpert_hf.utils import atomic_write, markdown_table, write_text
 
 FIGURE = AUROC_FIGURE_PNG
+logger = logging.getLogger(__name__)
 
 
 def auroc_column(label: str) -> str:
@@ -36,6 +51,7 @@ COLUMNS = (
     "mean_auroc_ci_low",
     "mean_auroc_ci_high",
     *(auroc_column(label) for label in COMPETITION_LABELS),
+    *STABILITY_KEYS,
     "trainable_parameters",
     "total_parameters",
     "trainable_share",
@@ -105,8 +121,18 @@ def collect(the_plan: Plan) -> list[dict[str, Any]]:
             for label in COMPETITION_LABELS:
                 row[auroc_column(label)] = _number((per_label.get(label) or {}).get("auroc"))
             row["wall_seconds"] = _number((record or {}).get("wall_seconds"))
+            row.update(stability(_curve(run.output_dir / TRAINER_STATE)))
         rows.append(row)
     return rows
+
+
+def _curve(path: Path):
+    """The run's validation curve; a damaged state file costs the stability numbers, not the results (a warning)."""
+    try:
+        return read_curve(path)
+    except ValueError as error:
+        logger.warning("no stability numbers: %s", error)
+        return None
 
 
 def _spread(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -176,6 +202,8 @@ def summary_rows(rows: Sequence[dict[str, Any]], recipes: Sequence[str]) -> list
                 "std": std,
                 "means": means,
                 "labels": {label: [row[auroc_column(label)] for row in done] for label in COMPETITION_LABELS},
+                "stability": {key: [row[key] for row in done] for key in STABILITY_KEYS},
+                "run_dirs": [row["run_dir"] for row in done],
                 "wall_seconds": _mean([row["wall_seconds"] for row in done]),
                 "images_per_second": _mean([row["train_images_per_second"] for row in done]),
                 "trainable_share": _mean([row["trainable_share"] for row in done]),
@@ -190,8 +218,18 @@ def summary_rows(rows: Sequence[dict[str, Any]], recipes: Sequence[str]) -> list
     return sorted(entries, key=lambda entry: order[entry["recipe"]])
 
 
-def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], seeds: Sequence[int], command: str) -> str:
+def results_markdown(
+    rows: Sequence[dict[str, Any]],
+    recipes: Sequence[str],
+    seeds: Sequence[int],
+    command: str,
+    paired: dict[str, Any] | None = None,
+) -> str:
+    """``results.md``: the ranked table (with each recipe's paired test against the best), the paired tests per
+    label, the stability over epochs, the failed runs and the figures. ``paired`` is
+    :func:`~chexpert_hf.benchmark.significance.against_best`'s result."""
     entries = summary_rows(rows, recipes)
+    paired = paired or {"reason": "not computed"}
     hardware = sorted({row["hardware"] for row in rows if row["status"] == "finished" and row["hardware"]})
     finished = sum(row["status"] == "finished" for row in rows)
     lines = [
@@ -209,6 +247,7 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
         "family (variant)",
         "strategy",
         "mean AUROC",
+        "vs best, paired",
         *COMPETITION_LABELS,
         "wall time / run",
         "train images/s",
@@ -225,6 +264,7 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
             model,
             entry["freeze_policy"],
             mean_std_text(entry["means"]),
+            _paired_cell(paired, entry["recipe"]),
             *(mean_std_text(entry["labels"][label]) for label in COMPETITION_LABELS),
             human_seconds(entry["wall_seconds"]),
             "—" if speed is None else f"{speed:,.0f}",
@@ -232,14 +272,19 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
             f"{entry['finished']}/{entry['runs']}",
         ]
         table.append(cells)
-    lines += markdown_table(header, table, "rlllr" + "r" * (len(COMPETITION_LABELS) + 4), tight_rule=True)
+    lines += markdown_table(header, table, "rlllrl" + "r" * (len(COMPETITION_LABELS) + 4), tight_rule=True)
     lines += [
         "",
-        "± is the sample standard deviation (ddof = 1) over the finished seeds; without ± only one seed finished. "
-        "Rows are in order of mean AUROC over seeds; a recipe's rank is 1 + the number of recipes clearly better "
-        "than it, ahead by at least the larger of the two seed standard deviations, so recipes closer than their "
-        "seed spread tie: they share a rank, marked `=` (=1, =1, 3). Wall time is per run (launch to exit, data "
-        "preparation and evaluation included); images/s counts training steps only.",
+        "- **rank (seed spread)**: ± is the sample standard deviation (ddof = 1) over the finished seeds. Rows are "
+        "in order of mean AUROC over seeds; a recipe's rank is 1 + the number of recipes clearly better than it, "
+        "ahead by at least the larger of the two seed standard deviations, so recipes closer than their seed "
+        "spread tie: they share a rank, marked `=` (=1, =1, 3).",
+        "- **vs best, paired**: the recipe's predictions averaged over its seeds against the best recipe's, on the "
+        "same validation studies: the difference of the 5-label mean AUROC, a paired bootstrap over studies "
+        f"({COMPARE_RESAMPLES:,} resamples) for its p, Holm-adjusted over every test in `compare.md`; better / "
+        f"worse when the adjusted p is below {ALPHA}, else tie.",
+        "- Wall time is per run (launch to exit, data preparation and evaluation included); images/s counts "
+        "training steps only.",
     ]
     unjudged = [entry["recipe"] for entry in entries if entry["mean"] is not None and entry["std"] is None]
     if unjudged:
@@ -248,68 +293,171 @@ def results_markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[str], see
             f"Note: {', '.join(f'`{name}`' for name in unjudged)} finished fewer than 2 seeds, so no spread "
             "is known and no tie is judged for them.",
         ]
+    lines += ["", *_paired_section(paired), "", *_stability_section(entries)]
     failed = [row for row in rows if row["status"] != "finished"]
     if failed:
         lines += ["", "Failed runs (not in the means):", ""]
         lines += [f"- `{row['recipe']}` seed {row['seed']}: log `{row['log']}`" for row in failed]
-    lines += ["", f"![mean AUROC by model and strategy]({FIGURE})", ""]
+    lines += [
+        "",
+        f"![mean AUROC by model and strategy]({FIGURE})",
+        "",
+        f"![learning curves]({LEARNING_CURVES_PNG})",
+        "",
+    ]
     return "\n".join(lines)
 
 
+def _p_text(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return "p < 0.0001" if value < 1e-4 else f"p = {value:.4f}"
+
+
+def _paired_cell(paired: dict[str, Any], recipe: str) -> str:
+    """``−0.0061 (p = 0.0120) worse``; the reference itself: ``reference``."""
+    if "reason" in paired:
+        return "—"
+    if recipe == paired["reference"]:
+        return "reference"
+    row = (paired["recipes"].get(recipe) or {}).get("mean")
+    if not row or "p_holm" not in row:
+        return "—"
+    return f"{row['difference']:+.4f} ({_p_text(row['p_holm'])}) {row['verdict']}"
+
+
+def _paired_section(paired: dict[str, Any]) -> list[str]:
+    lines = ["## Paired tests against the best recipe", ""]
+    if "reason" in paired:
+        return [*lines, f"Not computed: {paired['reason']}."]
+    lines.append(
+        f"Reference: `{paired['reference']}`. Each cell: the difference in AUROC (recipe − reference, seed-averaged "
+        "predictions), the Holm-adjusted p and the verdict; per label DeLong's test, the mean a paired bootstrap. "
+        "All the numbers, with intervals: `compare.md`, `compare.json` and the forest plot `compare.png`."
+    )
+    lines.append("")
+    header = ["recipe", "mean of 5", *COMPETITION_LABELS]
+    table = []
+    for recipe, tests in paired["recipes"].items():
+        cells = [f"`{recipe}`", _test_cell(tests.get("mean"))]
+        cells += [_test_cell(tests["labels"].get(label)) for label in COMPETITION_LABELS]
+        table.append(cells)
+    return lines + markdown_table(header, table, "l" + "r" * (len(COMPETITION_LABELS) + 1), tight_rule=True)
+
+
+def _test_cell(row: dict[str, Any] | None) -> str:
+    if not row:
+        return "—"
+    if "p_holm" not in row:
+        return row.get("note", "—")
+    return f"{row['difference']:+.4f}, {_p_text(row['p_holm'])}, {row['verdict']}"
+
+
+def _stat_text(values: Sequence[Any], digits: int = 4) -> str:
+    """Mean and range over seeds: ``0.0123 (0.0100–0.0150)``; one value as it is; none ``—``."""
+    numbers = [value for value in values if _number(value) is not None]
+    if not numbers:
+        return "—"
+    if len(numbers) == 1:
+        return f"{numbers[0]:.{digits}f}"
+    return f"{np.mean(numbers):.{digits}f} ({min(numbers):.{digits}f}–{max(numbers):.{digits}f})"
+
+
+def _losses(train: Sequence[Any], validation: Sequence[Any]) -> str:
+    return f"{_stat_text(train, 3)} / {_stat_text(validation, 3)}"
+
+
+def _stability_section(entries: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Stability over epochs",
+        "",
+        "From each run's validation during training (`trainer_state.json`): mean over seeds, the seeds' range in "
+        "brackets. **peak − last**: how much AUROC a run lost after its best epoch (overfitting); **largest drop**: "
+        "the largest fall of validation AUROC from one evaluation to the next (instability); **seed std**: the "
+        "sample standard deviation of the final mean AUROC over seeds.",
+        "",
+    ]
+    header = [
+        "recipe",
+        "best epoch",
+        "AUROC at best",
+        "AUROC at last",
+        "peak − last",
+        "largest drop",
+        "train / val loss at best",
+        "train / val loss at last",
+        "seed std",
+    ]
+    table = []
+    for entry in entries:
+        values = entry["stability"]
+        best_epochs = [f"{epoch:g}" for epoch in values["best_epoch"] if _number(epoch) is not None]
+        table.append(
+            [
+                f"`{entry['recipe']}`",
+                ", ".join(best_epochs) or "—",
+                _stat_text(values["best_auroc"]),
+                _stat_text(values["last_auroc"]),
+                _stat_text(values["peak_minus_last"]),
+                _stat_text(values["largest_drop"]),
+                _losses(values["train_loss_best"], values["val_loss_best"]),
+                _losses(values["train_loss_last"], values["val_loss_last"]),
+                "—" if entry["std"] is None else f"{entry['std']:.4f}",
+            ]
+        )
+    return lines + markdown_table(header, table, "l" + "r" * 8, tight_rule=True)
+
+
 def strategy_figure(rows: Sequence[dict[str, Any]], recipes: Sequence[str]):
-    """Grouped bars: one group per family (variant), one bar per strategy (head, last_block, full), height the
-    mean over seeds of mean AUROC, error bar the seeds' standard deviation. A Figure (no pyplot state)."""
+    """One row per recipe (best on top): each seed's mean AUROC as a small dot, the mean over seeds as a large
+    one with a bar for ± the seeds' standard deviation, coloured by strategy, on an axis fitted to the data so
+    that differences of 0.01 show. A Figure (no pyplot state)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    groups: dict[str, dict[str, tuple[float, float | None]]] = {}
-    for entry in summary_rows(rows, recipes):
-        if entry["mean"] is None:
-            continue
-        group = f"{entry['family']} ({entry['variant']})" if entry["variant"] else entry["family"]
-        if entry["freeze_policy"] in groups.get(group, {}):
-            group = f"{group}: {entry['recipe']}"  # two recipes with one model and strategy: keep both
-        groups.setdefault(group, {})[entry["freeze_policy"]] = (entry["mean"], entry["std"])
-    strategies = [policy for policy in POLICIES if any(policy in bars for bars in groups.values())]
-    figure = Figure(figsize=(max(6.0, 1.5 + 0.8 * len(groups) * max(1, len(strategies))), 4.8), dpi=120)
+    entries = [entry for entry in summary_rows(rows, recipes) if entry["mean"] is not None]
+    figure = Figure(figsize=(7.5, max(3.6, 1.4 + 0.45 * len(entries))), dpi=120)
     axes = figure.add_subplot()
-    width = min(0.8 / max(1, len(strategies)), 0.3)
-    lowest = 1.0
-    for offset, policy in enumerate(strategies):
-        xs, heights, errors = [], [], []
-        for index, bars in enumerate(groups.values()):
-            if policy in bars:
-                mean, std = bars[policy]
-                xs.append(index + width * (offset - (len(strategies) - 1) / 2))
-                heights.append(mean)
-                errors.append(std if std is not None else 0.0)
-                lowest = min(lowest, mean - (std or 0.0))
-        has_error = any(error > 0 for error in errors)
-        bars = axes.bar(
-            xs,
-            heights,
-            width * 0.92,
-            yerr=errors if has_error else None,
-            capsize=4,
-            label=policy,
-            color=f"C{POLICIES.index(policy)}",
+    values = []
+    for position, entry in enumerate(reversed(entries)):
+        colour = f"C{POLICIES.index(entry['freeze_policy'])}" if entry["freeze_policy"] in POLICIES else "0.3"
+        axes.plot(entry["means"], [position] * len(entry["means"]), "o", color=colour, alpha=0.45, markersize=4)
+        std = entry["std"] or 0.0
+        axes.errorbar(entry["mean"], position, xerr=std, fmt="D", color=colour, markersize=7, capsize=4)
+        axes.annotate(
+            f"{entry['mean']:.4f}",
+            (entry["mean"], position),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=7,
         )
-        axes.bar_label(
-            bars, labels=[f"{height:.3f}" for height in heights], label_type="center", fontsize=8, color="white"
-        )
-    axes.set_xticks(range(len(groups)), list(groups), fontsize=9)
-    axes.set_xlim(-0.6, max(1, len(groups)) - 0.4)
-    bottom = 0.5 if lowest >= 0.55 else 0.0  # chance level, when every bar is above it
-    axes.set_ylim(bottom, 1.0)
-    axes.set_ylabel("mean AUROC (5 competition labels)")
-    axes.set_title("Mean AUROC by model and fine-tuning strategy (error bars: std over seeds)", fontsize=9)
-    if strategies:
-        axes.legend(title="strategy", fontsize=8, title_fontsize=8, loc="lower right")
+        values += [*entry["means"], entry["mean"] - std, entry["mean"] + std]
+    labels = [
+        f"{entry['recipe']}\n{entry['family']} ({entry['variant']})" if entry["variant"] else entry["recipe"]
+        for entry in reversed(entries)
+    ]
+    axes.set_yticks(range(len(entries)), labels, fontsize=7)
+    axes.set_ylim(-0.7, max(0, len(entries) - 1) + 0.9)
+    if values:
+        low, high = min(values), max(values)
+        margin = max(0.15 * (high - low), 0.002)
+        axes.set_xlim(max(0.0, low - margin), min(1.0, high + margin) if high + margin > low else low + 0.01)
     else:
         axes.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=axes.transAxes)
-    axes.grid(axis="y", linewidth=0.4, alpha=0.6)
+    axes.set_xlabel("mean AUROC (5 competition labels): dots each seed, diamond the mean ± seed std")
+    axes.set_title("Mean AUROC by recipe and fine-tuning strategy (axis fitted to the data)", fontsize=9)
+    strategies = [policy for policy in POLICIES if any(entry["freeze_policy"] == policy for entry in entries)]
+    if strategies:
+        handles = [
+            Line2D([], [], color=f"C{POLICIES.index(policy)}", marker="D", linestyle="", label=policy)
+            for policy in strategies
+        ]
+        axes.legend(handles=handles, title="strategy", fontsize=7, title_fontsize=7, loc="best")
+    axes.grid(axis="x", linewidth=0.4, alpha=0.6)
     figure.tight_layout()
     return figure
 
@@ -327,12 +475,27 @@ def write_results(
     recipes: Sequence[str],
     seeds: Sequence[int],
     command: str,
+    resamples: int = COMPARE_RESAMPLES,
 ) -> dict[str, Path]:
-    """Write ``results.csv``, ``results.md`` and ``auroc_by_strategy.png`` into ``output``; returns their paths."""
+    """Write ``results.csv``, ``results.md``, ``auroc_by_strategy.png``, ``learning_curves.png`` and (when two
+    recipes finished on the same studies) ``compare.json``, ``compare.md`` and ``compare.png`` into ``output``;
+    returns their paths."""
     output = Path(output)
-    paths = {name: output / name for name in (RESULTS_CSV, RESULTS_MD, FIGURE)}
+    entries = summary_rows(rows, recipes)
+    finished = {entry["recipe"]: [output / run_dir for run_dir in entry["run_dirs"]] for entry in entries}
+    best = next((entry["recipe"] for entry in entries if entry["mean"] is not None), "")
+    paired = against_best(finished, best, resamples=resamples)
+    paths = {name: output / name for name in (RESULTS_CSV, RESULTS_MD, FIGURE, LEARNING_CURVES_PNG)}
     write_text(paths[RESULTS_CSV], results_csv(rows))
-    write_text(paths[RESULTS_MD], results_markdown(rows, recipes, seeds, command))
+    write_text(paths[RESULTS_MD], results_markdown(rows, recipes, seeds, command, paired))
     figure = strategy_figure(rows, recipes)
     atomic_write(paths[FIGURE], lambda name: figure.savefig(name, format="png"))
+    curves = {
+        name: [curve for run_dir in dirs if (curve := _curve(run_dir / TRAINER_STATE)) is not None]
+        for name, dirs in finished.items()
+    }
+    curves_figure = learning_curves_figure(curves)
+    atomic_write(paths[LEARNING_CURVES_PNG], lambda name: curves_figure.savefig(name, format="png"))
+    if "result" in paired:
+        paths.update(write_compare(output, paired["result"], "each run's validation_labels.csv (the same studies)"))
     return paths

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from chexpert_hf.benchmark import launch, plan, results
 from chexpert_hf.benchmark.grid import benchmark
 from chexpert_hf.cli.main import main
+from chexpert_hf.evaluation.evaluate import score_predictions
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.models.tiny import tiny_config
 
@@ -108,7 +110,48 @@ class FakeLauncher:
             },
         }
         (folder / "metrics.json").write_text(json.dumps(metrics))
+        write_validation(folder, run)
         return 0
+
+
+STUDIES = 120
+STRENGTH = {"tiny_full": 2.0, "tiny_last_block": 1.8, "tiny_head": 0.6}  # how well a recipe's scores separate
+CURVES = {"tiny_full": [0.80, 0.86, 0.83], "tiny_last_block": [0.78, 0.81, 0.82], "tiny_head": [0.70, 0.71, 0.72]}
+
+
+def validation_truth() -> np.ndarray:
+    """The labels of the validation studies every fake run shares: (STUDIES, 5), both classes in every label."""
+    truth = (np.random.default_rng(100).random((STUDIES, len(COMPETITION_LABELS))) < 0.4).astype(int)
+    truth[:2] = [[0] * len(COMPETITION_LABELS), [1] * len(COMPETITION_LABELS)]
+    return truth
+
+
+def fake_scores(run: plan.Run) -> np.ndarray:
+    rng = np.random.default_rng([run.seed, *run.recipe.encode()])
+    return STRENGTH.get(run.recipe, 1.0) * validation_truth() + rng.normal(size=(STUDIES, len(COMPETITION_LABELS)))
+
+
+def write_validation(folder: Path, run: plan.Run) -> None:
+    """predictions.csv, validation_labels.csv and trainer_state.json as a training run leaves them."""
+    paths = [f"CheXpert-v1.0-small/valid/patient{64541 + i:05d}/study1/view1_frontal.jpg" for i in range(STUDIES)]
+    labels = pd.DataFrame(validation_truth(), columns=list(COMPETITION_LABELS))
+    labels.insert(0, "Path", paths)
+    labels.to_csv(folder / "validation_labels.csv", index=False)
+    predictions = pd.DataFrame(fake_scores(run), columns=list(COMPETITION_LABELS))
+    predictions.insert(0, "Path", paths)
+    predictions.to_csv(folder / "predictions.csv", index=False)
+    history = []
+    for epoch, auroc in enumerate(CURVES.get(run.recipe, [0.75, 0.76]), start=1):
+        history.append({"epoch": epoch - 0.5, "step": 10 * epoch - 5, "loss": 0.5 / epoch})
+        history.append(
+            {
+                "epoch": float(epoch),
+                "step": 10 * epoch,
+                "eval_loss": 0.4 + 0.01 * epoch,
+                "eval_mean_auroc": auroc + 0.001 * run.seed,
+            }
+        )
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
@@ -164,10 +207,48 @@ def test_results_aggregate_nine_runs_with_ties(tmp_path, recipes):
         means = np.array([label_aurocs(run).mean() for run in fake.calls if run.recipe == name])
         assert f"{means.mean():.4f} ± {means.std(ddof=1):.4f}" == rows[name][4]
         pleural = np.array([label_aurocs(run)[-1] for run in fake.calls if run.recipe == name])
-        assert f"{pleural.mean():.4f} ± {pleural.std(ddof=1):.4f}" == rows[name][4 + len(COMPETITION_LABELS)]
+        assert f"{pleural.mean():.4f} ± {pleural.std(ddof=1):.4f}" == rows[name][5 + len(COMPETITION_LABELS)]
     assert rows["tiny_head"][-1] == "3/3" and rows["tiny_head"][-2] == f"{165 / 15525 * 100:.3g} %"
     assert "chexpert-hf benchmark --recipes ..." in markdown and "CPU (fake)" in markdown
     assert "tie" in markdown and "ddof = 1" in markdown and "Failed runs" not in markdown
+
+    # stability: from each run's trainer_state.json
+    full = table[table["recipe"] == "tiny_full"]
+    assert list(full["best_epoch"]) == [2.0] * 3 and list(full["epochs_evaluated"]) == [3] * 3
+    assert np.allclose(full["peak_minus_last"], 0.03) and np.allclose(full["largest_drop"], 0.03)
+    assert np.allclose(full["val_loss_last"], 0.43) and np.allclose(full["train_loss_best"], 0.25)
+    head = table[table["recipe"] == "tiny_head"]
+    assert np.allclose(head["peak_minus_last"], 0.0) and np.allclose(head["largest_drop"], 0.0)
+    stability_rows = {
+        match.group(1): line
+        for line in markdown.split("## Stability")[1].splitlines()
+        if (match := re.match(r"\| `([^`]+)` \|", line))
+    }
+    assert stability_rows["tiny_full"].startswith("| `tiny_full` | 2, 2, 2 | 0.8610 (0.8600–0.8620) |")
+
+    # paired tests: every recipe's seed-averaged predictions against the best recipe's (tiny_full)
+    assert rows["tiny_full"][5] == "reference"
+    saved = json.loads((output / "compare.json").read_text())
+    assert saved["reference"] == "tiny_full" and saved["n_studies"] == STUDIES
+    mean_rows = {row["a"]: row for row in saved["comparisons"] if row["label"] == "mean"}
+    truth = validation_truth()
+    for name in ("tiny_last_block", "tiny_head"):
+        averaged = {
+            recipe: np.mean([fake_scores(run) for run in fake.calls if run.recipe == recipe], axis=0)
+            for recipe in (name, "tiny_full")
+        }
+        direct = np.mean(
+            [
+                roc_auc_score(truth[:, column], averaged[name][:, column])
+                - roc_auc_score(truth[:, column], averaged["tiny_full"][:, column])
+                for column in range(len(COMPETITION_LABELS))
+            ]
+        )
+        assert mean_rows[name]["difference"] == pytest.approx(direct, abs=1e-9)
+        assert rows[name][5].startswith(f"{direct:+.4f} (p")
+    assert mean_rows["tiny_head"]["verdict"] == "worse" and rows["tiny_head"][5].endswith("worse")
+    assert "## Paired tests against the best recipe" in markdown and "Not computed" not in markdown
+    assert (output / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
     with Image.open(output / "auroc_by_strategy.png") as image:
         assert image.format == "PNG" and image.width >= 600 and image.height >= 400
@@ -436,6 +517,12 @@ def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(
         log = (output / "logs" / f"demo-seed{seed}.log").read_text()
         assert shlex.join(["--seed", str(seed)]) in log.splitlines()[0]  # the command heads its log
         assert "were not passed" not in log  # accelerate got explicit single-process settings
+        # the final validation's predictions and labels score again as the run scored itself
+        scored, _ = score_predictions(run / "predictions.csv", run / "validation_labels.csv", n_bootstrap=0)
+        assert scored.scores["mean_auroc"] == metrics["mean_auroc"]
+        assert scored.scores["per_label"]["Edema"] == {
+            key: value for key, value in metrics["per_label"]["Edema"].items() if key != "auroc_ci95"
+        }
     assert "demo" in (output / "results.md").read_text()
 
     monkeypatch.setattr(launch, "launch_run", lambda run: pytest.fail(f"{run.title} ran again"))
@@ -498,11 +585,11 @@ def test_the_offline_demo_grid_end_to_end(tmp_path, monkeypatch, capsys):
         "--synthetic_valid_patients",
         "20",
         "--num_train_epochs",
-        "1",
+        "2",
         "--save_strategy",
         "no",
         "--eval_strategy",
-        "no",
+        "epoch",
         "--load_best_model_at_end",
         "false",
         "--disable_tqdm",
@@ -522,3 +609,14 @@ def test_the_offline_demo_grid_end_to_end(tmp_path, monkeypatch, capsys):
     markdown = (output / "results.md").read_text()
     assert all(f"`{name}`" in markdown for name in ("demo_head", "demo_last_block", "demo_full"))
     assert (output / "auroc_by_strategy.png").stat().st_size > 10_000
+    # stability from the two evaluations of every run, and the paired tests against the best recipe
+    assert list(table["epochs_evaluated"]) == [2] * 3 and set(table["best_epoch"]) <= {1.0, 2.0}
+    assert (table["peak_minus_last"] >= 0).all() and (table["largest_drop"] >= 0).all()
+    assert "## Stability over epochs" in markdown and "reference" in markdown and "Not computed" not in markdown
+    assert (output / "learning_curves.png").stat().st_size > 10_000
+    assert json.loads((output / "compare.json").read_text())["reference"] in table.index
+    # two runs of the grid compared by the command
+    head, full = output / "runs" / "demo_head" / "seed0", output / "runs" / "demo_full" / "seed0"
+    assert main(["compare", str(head), str(full), "--groundtruth", str(head), "--output", str(tmp_path / "c")]) == 0
+    assert "demo_head/seed0" in capsys.readouterr().out
+    assert "| demo_head/seed0 | demo_full/seed0 | **mean of" in (tmp_path / "c" / "compare.md").read_text()
