@@ -11,6 +11,10 @@ ROC_PNG = "roc.png"  # ROC curves of the competition labels
 PREDICTIONS_CSV = "predictions.csv"  # per-image probabilities (evaluate); holds patient ids, so never published
 # the raw labels of the images a training run validated on (valid.csv's format): ground truth for compare
 VALIDATION_LABELS_CSV = "validation_labels.csv"  # holds patient ids, so never published
+CALIBRATION_PNG = "calibration.png"  # reliability diagrams of the competition labels (evaluation.calibration)
+SUBGROUPS_JSON = "subgroups.json"  # AUROC and under-diagnosis per sex, age band, view (evaluation.subgroups)
+SUBGROUPS_MD = "subgroups.md"  # the same as tables
+SUBGROUPS_PNG = "subgroups.png"  # per-group AUROC with intervals
 
 # --- compare (chexpert_hf.evaluation.compare) ------------------------------------------------------------------
 COMPARE_JSON = "compare.json"  # every paired comparison: AUROCs, differences, intervals, p-values

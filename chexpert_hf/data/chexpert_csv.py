@@ -153,7 +153,7 @@ def parse_labels(table: CsvTable, require_all: bool = True) -> np.ndarray:
     return block
 
 
-def _ages(table: CsvTable, column: str | None) -> list[int | None]:
+def parse_ages(table: CsvTable, column: str | None) -> list[int | None]:
     """Ages as integers (None where blank); anything but a whole number from 0 to MAX_AGE is an error."""
     if column is None:
         return [None] * len(table.frame)
@@ -226,7 +226,7 @@ def read_image_csv(csv_path: str | Path, data_root: str | Path, split: str | Non
         name: table.frame[column].str.strip().tolist() if column else [""] * len(table.frame)
         for name, column in meta.items()
     }
-    ages = _ages(table, table.column("Age"))
+    ages = parse_ages(table, table.column("Age"))
 
     paths = table.frame[path_column].str.strip()
     parts = paths.str.replace("\\", "/", regex=False).str.extract(_IMAGE_PATH)
