@@ -31,13 +31,17 @@ from chexpert_hf.data.chexpert_csv import (
     CheXpertFormatError,
     CsvTable,
     label_columns,
+    parse_ages,
     parse_labels,
     read_table,
     split_image_path,
     split_study_path,
 )
+from chexpert_hf.evaluation.ensemble import check_same_labels, column_order, combine
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, evaluation_targets, score, scored_rows
 from chexpert_hf.evaluation.reports import write_reports
+from chexpert_hf.evaluation.subgroups import ImageMeta, image_groups, study_groups, write_subgroups
+from chexpert_hf.evaluation.thresholds import parse_rule, saved_thresholds
 from chexpert_hf.labels import CHEXPERT_LABELS, canonical_label
 from chexpert_hf.outputs import PREDICTIONS_CSV, RECIPE_YAML
 from chexpert_hf.utils import atomic_write
@@ -59,6 +63,8 @@ class KeyedRows:
     values: np.ndarray  # (rows, labels): probabilities, or raw labels (1/0/-1/NaN)
     labels: list[str]
     lines: list[int]
+    meta: ImageMeta | None = None  # sex, age, view, AP/PA per row, where the file has them (subgroups)
+    text: list[str] | None = None  # the key column's cells as written (``CheXpert-v1.0-small/valid/...``)
 
     @property
     def keys(self) -> np.ndarray:
@@ -73,6 +79,9 @@ class Scored:
     probabilities: np.ndarray
     targets: np.ndarray
     labels: list[str]
+    keys: np.ndarray | None = None  # the scored rows' studies (or images), in their order
+    groups: dict[str, np.ndarray] | None = None  # each scored row's subgroup per attribute (sex, age, view)
+    predictions: pd.DataFrame | None = None  # an ensemble's combined scores, in the format read_predictions reads
 
 
 def _key_columns(table: CsvTable) -> tuple[str, str]:
@@ -124,11 +133,11 @@ def _parse_keys(table: CsvTable, level: str, column: str) -> tuple[np.ndarray, n
     return study, image
 
 
-def read_predictions(path: str | os.PathLike) -> KeyedRows:
-    """A predictions file: its key column and its probability columns, validated (see the module doc)."""
-    table = read_table(Path(path))
-    level, key_column = _key_columns(table)
-    label_columns: dict[str, str] = {}
+def named_label_columns(table: CsvTable, key_column: str, kind: str, cells: str) -> dict[str, str]:
+    """``{label: column}`` for every column but the key, each naming a CheXpert label (canonical names, any spelling
+    :func:`canonical_label` knows, any order); an unknown column, two columns for one label, or none at all is an
+    error naming the file. ``kind`` and ``cells`` say in the message what the file is and holds."""
+    columns: dict[str, str] = {}
     unknown = []
     for column in table.frame.columns:
         if column == key_column:
@@ -136,22 +145,29 @@ def read_predictions(path: str | os.PathLike) -> KeyedRows:
         label = canonical_label(column)
         if label is None:
             unknown.append(column)
-        elif label in label_columns:
+        elif label in columns:
             raise CheXpertFormatError(
-                f"{table.path}: columns {label_columns[label]!r} and {column!r} both name label {label!r}"
+                f"{table.path}: columns {columns[label]!r} and {column!r} both name label {label!r}"
             )
         else:
-            label_columns[label] = column
+            columns[label] = column
     if unknown:
         raise CheXpertFormatError(
-            f"{table.path}: unknown column(s) {unknown}; a predictions file has a Study or "
-            f"Path column and one probability column per CheXpert label, named among: "
-            f"{', '.join(CHEXPERT_LABELS)}"
+            f"{table.path}: unknown column(s) {unknown}; {kind} has a Study or Path column and one {cells} column "
+            f"per CheXpert label, named among: {', '.join(CHEXPERT_LABELS)}"
         )
-    if not label_columns:
+    if not columns:
         raise CheXpertFormatError(
-            f"{table.path}: no label column; expected probability columns named among: {', '.join(CHEXPERT_LABELS)}"
+            f"{table.path}: no label column; expected {cells} columns named among: {', '.join(CHEXPERT_LABELS)}"
         )
+    return columns
+
+
+def read_predictions(path: str | os.PathLike) -> KeyedRows:
+    """A predictions file: its key column and its probability columns, validated (see the module doc)."""
+    table = read_table(Path(path))
+    level, key_column = _key_columns(table)
+    label_columns = named_label_columns(table, key_column, "a predictions file", "probability")
     study, image = _parse_keys(table, level, key_column)
     labels = list(label_columns)
     values = np.empty((len(table.frame), len(labels)))
@@ -183,7 +199,25 @@ def read_groundtruth(path: str | os.PathLike) -> KeyedRows:
     present = [index for index, label in enumerate(CHEXPERT_LABELS) if label in found]
     study, image = _parse_keys(table, level, key_column)
     labels = [CHEXPERT_LABELS[index] for index in present]
-    return KeyedRows(Path(path), level, study, image, raw[:, present], labels, table.lines)
+    text = table.frame[key_column].str.strip().tolist()
+    meta = _table_meta(table)
+    return KeyedRows(Path(path), level, study, image, raw[:, present], labels, table.lines, meta, text)
+
+
+def _table_meta(table: CsvTable) -> ImageMeta | None:
+    """Sex, age and view per row from CheXpert's ``Sex``, ``Age``, ``Frontal/Lateral`` and ``AP/PA`` columns (a
+    ``valid.csv``); None when the file has none of them (the test set's study-level ``groundtruth.csv``)."""
+    columns = {name: table.column(name) for name in ("Sex", "Age", "Frontal/Lateral", "AP/PA")}
+    if not any(columns.values()):
+        return None
+    blank = [""] * len(table.frame)
+
+    def cells(name: str) -> list[str]:
+        return table.frame[columns[name]].str.strip().tolist() if columns[name] else blank
+
+    ages = parse_ages(table, columns["Age"]) if columns["Age"] else [None] * len(table.frame)
+    views = [view.lower() for view in cells("Frontal/Lateral")]
+    return ImageMeta(sex=cells("Sex"), age=ages, view=views, ap_pa=cells("AP/PA"))
 
 
 def groundtruth_from_prepared(
@@ -202,7 +236,14 @@ def groundtruth_from_prepared(
     study = np.array([f"{k[1]}/{k[2]}" for k in keys], dtype=object)
     image = np.array([f"{k[1]}/{k[2]}/{k[3]}" for k in keys], dtype=object)
     source = Path(f"{part.prepared}[{split}]")
-    return KeyedRows(source, "image", study, image, part.raw, list(CHEXPERT_LABELS), list(range(len(paths))))
+    rows = KeyedRows(source, "image", study, image, part.raw, list(CHEXPERT_LABELS), list(range(len(paths))))
+    rows.meta = prepared_meta(part.rows)
+    return rows
+
+
+def prepared_meta(rows) -> ImageMeta:
+    """Sex, age, view and AP/PA per image of a prepared split (the columns ``chexpert-hf prepare`` writes)."""
+    return ImageMeta(sex=rows["sex"][:], age=rows["age"][:], view=rows["view"][:], ap_pa=rows["ap_pa"][:])
 
 
 def _by_study(study: np.ndarray, values: np.ndarray, reduce: np.ufunc, fill: float) -> tuple[np.ndarray, np.ndarray]:
@@ -276,20 +317,27 @@ def match_to_groundtruth(pred: KeyedRows, truth: KeyedRows, *, per_image: bool =
 
 
 def score_predictions(
-    predictions: str | os.PathLike,
+    predictions: str | os.PathLike | Sequence[str | os.PathLike],
     groundtruth: str | os.PathLike,
     *,
     per_image: bool = False,
     n_bootstrap: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    ensemble: str = "mean",
 ) -> tuple[Scored, dict[str, Any]]:
-    """Score a predictions file against ground truth; returns the scores and a summary of the matching."""
-    pred, truth = read_predictions(predictions), read_groundtruth(groundtruth)
-    matched = match_to_groundtruth(pred, truth, per_image=per_image)
-    if matched.unscored:
-        logger.warning(
-            "%d %s(s) of %s are not in %s and were not scored", matched.unscored, matched.unit, pred.path, truth.path
-        )
+    """Score a predictions file against ground truth; returns the scores and a summary of the matching. Several
+    files are an ensemble (:mod:`chexpert_hf.evaluation.ensemble`): each is matched to the ground truth, then
+    their scores are combined per label and scored as one model."""
+    paths = [predictions] if isinstance(predictions, str | os.PathLike) else list(predictions)
+    truth = read_groundtruth(groundtruth)
+    members = [match_to_groundtruth(read_predictions(path), truth, per_image=per_image) for path in paths]
+    names = [Path(path).name for path in paths]
+    for path, matched in zip(paths, members, strict=True):
+        if matched.unscored:
+            logger.warning(
+                "%d %s(s) of %s are not in %s and were not scored", matched.unscored, matched.unit, path, truth.path
+            )
+    matched = _combine_matched(names, members, ensemble)
     scores = score(
         matched.scores,
         matched.targets,
@@ -300,12 +348,54 @@ def score_predictions(
         seed=seed,
     )
     summary = {
-        "predictions": pred.path.name,
+        "predictions": names[0] if len(names) == 1 else f"ensemble of {len(names)}",
         "groundtruth": truth.path.name,
         "level": matched.unit,
-        "unscored_predictions": int(matched.unscored),
+        "unscored_predictions": int(max(member.unscored for member in members)),
     }
-    return Scored(scores, matched.scores, matched.targets, matched.labels), summary
+    if len(names) > 1:
+        summary["ensemble"] = {"members": names, "combination": ensemble}
+    groups = _groups(truth, matched.keys, per_image)
+    scored = Scored(scores, matched.scores, matched.targets, matched.labels, matched.keys, groups)
+    if len(names) > 1:  # written as predictions.csv: compare reads an ensemble like any other model
+        keys, key_column = _key_text(truth, matched.keys), "Path" if per_image else "Study"
+        scored.predictions = predictions_frame(keys, matched.scores, matched.labels, key_column)
+    return scored, summary
+
+
+def _key_text(truth: KeyedRows, keys: np.ndarray) -> list[str]:
+    """The ground truth's own path for each key (a study of image rows: its first image's folder), so that a file
+    written with them reads back with the same keys."""
+    text: dict[str, str] = {}
+    if len(keys) and keys[0].count("/") == 2:  # images
+        text = dict(zip(truth.image, truth.text, strict=True))
+    else:
+        for study, cell in zip(truth.study, truth.text, strict=True):
+            text.setdefault(study, cell if truth.level == "study" else cell.rsplit("/", 1)[0])
+    return [text[key] for key in keys]
+
+
+def _combine_matched(names: list[str], members: list[Matched], how: str) -> Matched:
+    """One member as it is; several combined into one (same studies: each was matched to the same ground truth)."""
+    if len(members) == 1:
+        return members[0]
+    check_same_labels(names, [member.labels for member in members])
+    labels = members[0].labels
+    combined = combine([member.scores[:, column_order(member.labels, labels)] for member in members], how)
+    first = members[0]
+    return Matched(first.keys, combined, first.targets, labels, first.unit, max(m.unscored for m in members))
+
+
+def _groups(truth: KeyedRows, keys: np.ndarray, per_image: bool) -> dict[str, np.ndarray] | None:
+    """Each scored row's subgroup (sex, age band, view) from the ground truth's columns; None without them."""
+    if truth.meta is None:
+        return None
+    if per_image:
+        return image_groups(truth.meta)
+    studies, groups = study_groups(truth.study, truth.meta)
+    if not np.array_equal(studies, keys):  # both in the ground truth's order of first appearance
+        raise AssertionError("subgroups and scored studies are in different orders")
+    return groups
 
 
 def write_predictions_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -344,7 +434,7 @@ def predictions_frame(
 
 
 def evaluate_model(
-    model_name_or_path: str,
+    model_name_or_path: str | Sequence[str],
     data: str | os.PathLike,
     *,
     split: str = "validation",
@@ -358,21 +448,35 @@ def evaluate_model(
     prepare_image_size: int = 320,
     data_cache_dir: str | None = None,
     progress: bool = True,
+    ensemble: str = "mean",
 ) -> tuple[Scored, pd.DataFrame, dict]:
-    """Run a model over a prepared split and score it; returns the scores, the per-image predictions table and a
-    summary of what was scored. ``data`` is a prepared folder, or a CheXpert root prepared (once, into the cache)
-    at ``prepare_image_size``."""
+    """Run a model (or several: an ensemble, see :mod:`chexpert_hf.evaluation.ensemble`) over a prepared split and
+    score it; returns the scores, the per-image predictions table and a summary of what was scored. ``data`` is a
+    prepared folder, or a CheXpert root prepared (once, into the cache) at ``prepare_image_size``. The summary holds
+    the model's saved decision thresholds (``thresholds``, ``threshold_source``) when it has some; an ensemble has
+    none."""
     from chexpert_hf.data.loading import check_views, load_prepared_split
     from chexpert_hf.evaluation.inference import load_classifier, predict_split
 
     check_views(views)  # before the model is loaded
-    loaded = load_classifier(model_name_or_path, trust_remote_code=trust_remote_code, device=device)
-    part = load_prepared_split(
-        data, loaded.labels, split=split, views=views, image_size=prepare_image_size, cache_dir=data_cache_dir
-    )
+    names = [model_name_or_path] if isinstance(model_name_or_path, str) else list(model_name_or_path)
+    members, labels, part = [], None, None
+    for name in names:
+        loaded = load_classifier(name, trust_remote_code=trust_remote_code, device=device)
+        if labels is None:
+            labels = loaded.labels
+            part = load_prepared_split(
+                data, labels, split=split, views=views, image_size=prepare_image_size, cache_dir=data_cache_dir
+            )
+            logger.info("evaluating on %d %s images of %s", len(part.rows), split, part.prepared)
+        check_same_labels([names[0], name], [labels, loaded.labels])
+        logger.info("running %s", name)
+        probabilities = predict_split(loaded, part.rows, batch_size=batch_size, progress=progress)
+        members.append(probabilities[:, column_order(loaded.labels, labels)])
+        thresholds, source = saved_thresholds(loaded.model.config)
+        del loaded
+    probabilities = combine(members, ensemble) if len(members) > 1 else members[0]
     rows, raw = part.rows, part.raw
-    logger.info("evaluating %s on %d %s images of %s", model_name_or_path, len(rows), split, part.prepared)
-    probabilities = predict_split(loaded, rows, batch_size=batch_size, progress=progress)
     targets = evaluation_targets(raw)
     studies = np.asarray(rows["study_id"][:])
     paths = rows["path"][:]
@@ -383,23 +487,32 @@ def evaluate_model(
     scores = score(
         probabilities,
         targets,
-        loaded.labels,
+        labels,
         study_ids=None if per_image else studies,
         row_ids=image_keys,
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
     scored_probabilities, scored_targets = scored_rows(probabilities, targets, None if per_image else studies)
+    meta = prepared_meta(rows)
+    if per_image:
+        keys, groups = image_keys, image_groups(meta)
+    else:
+        keys, groups = study_groups(studies, meta)
     summary = {
-        "model": _public_name(model_name_or_path),
+        "model": _public_name(names[0]) if len(names) == 1 else f"ensemble of {len(names)}",
         "split": split,
         "views": views,
         "level": "image" if per_image else "study",
         "images": len(rows),
     }
+    if len(names) > 1:
+        summary["ensemble"] = {"members": [_public_name(name) for name in names], "combination": ensemble}
+    elif thresholds:
+        summary["thresholds"], summary["threshold_source"] = thresholds, source
     return (
-        Scored(scores, scored_probabilities, scored_targets, loaded.labels),
-        predictions_frame(paths, probabilities, loaded.labels),
+        Scored(scores, scored_probabilities, scored_targets, labels, np.asarray(keys), groups),
+        predictions_frame(paths, probabilities, labels),
         summary,
     )
 
@@ -434,8 +547,10 @@ def write_evaluation(
     *,
     title: str,
     predictions: pd.DataFrame | None = None,
+    subgroups: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """``metrics.json``, ``metrics.md``, ``roc.png`` (and ``predictions.csv``) in ``output``."""
+    """``metrics.json``, ``metrics.md``, ``roc.png`` (``calibration.png`` for probabilities), ``predictions.csv``
+    when given, and ``subgroups.json``/``.md``/``.png`` when given, in ``output``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     details = [f"{key}: {value}" for key, value in summary.items()]
@@ -452,4 +567,32 @@ def write_evaluation(
     if predictions is not None:
         paths[PREDICTIONS_CSV] = output / PREDICTIONS_CSV
         write_predictions_csv(paths[PREDICTIONS_CSV], predictions)
+    if subgroups is not None:
+        paths.update(write_subgroups(output, subgroups, f"Subgroups: {title}"))
     return paths
+
+
+def set_thresholds(
+    model_folder: str | os.PathLike, scored: Scored, rule: str, split: str, level: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Choose thresholds by ``rule`` on the rows ``scored`` holds and write them into the local model folder's
+    ``config.json`` (rewritten whole, atomically; every other key kept as it was); returns them and their source."""
+    import json
+
+    from chexpert_hf.evaluation.thresholds import CONFIG_THRESHOLD_SOURCE, CONFIG_THRESHOLDS, choose_thresholds
+    from chexpert_hf.outputs import MODEL_CONFIG
+    from chexpert_hf.utils import write_text
+
+    config_path = Path(model_folder) / MODEL_CONFIG
+    if not config_path.is_file():
+        raise ValueError(
+            f"--set-thresholds writes into a local model folder's {MODEL_CONFIG}; {model_folder} has none "
+            "(a Hub model: download it with `huggingface-cli download` first)"
+        )
+    parsed = parse_rule(rule)
+    thresholds = choose_thresholds(scored.probabilities, scored.targets, scored.labels, parsed)
+    source = {"rule": str(parsed), "split": split, "level": level, "count": int(len(scored.probabilities))}
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config[CONFIG_THRESHOLDS], config[CONFIG_THRESHOLD_SOURCE] = thresholds, source
+    write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return thresholds, source

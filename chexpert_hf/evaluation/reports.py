@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from chexpert_hf.evaluation.calibration import calibration_figure, calibration_markdown, figure_labels
+from chexpert_hf.evaluation.thresholds import operating_points_markdown
 from chexpert_hf.labels import COMPETITION_LABELS
-from chexpert_hf.outputs import METRICS_JSON, METRICS_MD, ROC_PNG
+from chexpert_hf.outputs import CALIBRATION_PNG, METRICS_JSON, METRICS_MD, ROC_PNG
 from chexpert_hf.utils import atomic_write, markdown_table, write_text
 
 
@@ -125,7 +127,25 @@ def metrics_markdown(scores: dict[str, Any], title: str, details: Sequence[str] 
         listed = ", ".join(f"{label} {n}" for label, n in undefined.items())
         lines += ["", f"Resamples left out of an interval because the label had one class only there: {listed}."]
     lines += ["", f"![ROC curves]({ROC_PNG})", ""]
+    lines += clinical_sections(scores)
     return "\n".join(lines)
+
+
+def clinical_sections(scores: dict[str, Any]) -> list[str]:
+    """The sections :mod:`chexpert_hf.evaluation.clinical` adds to ``metrics.md``, for those ``scores`` holds:
+    operating points, calibration, readers (each followed by a blank line)."""
+    lines: list[str] = []
+    if "operating_points" in scores:
+        lines += [*operating_points_markdown(scores["operating_points"]), ""]
+    if "calibration" in scores:
+        lines += [*calibration_markdown(scores["calibration"]), ""]
+    if "readers" in scores:
+        from chexpert_hf.evaluation.readers import readers_markdown  # readers reads files through evaluate
+
+        lines += [*readers_markdown(scores["readers"])]
+        if lines[-1] != "":
+            lines.append("")
+    return lines
 
 
 def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequence[str], scores: dict[str, Any]):
@@ -138,16 +158,22 @@ def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequ
 
     figure = Figure(figsize=(7.5, 6.5), dpi=120)
     axes = figure.add_subplot()
+    colors = {}
     for column, label in enumerate(label_names):
         entry = scores["per_label"].get(label)
         if entry is None:
             continue
         kept = ~np.isnan(targets[:, column])
         fpr, tpr, _ = roc_curve(targets[kept, column], probabilities[kept, column])
-        RocCurveDisplay(fpr=fpr, tpr=tpr, name=f"{label} ({entry['auroc']:.3f})").plot(
+        display = RocCurveDisplay(fpr=fpr, tpr=tpr, name=f"{label} ({entry['auroc']:.3f})").plot(
             ax=axes,
             curve_kwargs={"linestyle": "-" if label in COMPETITION_LABELS else "--", "linewidth": 1.4},
         )
+        colors[label] = display.line_.get_color()
+    if "readers" in scores:  # each reader's operating point, coloured as its label's curve
+        from chexpert_hf.evaluation.readers import draw_readers
+
+        draw_readers(axes, scores["readers"], colors)
     axes.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":", label="chance (0.500)")
     count, unit = _count(scores)
     axes.set(
@@ -197,6 +223,10 @@ def write_reports(
     paths = {name: folder / name for name in (METRICS_JSON, METRICS_MD, ROC_PNG)}
     figure = roc_figure(np.asarray(probabilities), np.asarray(targets), list(label_names), scores)
     atomic_write(paths[ROC_PNG], lambda name: figure.savefig(name, format="png"))
+    if "calibration" in scores and figure_labels(scores["calibration"]):
+        paths[CALIBRATION_PNG] = folder / CALIBRATION_PNG
+        reliability = calibration_figure(scores["calibration"])
+        atomic_write(paths[CALIBRATION_PNG], lambda name: reliability.savefig(name, format="png"))
     write_text(paths[METRICS_MD], metrics_markdown(scores, title, details))
     payload = _json_safe({**scores, **(extra or {})})
     write_text(paths[METRICS_JSON], json.dumps(payload, indent=2) + "\n")

@@ -124,6 +124,7 @@ class CardInfo:
     trust_remote_code: bool = False  # True when the modelling code ships next to the weights (resnet_vit)
     roc_figure: str | None = ROC_PNG  # a file next to README.md, or None
     license: str | None = None  # None: apache-2.0 for synthetic data, else "other" with the CheXpert agreement
+    subgroups: dict[str, Any] | None = field(default=None, repr=False)  # subgroups.json of the evaluated split
 
 
 # --- safety checks ------------------------------------------------------------------------------------------------
@@ -483,7 +484,95 @@ def _results(info: CardInfo) -> list[str]:
     ]
     if info.roc_figure:
         lines += ["", f"![ROC curves]({info.roc_figure})"]
+    for section in (_operating_points(info), _calibration(info), _subgroups(info)):
+        if section:
+            lines += ["", *section]
     return lines
+
+
+def _rate(point: Mapping[str, Any], name: str) -> str:
+    value, interval = _finite(point.get(name)), _interval(point.get(f"{name}_ci95"))
+    if value is None:
+        return "—"
+    return f"{value:.3f} ({format_interval(interval)})" if interval else f"{value:.3f}"
+
+
+def _operating_points(info: CardInfo) -> list[str]:
+    """The decision thresholds saved in config.json, with sensitivity and specificity on the split they were chosen
+    on (where this card's evaluation chose them: optimistic, and said so)."""
+    block = info.metrics.get("operating_points")
+    if not block or not block.get("per_label"):
+        return []
+    source = block.get("source", {})
+    lines = [
+        "### Decision thresholds",
+        "",
+        f"`config.json` holds a decision threshold per label (`decision_thresholds`), chosen by the rule "
+        f"`{source.get('rule', 'unknown')}` on the {source.get('split', 'unrecorded')} split; a study is positive "
+        "when its probability is at or above it. On that split (95% Wilson intervals):",
+        "",
+    ]
+    rows = [
+        [label, f"{point['threshold']:.4g}", _rate(point, "sensitivity"), _rate(point, "specificity")]
+        for label, point in block["per_label"].items()
+    ]
+    lines += markdown_table(["Finding", "Threshold", "Sensitivity", "Specificity"], rows, "lrrr")
+    if block.get("optimistic"):
+        lines += [
+            "",
+            "These rates are measured on the split the thresholds were chosen on, so they are optimistic; "
+            "expect lower on new studies.",
+        ]
+    return lines
+
+
+def _calibration(info: CardInfo) -> list[str]:
+    result = info.metrics.get("calibration")
+    if not result:
+        return []
+    if "skipped" in result:
+        return ["### Calibration", "", str(result["skipped"])]
+    rows = [
+        [label, f"{entry['ece']:.4f}", f"{entry['brier']:.4f}"]
+        for label in _ordered_labels(info.labels, result.get("per_label", {}))
+        for entry in [result["per_label"][label]]
+    ]
+    if not rows:
+        return []
+    return [
+        "### Calibration",
+        "",
+        f"Expected calibration error over {result.get('bins', 15)} equal-width probability bins (0: the "
+        "probabilities are the observed frequencies) and the Brier score, on the same split:",
+        "",
+        *markdown_table(["Finding", "ECE", "Brier"], rows, "lrr"),
+    ]
+
+
+def _subgroups(info: CardInfo) -> list[str]:
+    result = info.subgroups
+    if not result or not result.get("attributes"):
+        return []
+    labels = list(result.get("labels") or [])
+    rows = []
+    for attribute, entry in result["attributes"].items():
+        for group, scored in entry["groups"].items():
+            cells = []
+            for label in labels:
+                label_entry = scored["per_label"].get(label, {})
+                auroc = _finite(label_entry.get("auroc"))
+                cells.append("too small" if label_entry.get("too_small") or auroc is None else f"{auroc:.3f}")
+            rows.append([f"{attribute}: {group}", _format_value(scored.get("n")), *cells])
+    minimum = result.get("min_class", 10)
+    unit = "Images" if result.get("unit") == "image" else "Studies"
+    return [
+        "### Subgroups",
+        "",
+        f"AUROC per group of the same split (a group needs {minimum} positives and {minimum} negatives of a finding "
+        "to be scored; intervals and the false-negative rate at the thresholds are in `subgroups.md`):",
+        "",
+        *markdown_table(["Group", unit, *labels], rows, "lr" + "r" * len(labels)),
+    ]
 
 
 def _usage(info: CardInfo) -> list[str]:

@@ -34,6 +34,7 @@ import yaml
 from chexpert_hf.hub.model_card import CHEXPERT_BIBTEX, CHEXPERT_LICENSE_NAME, CHEXPERT_URL
 from chexpert_hf.hub.privacy import find_leaks, first_leak, is_absolute_path, redact_tokens
 from chexpert_hf.outputs import (
+    CALIBRATION_PNG,
     DATASET_DICT_JSON,
     GENERATION_CONFIG,
     METRICS_JSON,
@@ -49,6 +50,9 @@ from chexpert_hf.outputs import (
     ROC_PNG,
     SAFE_WEIGHTS,
     SAFE_WEIGHTS_INDEX,
+    SUBGROUPS_JSON,
+    SUBGROUPS_MD,
+    SUBGROUPS_PNG,
     TRAINER_STATE,
 )
 
@@ -59,7 +63,8 @@ logger = logging.getLogger(__name__)
 # (names from chexpert_hf.outputs; SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX, PROCESSOR_FILES, TRAINER_STATE, RESUME_FILES too)
 CONFIG = MODEL_CONFIG
 CARD = MODEL_CARD
-CARD_COMPANIONS = (ROC_PNG, METRICS_JSON, METRICS_MD)  # written with the card
+# written with the card (aggregates only: no patient id, no image path)
+CARD_COMPANIONS = (ROC_PNG, METRICS_JSON, METRICS_MD, CALIBRATION_PNG, SUBGROUPS_JSON, SUBGROUPS_MD, SUBGROUPS_PNG)
 RESULTS = RESULTS_JSONS
 OPTIONAL_MODEL_FILES = (GENERATION_CONFIG,)
 RECIPE = RECIPE_YAML

@@ -28,6 +28,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
+from chexpert_hf.evaluation.thresholds import parse_rule
 from chexpert_hf.labels import (
     BLANK_POLICIES,
     CHEXPERT_LABELS,
@@ -156,6 +157,13 @@ class DataArguments:
     eval_level: EvalLevel = field(
         default="study", metadata={"help": "'study' (max over a study's views, as the CheXpert paper) or 'image'"}
     )
+    threshold_rule: str = field(
+        default="youden",
+        metadata={
+            "help": "how the decision threshold saved per label in config.json is chosen on the validation split: "
+            "'youden' (max sensitivity + specificity - 1), 'sensitivity:X' or 'specificity:X'"
+        },
+    )
     augmentation: Augmentation = field(
         default="none",
         metadata={"help": "'none' or 'light' (small rotation, scale and shift; never a flip: laterality matters)"},
@@ -213,6 +221,7 @@ class DataArguments:
         if self.prepare_num_proc is not None and self.prepare_num_proc < 1:
             raise ValueError(f"prepare_num_proc must be at least 1, got {self.prepare_num_proc}")
         self.validation_fraction()
+        parse_rule(self.threshold_rule)
 
     def validation_fraction(self) -> float | None:
         """``None`` for the official split, else the share of training patients held out."""

@@ -31,14 +31,24 @@ from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from chexpert_hf.data.loading import DecodeCollator, load_training_splits, resolve_prepared
-from chexpert_hf.evaluation.evaluate import groundtruth_frame, predictions_frame, write_predictions_csv
+from chexpert_hf.evaluation.clinical import add_clinical_scores, subgroups_for
+from chexpert_hf.evaluation.evaluate import groundtruth_frame, predictions_frame, prepared_meta, write_predictions_csv
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from chexpert_hf.evaluation.reports import scores_table, write_reports
+from chexpert_hf.evaluation.subgroups import image_groups, study_groups, write_subgroups
+from chexpert_hf.evaluation.thresholds import (
+    choose_thresholds,
+    parse_rule,
+    saved_thresholds,
+    store_thresholds,
+    threshold_split_name,
+)
 from chexpert_hf.hub.model_card import write_model_card
 from chexpert_hf.models import build_model, input_channels
 from chexpert_hf.models.freeze import apply_freeze_policy
 from chexpert_hf.outputs import (
     BENCHMARK_RUN,
+    CALIBRATION_PNG,
     METRICS_JSON,
     METRICS_MD,
     MODEL_CARD,
@@ -51,6 +61,9 @@ from chexpert_hf.outputs import (
     ROC_PNG,
     RUN_INFO,
     SAFE_WEIGHTS,
+    SUBGROUPS_JSON,
+    SUBGROUPS_MD,
+    SUBGROUPS_PNG,
     TRAINER_STATE,
     TRAINING_ARGS_BIN,
     VALIDATION_LABELS_CSV,
@@ -111,14 +124,17 @@ def run(recipe: Recipe) -> dict[str, float]:
 
     # --- evaluate (with bootstrap confidence intervals) ------------------------------------------------------
     metrics, scores = _evaluate(trainer, scorer)
+    if args.do_train and scores is not None:
+        _choose_thresholds(recipe, trainer, scorer, labels)
 
     # --- report and card (first: a save with push_to_hub publishes the card) -------------------------------
     if trainer.is_world_process_zero() and scores is not None:
-        _write_reports(recipe, built, scorer, scores, labels, splits.validation)
+        subgroups = _write_reports(recipe, built, trainer, scorer, scores, labels, splits.validation)
         if args.do_train:
             info = card_info_from_run(
                 recipe, built, summary, splits, scores, train_metrics.get("train_runtime"), threads
             )
+            info.subgroups = subgroups
             write_model_card(args.output_dir, info)
 
     # --- save and push ---------------------------------------------------------------------------------------
@@ -280,27 +296,74 @@ def _evaluate(trainer: CheXpertTrainer, scorer: SplitScorer) -> tuple[dict[str, 
     return metrics, scores
 
 
-def _write_reports(recipe: Recipe, built, scorer: SplitScorer, scores: dict, labels: list[str], validation) -> None:
-    """``metrics.json``, ``metrics.md``, ``roc.png``; and every validation image's probabilities
-    (``predictions.csv``) with its labels (``validation_labels.csv``), so that ``chexpert-hf compare`` can test two
-    runs on the same studies later."""
+def _choose_thresholds(recipe: Recipe, trainer: CheXpertTrainer, scorer: SplitScorer, labels: list[str]) -> None:
+    """A decision threshold per label, chosen by ``threshold_rule`` on the validation rows just scored (studies at
+    study level), kept in the model's config so that ``save_pretrained`` writes it into config.json. Every process
+    scored the same gathered rows, so every process holds the same thresholds."""
+    data_args = recipe.data
+    probabilities, targets = scorer.last_scored
+    rule = parse_rule(data_args.threshold_rule)
+    source = {
+        "rule": str(rule),
+        "split": threshold_split_name(data_args.validation_split),
+        "level": data_args.eval_level,
+        "count": len(probabilities),
+    }
+    store_thresholds(trainer.model.config, choose_thresholds(probabilities, targets, labels, rule), source)
+
+
+def _write_reports(
+    recipe: Recipe, built, trainer: CheXpertTrainer, scorer: SplitScorer, scores: dict, labels: list[str], validation
+) -> dict | None:
+    """``metrics.json``, ``metrics.md``, ``roc.png``, with the operating points at the thresholds just chosen and
+    calibration (:mod:`chexpert_hf.evaluation.clinical`; ``scores`` gains them, for the card);
+    ``subgroups.json``/``.md``/``.png`` where the split has sex, age and views (returned, for the card); and every
+    validation image's probabilities (``predictions.csv``) with its labels (``validation_labels.csv``), so that
+    ``chexpert-hf compare`` can test two runs on the same studies later."""
     model_args, data_args = recipe.model, recipe.data
     output = Path(recipe.training.output_dir)
     paths = validation.dataset["path"][:]
     write_predictions_csv(output / PREDICTIONS_CSV, predictions_frame(paths, scorer.last_probabilities, labels))
     write_predictions_csv(output / VALIDATION_LABELS_CSV, groundtruth_frame(paths, validation.raw, labels))
+    probabilities, targets = scorer.last_scored
+    thresholds, source = saved_thresholds(trainer.model.config)
+    split = threshold_split_name(data_args.validation_split)
+    add_clinical_scores(
+        scores, probabilities, targets, labels, evaluated_split=split, thresholds=thresholds, threshold_source=source
+    )
+    meta = prepared_meta(validation.dataset)
+    if data_args.eval_level == "study":
+        keys, groups = study_groups(validation.study_ids, meta)
+    else:
+        keys, groups = None, image_groups(meta)
+    subgroups = subgroups_for(
+        probabilities,
+        targets,
+        labels,
+        groups,
+        None,
+        keys=keys,
+        thresholds=thresholds,
+        unit=data_args.eval_level,
+        n_bootstrap=BOOTSTRAP_RESAMPLES,
+        seed=recipe.training.seed,
+    )
+    title = f"CheXpert validation: {recipe.name}"
+    if subgroups is not None:
+        write_subgroups(output, subgroups, f"Subgroups: {title}")
     write_reports(
         recipe.training.output_dir,
         scores,
         *scorer.last_scored,
         labels,
-        title=f"CheXpert validation: {recipe.name}",
+        title=title,
         details=[
             f"model: {model_args.family} ({built.variant}), freeze policy {recipe.policy.freeze_policy}",
             f"validation: {data_args.validation_split}, {data_args.views} views",
         ],
         extra={"split": "validation", "level": data_args.eval_level},
     )
+    return subgroups
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,6 +447,10 @@ RUN_FILES = (
     *RESULTS_JSONS,
     METRICS_MD,
     ROC_PNG,
+    CALIBRATION_PNG,
+    SUBGROUPS_JSON,
+    SUBGROUPS_MD,
+    SUBGROUPS_PNG,
     PREDICTIONS_CSV,
     VALIDATION_LABELS_CSV,
     BENCHMARK_RUN,

@@ -337,7 +337,8 @@ def test_reports_and_the_command_line(tmp_path, capsys):
     assert "Fracture" in table and "![ROC curves](roc.png)" in table
     with Image.open(out / "roc.png") as figure:
         assert figure.format == "PNG" and figure.size[0] > 500
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "roc.png"]  # no temporary files
+    written = ["calibration.png", "metrics.json", "metrics.md", "roc.png", "subgroups.json", "subgroups.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*written, "subgroups.png"])  # no temporary files
 
 
 def test_the_command_names_bad_input_and_writes_nothing(tmp_path, capsys):

@@ -117,8 +117,19 @@ def test_the_evaluate_command_writes_its_reports(trained, tmp_path, capsys, monk
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert sorted(p.name for p in output.iterdir()) == ["metrics.json", "metrics.md", "predictions.csv", "roc.png"]
+    reports = ["calibration.png", "metrics.json", "metrics.md", "predictions.csv", "roc.png"]
+    subgroups = ["subgroups.json", "subgroups.md", "subgroups.png"]
+    assert sorted(p.name for p in output.iterdir()) == reports + subgroups
     metrics = json.loads((output / "metrics.json").read_text())
+    # the thresholds the training run chose on this same validation split: reported, and flagged as optimistic
+    saved = json.loads((trained["out"] / "config.json").read_text())
+    points = metrics["operating_points"]
+    assert points["source"] == saved["decision_threshold_source"] and points["source"]["rule"] == "youden"
+    assert points["optimistic"] and points["evaluated_split"] == "validation"
+    for label, point in points["per_label"].items():
+        assert point["threshold"] == saved["decision_thresholds"][label]
+    assert "**Optimistic:**" in (output / "metrics.md").read_text()
+    assert set(metrics["calibration"]["per_label"]) <= set(COMPETITION_LABELS)
     assert metrics["views"] == "frontal"  # taken from the model's recipe.yaml
     assert f"{metrics['mean_auroc']:.4f}" in printed
     rows = pd.read_csv(output / "predictions.csv")
@@ -230,6 +241,8 @@ def test_predict_and_pipeline_agree_on_common_image_files(trained, tmp_path):
     # the 16-bit file is windowed to its range, not clipped: close to the 8-bit image it was made from
     np.testing.assert_allclose(same["png16"], same["png8"], atol=0.02)
 
+    # the saved decision thresholds change nothing in what pipeline returns: independent probabilities
+    assert set(loaded.model.config.decision_thresholds) == set(COMPETITION_LABELS)
     classify = pipeline("image-classification", model=str(trained["out"]), top_k=None, device="cpu")
     result = classify(str(files["jpeg"]))
     scores = {entry["label"]: entry["score"] for entry in result}
@@ -262,6 +275,10 @@ def test_the_predict_command(trained, tmp_path, capsys):
     rows = pd.read_csv(output)
     assert list(rows.columns) == ["Path", *COMPETITION_LABELS] and len(rows) == 2
     assert f"{rows.loc[0, 'Edema']:.3f}" in printed and "grey.jpg" in printed
+    # the decision at the threshold the training run saved, next to each probability
+    threshold = json.loads((trained["out"] / "config.json").read_text())["decision_thresholds"]["Edema"]
+    mark = "+" if rows.loc[0, "Edema"] >= threshold else "-"
+    assert f"{rows.loc[0, 'Edema']:.3f} {mark}" in printed and "rule youden, chosen on validation" in printed
 
     broken = tmp_path / "images" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")

@@ -304,3 +304,35 @@ def test_numpy_floats_are_written_as_plain_numbers(tmp_path):
     assert "!!python" not in path.read_text(encoding="utf-8")
     values = card_metrics(path)
     assert values["Edema"] == 0.75 and values["mean_auroc"] == float(info.metrics["mean_auroc"])
+
+
+def test_thresholds_calibration_and_subgroups_join_the_card_but_not_the_model_index():
+    import numpy as np
+
+    from chexpert_hf.evaluation.clinical import add_clinical_scores
+    from chexpert_hf.evaluation.subgroups import subgroup_scores
+    from chexpert_hf.evaluation.thresholds import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((300, 5)) < 0.4).astype(float)
+    probabilities = np.clip(0.4 * targets + 0.6 * rng.random((300, 5)), 0, 1)
+    labels = list(COMPETITION_LABELS)
+    thresholds = choose_thresholds(probabilities, targets, labels, "youden")
+    source = {"rule": "youden", "split": "validation", "level": "study", "count": 300}
+    metrics = add_clinical_scores(
+        make_metrics(), probabilities, targets, labels, evaluated_split="validation", thresholds=thresholds,
+        threshold_source=source,
+    )  # fmt: skip
+    groups = {"sex": np.where(rng.random(300) < 0.5, "Female", "Male")}
+    subgroups = subgroup_scores(probabilities, targets, labels, groups, thresholds, n_bootstrap=50)
+    plain, full = make_info(), make_info(metrics=metrics, subgroups=subgroups)
+    text = build_model_card(full).text
+    edema = metrics["operating_points"]["per_label"]["Edema"]
+    assert f"| Edema | {edema['threshold']:.4g} | {edema['sensitivity']:.3f} (" in text
+    assert "chosen by the rule `youden` on the validation split" in text and "optimistic" in text
+    assert f"| Edema | {metrics['calibration']['per_label']['Edema']['ece']:.4f} |" in text
+    female = subgroups["attributes"]["sex"]["groups"]["Female"]
+    assert f"| sex: Female | {female['n']} | {female['per_label']['Atelectasis']['auroc']:.3f} |" in text
+    # what the Hub reads stays the AUROCs alone
+    assert card_metrics(build_model_card(full)) == card_metrics(build_model_card(plain))
+    assert "Decision thresholds" not in build_model_card(plain).text

@@ -792,6 +792,7 @@ def test_the_training_job_publishes_its_card_roc_and_metrics(tmp_path, synthetic
         [
             "README.md",
             "all_results.json",
+            "calibration.png",
             "config.json",
             "eval_results.json",
             "metrics.json",
@@ -800,6 +801,9 @@ def test_the_training_job_publishes_its_card_roc_and_metrics(tmp_path, synthetic
             "preprocessor_config.json",
             "recipe.yaml",
             "roc.png",
+            "subgroups.json",  # aggregates per group, never a patient or an image
+            "subgroups.md",
+            "subgroups.png",
             "train_results.json",
             "trainer_state.json",
         ]

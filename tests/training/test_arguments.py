@@ -115,6 +115,7 @@ def test_resolved_recipe_reproduces_the_run(tmp_path):
         ),
         (["--recipe", "demo", "--family", "vgg"], ["model family 'vgg'", "swin", "densenet121"]),
         (["--recipe", "demo", "--validation_split", "patients:2"], ["validation_split", "patients:<fraction"]),
+        (["--recipe", "demo", "--threshold_rule", "sensitivity:2"], ["threshold rule 'sensitivity:2'", "youden"]),
         (["--recipe", "demo", "--recipe", "demo", "--config", "x.yaml"], ["either --recipe NAME or --config"]),
         (["--config", "missing.yaml"], ["missing.yaml does not exist"]),
     ],
