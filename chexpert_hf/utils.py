@@ -9,6 +9,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 _UMASK_LOCK = threading.Lock()
 
@@ -94,6 +95,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
 def write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` (UTF-8) at ``path``, written by :func:`atomic_write`."""
     atomic_write(path, lambda name: Path(name).write_text(text, encoding="utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has neither: a mean over no label is null), numpy scalars
+    and arrays as Python numbers and lists, and dict keys as strings; for ``json.dumps(..., allow_nan=False)``."""
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple) or hasattr(value, "tolist"):
+        return [json_safe(item) for item in (value.tolist() if hasattr(value, "tolist") else value)]
+    return value
 
 
 _RULES = {"l": "---", "r": "---:", "c": ":---:"}

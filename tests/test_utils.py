@@ -30,3 +30,23 @@ def test_markdown_table_refuses_a_misshapen_table(header, rows, align):
 def test_format_duration_lives_in_utils():
     assert format_duration(207.4) == "3 min 27 s"
     assert format_duration(None, missing="—") == "—"
+
+
+def test_json_safe_turns_nan_and_numpy_values_into_json():
+    import json
+
+    import numpy as np
+
+    from chexpert_hf.utils import json_safe
+
+    value = {
+        "mean": float("nan"),
+        3: np.float64(0.25),
+        "n": np.int64(7),
+        "ci": np.array([0.1, np.nan]),
+        "ok": [1, "a"],
+        "z": -np.inf,
+    }
+    safe = json_safe(value)
+    assert safe == {"mean": None, "3": 0.25, "n": 7, "ci": [0.1, None], "ok": [1, "a"], "z": None}
+    assert type(safe["n"]) is int and json.loads(json.dumps(safe, allow_nan=False)) == safe

@@ -58,13 +58,17 @@ def threshold_block(
     thresholds: Mapping[str, float],
     source: Mapping[str, Any],
     evaluated_split: str,
+    evaluated_level: str = "study",
 ) -> dict[str, Any]:
-    """``metrics.json["operating_points"]``: the thresholds' source, the split scored, whether it is the split they
-    were chosen on (``optimistic``), and each label's operating point there."""
+    """``metrics.json["operating_points"]``: the thresholds' source, the split and level scored, whether it is the
+    split they were chosen on (``optimistic``), the labels that have no threshold, and each label's operating point
+    there."""
     return {
         "source": dict(source),
         "evaluated_split": evaluated_split,
+        "evaluated_level": evaluated_level,
         "optimistic": source.get("split") == evaluated_split,
+        "without_threshold": [label for label in labels if label not in thresholds],
         "per_label": operating_points(probabilities, targets, labels, thresholds),
     }
 
@@ -76,19 +80,31 @@ def add_clinical_scores(
     labels: Sequence[str],
     *,
     evaluated_split: str,
+    evaluated_level: str = "study",
     thresholds: Mapping[str, float] | None = None,
     threshold_source: Mapping[str, Any] | None = None,
     readers: Mapping[str, np.ndarray] | None = None,
+    reader_labels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Add ``operating_points`` (with thresholds), ``calibration`` (always: a reason when the scores are not
-    probabilities) and ``readers`` (with reader reads on the same rows) to ``scores``, in place; returns it."""
+    probabilities) and ``readers`` (with reader reads on the same rows, one column per label of ``reader_labels``,
+    by default every label) to ``scores``, in place; returns it."""
     if thresholds:
         scores["operating_points"] = threshold_block(
-            probabilities, targets, labels, thresholds, threshold_source or {}, evaluated_split
+            probabilities, targets, labels, thresholds, threshold_source or {}, evaluated_split, evaluated_level
         )
-    scores["calibration"] = calibration(probabilities, targets, labels)
+    if scores.get("scores_are_probabilities", True):
+        scores["calibration"] = calibration(probabilities, targets, labels)
+    else:  # outside [0, 1] (calibration says so itself), or inside but not probabilities (mean ranks)
+        kind = scores.get("scores_kind", "some lie outside [0, 1]")
+        scores["calibration"] = {
+            "skipped": f"the scores are not probabilities ({kind}), so calibration, which reads a score as a "
+            "probability, is not computed"
+        }
     if readers:
-        scores["readers"] = compare_readers(probabilities, targets, labels, readers)
+        compared = list(reader_labels or labels)
+        columns = [list(labels).index(label) for label in compared]
+        scores["readers"] = compare_readers(probabilities[:, columns], targets[:, columns], compared, readers)
     return scores
 
 

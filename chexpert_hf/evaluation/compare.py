@@ -43,7 +43,7 @@ from chexpert_hf.evaluation.evaluate import KeyedRows, Matched, match_to_groundt
 from chexpert_hf.evaluation.metrics import CONFIDENCE, bootstrap_auroc, scores_are_probabilities
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.outputs import COMPARE_JSON, COMPARE_MD, COMPARE_PNG, PREDICTIONS_CSV
-from chexpert_hf.utils import atomic_write, markdown_table, write_text
+from chexpert_hf.utils import atomic_write, json_safe, markdown_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -501,16 +501,6 @@ def forest_figure(result: dict[str, Any]):
     return figure
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def write_compare(output: str | os.PathLike, result: dict[str, Any], groundtruth: str) -> dict[str, Path]:
     """``compare.json``, ``compare.md`` and ``compare.png`` in ``output`` (each written whole, or not at all)."""
     output = Path(output)
@@ -519,6 +509,6 @@ def write_compare(output: str | os.PathLike, result: dict[str, Any], groundtruth
     figure = forest_figure(result)
     atomic_write(paths[COMPARE_PNG], lambda name: figure.savefig(name, format="png"))
     write_text(paths[COMPARE_MD], compare_markdown(result, groundtruth))
-    payload = _json_safe({"groundtruth": groundtruth, **result})
-    write_text(paths[COMPARE_JSON], json.dumps(payload, indent=2) + "\n")
+    payload = json_safe({"groundtruth": groundtruth, **result})
+    write_text(paths[COMPARE_JSON], json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return paths

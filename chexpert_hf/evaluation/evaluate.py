@@ -215,7 +215,12 @@ def _table_meta(table: CsvTable) -> ImageMeta | None:
     def cells(name: str) -> list[str]:
         return table.frame[columns[name]].str.strip().tolist() if columns[name] else blank
 
-    ages = parse_ages(table, columns["Age"]) if columns["Age"] else [None] * len(table.frame)
+    ages = [None] * len(table.frame)
+    if columns["Age"]:
+        try:
+            ages = parse_ages(table, columns["Age"])
+        except CheXpertFormatError as error:  # scoring does not need ages: only the age subgroups are lost
+            logger.warning("ages not read, so no age subgroups: %s", error)
     views = [view.lower() for view in cells("Frontal/Lateral")]
     return ImageMeta(sex=cells("Sex"), age=ages, view=views, ap_pa=cells("AP/PA"))
 
@@ -355,6 +360,7 @@ def score_predictions(
     }
     if len(names) > 1:
         summary["ensemble"] = {"members": names, "combination": ensemble}
+        mark_rank_scores(scores, ensemble)
     groups = _groups(truth, matched.keys, per_image)
     scored = Scored(scores, matched.scores, matched.targets, matched.labels, matched.keys, groups)
     if len(names) > 1:  # written as predictions.csv: compare reads an ensemble like any other model
@@ -373,6 +379,13 @@ def _key_text(truth: KeyedRows, keys: np.ndarray) -> list[str]:
         for study, cell in zip(truth.study, truth.text, strict=True):
             text.setdefault(study, cell if truth.level == "study" else cell.rsplit("/", 1)[0])
     return [text[key] for key in keys]
+
+
+def mark_rank_scores(scores: dict[str, Any], combination: str) -> None:
+    """Mean ranks lie in (0, 1] but are not probabilities: say so in the scores, so that nothing calibrates them."""
+    if combination == "rank":
+        scores["scores_are_probabilities"] = False
+        scores["scores_kind"] = "mean ranks of the ensemble's members"
 
 
 def _combine_matched(names: list[str], members: list[Matched], how: str) -> Matched:
@@ -508,6 +521,7 @@ def evaluate_model(
     }
     if len(names) > 1:
         summary["ensemble"] = {"members": [_public_name(name) for name in names], "combination": ensemble}
+        mark_rank_scores(scores, ensemble)
     elif thresholds:
         summary["thresholds"], summary["threshold_source"] = thresholds, source
     return (
@@ -540,6 +554,12 @@ def _public_name(model_name_or_path: str) -> str:
     return path.resolve().name if path.exists() else str(model_name_or_path)
 
 
+def _detail(value: Any) -> str:
+    if isinstance(value, dict) and "members" in value:  # an ensemble
+        return f"{value['combination']} of {', '.join(value['members'])}"
+    return str(value)
+
+
 def write_evaluation(
     output: str | os.PathLike,
     scored: Scored,
@@ -553,7 +573,7 @@ def write_evaluation(
     when given, and ``subgroups.json``/``.md``/``.png`` when given, in ``output``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    details = [f"{key}: {value}" for key, value in summary.items()]
+    details = [f"{key}: {_detail(value)}" for key, value in summary.items()]
     paths = write_reports(
         output,
         scored.scores,
@@ -572,14 +592,21 @@ def write_evaluation(
     return paths
 
 
-def set_thresholds(
-    model_folder: str | os.PathLike, scored: Scored, rule: str, split: str, level: str
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Choose thresholds by ``rule`` on the rows ``scored`` holds and write them into the local model folder's
-    ``config.json`` (rewritten whole, atomically; every other key kept as it was); returns them and their source."""
+def choose_model_thresholds(scored: Scored, rule: str, split: str, level: str) -> tuple[dict[str, float], dict]:
+    """Thresholds by ``rule`` on the rows ``scored`` holds (studies at study level), and their source."""
+    from chexpert_hf.evaluation.thresholds import choose_thresholds
+
+    parsed = parse_rule(rule)
+    thresholds = choose_thresholds(scored.probabilities, scored.targets, scored.labels, parsed)
+    return thresholds, {"rule": str(parsed), "split": split, "level": level, "count": int(len(scored.probabilities))}
+
+
+def save_model_thresholds(model_folder: str | os.PathLike, thresholds: dict[str, float], source: dict) -> Path:
+    """Write thresholds into a local model folder's ``config.json`` (rewritten whole, atomically; every other key
+    kept as it was, in the key order ``save_pretrained`` writes); returns its path."""
     import json
 
-    from chexpert_hf.evaluation.thresholds import CONFIG_THRESHOLD_SOURCE, CONFIG_THRESHOLDS, choose_thresholds
+    from chexpert_hf.evaluation.thresholds import CONFIG_THRESHOLD_SOURCE, CONFIG_THRESHOLDS
     from chexpert_hf.outputs import MODEL_CONFIG
     from chexpert_hf.utils import write_text
 
@@ -589,10 +616,7 @@ def set_thresholds(
             f"--set-thresholds writes into a local model folder's {MODEL_CONFIG}; {model_folder} has none "
             "(a Hub model: download it with `huggingface-cli download` first)"
         )
-    parsed = parse_rule(rule)
-    thresholds = choose_thresholds(scored.probabilities, scored.targets, scored.labels, parsed)
-    source = {"rule": str(parsed), "split": split, "level": level, "count": int(len(scored.probabilities))}
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config[CONFIG_THRESHOLDS], config[CONFIG_THRESHOLD_SOURCE] = thresholds, source
     write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return thresholds, source
+    return config_path

@@ -21,7 +21,7 @@ from chexpert_hf.evaluation.calibration import calibration_figure, calibration_m
 from chexpert_hf.evaluation.thresholds import operating_points_markdown
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.outputs import CALIBRATION_PNG, METRICS_JSON, METRICS_MD, ROC_PNG
-from chexpert_hf.utils import atomic_write, markdown_table, write_text
+from chexpert_hf.utils import atomic_write, json_safe, markdown_table, write_text
 
 
 def _ci(entry: dict[str, Any], key: str) -> str:
@@ -87,7 +87,8 @@ def metrics_markdown(scores: dict[str, Any], title: str, details: Sequence[str] 
     )
     if not scores.get("scores_are_probabilities", True):
         lines.append(
-            "- scores: not probabilities (some lie outside [0, 1]); AUROC and AUPRC use only their order, so they "
+            f"- scores: not probabilities ({scores.get('scores_kind', 'some lie outside [0, 1]')}); AUROC and AUPRC "
+            "use only their order, so they "
             "are computed as for probabilities; metrics that read a score as a probability (calibration) are skipped"
         )
     if bootstrap:
@@ -192,17 +193,6 @@ def roc_figure(probabilities: np.ndarray, targets: np.ndarray, label_names: Sequ
     return figure
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN (a mean over no label) becomes null: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def write_reports(
     folder: str | os.PathLike,
     scores: dict[str, Any],
@@ -228,6 +218,6 @@ def write_reports(
         reliability = calibration_figure(scores["calibration"])
         atomic_write(paths[CALIBRATION_PNG], lambda name: reliability.savefig(name, format="png"))
     write_text(paths[METRICS_MD], metrics_markdown(scores, title, details))
-    payload = _json_safe({**scores, **(extra or {})})
-    write_text(paths[METRICS_JSON], json.dumps(payload, indent=2) + "\n")
+    payload = json_safe({**scores, **(extra or {})})
+    write_text(paths[METRICS_JSON], json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return paths

@@ -40,7 +40,7 @@ from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, score
 from chexpert_hf.evaluation.thresholds import operating_point
 from chexpert_hf.labels import COMPETITION_LABELS, canonical_label, check_label_names
 from chexpert_hf.outputs import SUBGROUPS_JSON, SUBGROUPS_MD, SUBGROUPS_PNG
-from chexpert_hf.utils import atomic_write, markdown_table, write_text
+from chexpert_hf.utils import atomic_write, json_safe, markdown_table, write_text
 
 #: The attributes grouped by, in report order.
 ATTRIBUTES: tuple[str, ...] = ("sex", "age", "view")
@@ -522,19 +522,6 @@ def subgroups_figure(result: dict[str, Any]):
     return figure
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN becomes null (JSON has no NaN); numpy scalars become Python numbers."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [_json_safe(item) for item in value]
-    return value
-
-
 def write_subgroups(folder: str | os.PathLike, result: dict[str, Any], title: str) -> dict[str, Path]:
     """Write ``subgroups.json`` (NaN as null), ``subgroups.md`` and ``subgroups.png`` into ``folder``, each
     atomically; returns their paths by file name."""
@@ -543,7 +530,7 @@ def write_subgroups(folder: str | os.PathLike, result: dict[str, Any], title: st
     figure = subgroups_figure(result)
     atomic_write(paths[SUBGROUPS_PNG], lambda name: figure.savefig(name, format="png"))
     write_text(paths[SUBGROUPS_MD], subgroups_markdown(result, title))
-    write_text(paths[SUBGROUPS_JSON], json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    write_text(paths[SUBGROUPS_JSON], json.dumps(json_safe(result), indent=2, allow_nan=False) + "\n")
     return paths
 
 

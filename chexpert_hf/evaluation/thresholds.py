@@ -152,9 +152,22 @@ def threshold_split_name(validation_split: str) -> str:
 
 def saved_thresholds(config: Any) -> tuple[dict[str, float], dict[str, Any]]:
     """The thresholds a model's config holds (by label name) and where they were chosen; empty dicts when none."""
+    from chexpert_hf.labels import canonical_label
+
     thresholds = getattr(config, CONFIG_THRESHOLDS, None) or {}
     source = getattr(config, CONFIG_THRESHOLD_SOURCE, None) or {}
-    return {str(label): float(value) for label, value in dict(thresholds).items()}, dict(source)
+    if not isinstance(thresholds, Mapping) or not isinstance(source, Mapping):
+        raise ValueError(f"config.json: {CONFIG_THRESHOLDS} and {CONFIG_THRESHOLD_SOURCE} must be objects (dicts)")
+    checked = {}
+    for label, value in thresholds.items():
+        name = canonical_label(str(label))
+        if name is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(
+                f"config.json: {CONFIG_THRESHOLDS}[{label!r}] = {value!r}; each key must be a CheXpert label and "
+                "each value a finite number (`chexpert-hf evaluate --set-thresholds RULE` writes them again)"
+            )
+        checked[name] = float(value)
+    return checked, dict(source)
 
 
 def store_thresholds(config: Any, thresholds: Mapping[str, float], source: Mapping[str, Any]) -> None:
@@ -177,21 +190,32 @@ def operating_points_markdown(block: Mapping[str, Any]) -> list[str]:
     from chexpert_hf.utils import markdown_table
 
     source = block["source"]
-    unit = "study" if source.get("level", "study") == "study" else "image"
+    chosen_level, level = source.get("level", "study"), block.get("evaluated_level", "study")
     where = f"chosen by the rule `{source.get('rule', 'unknown')}` on {source.get('split', 'an unrecorded split')}"
     if source.get("count"):
-        where += f" ({source['count']:,} {'studies' if unit == 'study' else 'images'})"
+        where += f" ({source['count']:,} {'studies' if chosen_level == 'study' else 'images'})"
     lines = [
         "## Operating points",
         "",
-        f"At the decision thresholds saved with the model, {where}; a {unit} is called positive when its score is "
-        "at or above the label's threshold. 95% Wilson intervals.",
+        f"At the decision thresholds saved with the model, {where}; {'a study' if level == 'study' else 'an image'} "
+        "is called positive when its score is at or above the label's threshold. 95% Wilson intervals.",
     ]
     if block.get("optimistic"):
         lines += [
             "",
             f"**Optimistic:** the thresholds were chosen on this split ({block['evaluated_split']}), so these rates "
             "are what the rule saw, not what a new set of studies would give.",
+        ]
+    if chosen_level != level:
+        lines += [
+            "",
+            f"**Levels differ:** the thresholds were chosen on {chosen_level} scores and are applied here to "
+            f"{level} scores (a study's score is the maximum over its images, so it is higher than its images').",
+        ]
+    if block.get("without_threshold"):
+        lines += [
+            "",
+            f"No threshold for {', '.join(block['without_threshold'])}: one class only where they were chosen.",
         ]
     rows = []
     for label, point in block["per_label"].items():

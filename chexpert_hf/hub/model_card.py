@@ -508,7 +508,8 @@ def _operating_points(info: CardInfo) -> list[str]:
         "### Decision thresholds",
         "",
         f"`config.json` holds a decision threshold per label (`decision_thresholds`), chosen by the rule "
-        f"`{source.get('rule', 'unknown')}` on the {source.get('split', 'unrecorded')} split; a study is positive "
+        f"`{source.get('rule', 'unknown')}` on the {source.get('split', 'unrecorded')} split; "
+        f"{'an image' if source.get('level') == 'image' else 'a study (its maximum over its images)'} is positive "
         "when its probability is at or above it. On that split (95% Wilson intervals):",
         "",
     ]

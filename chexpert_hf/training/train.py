@@ -309,7 +309,11 @@ def _choose_thresholds(recipe: Recipe, trainer: CheXpertTrainer, scorer: SplitSc
         "level": data_args.eval_level,
         "count": len(probabilities),
     }
-    store_thresholds(trainer.model.config, choose_thresholds(probabilities, targets, labels, rule), source)
+    thresholds = choose_thresholds(probabilities, targets, labels, rule)
+    store_thresholds(trainer.model.config, thresholds, source)
+    without = [label for label in labels if label not in thresholds]
+    if without and trainer.is_world_process_zero():
+        logger.warning("no decision threshold for %s: one class only in the validation split", ", ".join(without))
 
 
 def _write_reports(
@@ -329,7 +333,14 @@ def _write_reports(
     thresholds, source = saved_thresholds(trainer.model.config)
     split = threshold_split_name(data_args.validation_split)
     add_clinical_scores(
-        scores, probabilities, targets, labels, evaluated_split=split, thresholds=thresholds, threshold_source=source
+        scores,
+        probabilities,
+        targets,
+        labels,
+        evaluated_split=split,
+        evaluated_level=data_args.eval_level,
+        thresholds=thresholds,
+        threshold_source=source,
     )
     meta = prepared_meta(validation.dataset)
     if data_args.eval_level == "study":

@@ -39,7 +39,7 @@ def test_readers_on_the_roc_from_the_command_line(tmp_path, capsys):
     gt, paths, _ = groundtruth_images(tmp_path, studies=120)
     truth = pd.read_csv(gt)
     rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"Path": paths})
+    frame = predictions_for(paths, list(CHEXPERT_LABELS))  # all 14 labels; the readers read the 5 they compare
     for label in COMPETITION_LABELS:  # a good model: the truth plus noise
         frame[label] = np.clip(0.5 * truth[label].to_numpy() + 0.6 * rng.random(len(paths)), 0, 1)
     frame.to_csv(tmp_path / "pred.csv", index=False)
@@ -51,7 +51,7 @@ def test_readers_on_the_roc_from_the_command_line(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     readers = json.loads((out / "metrics.json").read_text())["readers"]
-    assert readers["readers"] == ["careful", "hasty"]
+    assert readers["readers"] == ["careful", "hasty"] and set(readers["per_label"]) == set(COMPETITION_LABELS)
     for label in COMPETITION_LABELS:
         entry = readers["per_label"][label]
         careful_point, hasty_point = entry["readers"]["careful"], entry["readers"]["hasty"]
@@ -139,6 +139,32 @@ def test_an_ensemble_of_predictions_files_scores_the_mean_and_writes_it(tmp_path
     assert [entry["name"] for entry in inputs] == ["a", "ensemble"] and inputs[1]["source"].endswith("predictions.csv")
 
 
+def test_a_rank_ensemble_is_not_calibrated_and_says_why(tmp_path):
+    gt, paths, _ = groundtruth_images(tmp_path, studies=40)
+    predictions_for(paths, list(COMPETITION_LABELS), seed=1).to_csv(tmp_path / "a.csv", index=False)
+    logits = predictions_for(paths, list(COMPETITION_LABELS), seed=2)
+    logits[list(COMPETITION_LABELS)] = 8 * logits[list(COMPETITION_LABELS)] - 4  # another scale
+    logits.to_csv(tmp_path / "b.csv", index=False)
+    out = tmp_path / "ranked"
+    argv = ["evaluate", "--predictions", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--groundtruth", str(gt)]
+    assert cli_main([*argv, "--ensemble", "rank", "--output", str(out), "--bootstrap", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scores_are_probabilities"] is False  # mean ranks lie in (0, 1] but are not probabilities
+    assert "mean ranks" in metrics["calibration"]["skipped"] and not (out / "calibration.png").exists()
+    assert "rank of a.csv, b.csv" in (out / "metrics.md").read_text()
+
+
+def test_an_age_that_is_not_a_number_costs_only_the_age_subgroups(tmp_path):
+    gt, paths, _ = groundtruth_images(tmp_path, studies=40)
+    truth = pd.read_csv(gt, dtype=str)
+    truth.loc[0, "Age"] = "90+"
+    truth.to_csv(gt, index=False)
+    predictions_for(paths, list(COMPETITION_LABELS)).to_csv(tmp_path / "pred.csv", index=False)
+    scored, _ = score_predictions(tmp_path / "pred.csv", gt, n_bootstrap=0)
+    assert set(scored.scores["per_label"]) <= set(COMPETITION_LABELS) and scored.scores["per_label"]
+    assert all(group is None for group in scored.groups["age"]) and scored.groups["sex"][0] == "Female"
+
+
 def test_rank_averaging_uses_only_each_members_order():
     logits = np.array([[-3.0], [0.5], [9.0], [2.0]])
     probabilities = np.array([[0.1], [0.2], [0.4], [0.3]])  # the same order
@@ -172,6 +198,12 @@ def test_set_thresholds_saves_them_and_predict_prints_decisions(prepared_dir, tm
     folder = _saved("vit", tmp_path / "model", 0)
     config_before = json.loads((tmp_path / "model" / "config.json").read_text())
     argv = ["evaluate", "--model", folder, "--data", str(prepared_dir), "--views", "frontal", "--bootstrap", "0"]
+    bad_reader = tmp_path / "reader.csv"
+    bad_reader.write_text("Study,Edema\nvalid/patient00001/study1,2\n")
+    failed = [*argv, "--set-thresholds", "youden", "--readers", str(bad_reader), "--output", str(tmp_path / "bad")]
+    assert cli_main(failed) == 2  # a bad reader file: nothing is saved into the model either
+    assert "reader.csv: line 2" in capsys.readouterr().err
+    assert json.loads((tmp_path / "model" / "config.json").read_text()) == config_before
     assert cli_main([*argv, "--set-thresholds", "sensitivity:0.9", "--output", str(tmp_path / "eval")]) == 0
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert {key: value for key, value in config.items() if not key.startswith("decision_")} == config_before

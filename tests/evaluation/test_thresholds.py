@@ -126,3 +126,13 @@ def test_thresholds_survive_save_pretrained_and_from_pretrained(family, tmp_path
 def test_a_model_without_thresholds_has_none():
     built = tiny_model("vit")
     assert saved_thresholds(built.model.config) == ({}, {})
+
+
+@pytest.mark.parametrize(
+    "saved", [{"Edema": None}, {"Edema": "0.5"}, {"Edema": float("nan")}, {"Oedema": 0.5}, [0.5], {"Edema": True}]
+)
+def test_thresholds_edited_by_hand_into_nonsense_are_named(saved):
+    built = tiny_model("vit")
+    setattr(built.model.config, CONFIG_THRESHOLDS, saved)
+    with pytest.raises(ValueError, match="decision_thresholds"):
+        saved_thresholds(built.model.config)

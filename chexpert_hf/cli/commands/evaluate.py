@@ -67,6 +67,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--readers",
         type=Path,
+        action="extend",
         nargs="+",
         default=[],
         metavar="READER.csv",
@@ -121,17 +122,51 @@ def run(args: argparse.Namespace) -> int:
         from chexpert_hf.evaluation.thresholds import parse_rule
 
         parse_rule(args.set_thresholds)  # before any model runs
-        if not model_mode or len(args.model) != 1 or not Path(args.model[0]).is_dir():
+        if not model_mode or len(args.model) != 1 or not (Path(args.model[0]) / "config.json").is_file():
             raise ValueError("--set-thresholds saves thresholds into one local model folder: give one --model FOLDER")
     if args.readers and args.per_image:
         raise ValueError("--readers compares study-level reads: leave out --per_image")
+    members = len(args.model or args.predictions)
+    if args.ensemble != "mean" and members == 1:
+        print(f"note: --ensemble {args.ensemble} combines several models; with one it changes nothing")
     wanted = parse_subgroups(args.subgroups)
+    readers = _read_readers(args.readers)  # before a model runs: a bad file is reported at once
     scored, summary, output, title, split = _model(args) if model_mode else _predictions(args)
-    return _report(args, scored, summary, output, title, split, wanted)
+    return _report(args, scored, summary, output, title, split, wanted, readers)
+
+
+def _read_readers(paths: list[Path]) -> dict:
+    from chexpert_hf.evaluation.readers import read_reader
+
+    readers = {}
+    for path in paths:
+        name = path.stem if path.stem not in readers else str(path)
+        if name in readers:
+            raise ValueError(f"--readers: {path} is given twice")
+        readers[name] = read_reader(path)
+    return readers
+
+
+def _match_readers(reader_rows: dict, keys, labels: list[str]) -> tuple[dict, list[str]]:
+    """Each reader's reads of the scored studies, on the labels every reader has (each must have every competition
+    label scored: an error names the file); notes the reader studies that are not scored."""
+    from chexpert_hf.evaluation.readers import match_reader
+    from chexpert_hf.labels import COMPETITION_LABELS
+
+    required = [label for label in labels if label in COMPETITION_LABELS]
+    compared = [label for label in labels if all(label in rows.labels for rows in reader_rows.values())]
+    reads = {}
+    for name, rows in reader_rows.items():
+        match_reader(rows, keys, required)  # the error that names what the file lacks
+        reads[name] = match_reader(rows, keys, compared)
+        extra = len(set(rows.study) - set(keys))
+        if extra:
+            print(f"note: {extra} stud(ies) of {rows.path} are not among the scored studies and were not compared")
+    return reads, compared
 
 
 def _model(args: argparse.Namespace):
-    from chexpert_hf.evaluation.evaluate import evaluate_model, recipe_settings, set_thresholds
+    from chexpert_hf.evaluation.evaluate import choose_model_thresholds, evaluate_model, recipe_settings
 
     level = "-image" if args.per_image else ""
     trained = recipe_settings(args.model[0])
@@ -150,10 +185,9 @@ def _model(args: argparse.Namespace):
         ensemble=args.ensemble,
     )
     scored.predictions = predictions
-    if args.set_thresholds is not None:
-        thresholds, source = set_thresholds(args.model[0], scored, args.set_thresholds, args.split, summary["level"])
-        summary["thresholds"], summary["threshold_source"] = thresholds, source
-        print(f"saved {len(thresholds)} thresholds ({source['rule']}, chosen on {args.split}) in {args.model[0]}")
+    if args.set_thresholds is not None:  # saved in the model's config.json once every report is written
+        chosen = choose_model_thresholds(scored, args.set_thresholds, args.split, summary["level"])
+        summary["thresholds"], summary["threshold_source"] = chosen
     first = args.model[0]
     if len(args.model) > 1:
         output = args.output or Path(f"eval-ensemble-{args.split}{level}")
@@ -188,28 +222,27 @@ def _predictions(args: argparse.Namespace):
     return scored, summary, output, title, summary["groundtruth"]
 
 
-def _report(args, scored, summary, output: Path, title: str, split: str, wanted) -> int:
+def _report(args, scored, summary, output: Path, title: str, split: str, wanted, reader_rows: dict) -> int:
     from chexpert_hf.evaluation.clinical import add_clinical_scores, subgroups_for
     from chexpert_hf.evaluation.evaluate import write_evaluation
-    from chexpert_hf.evaluation.readers import match_reader, read_reader, readers_text
+    from chexpert_hf.evaluation.readers import readers_text
     from chexpert_hf.evaluation.reports import scores_table
     from chexpert_hf.evaluation.subgroups import subgroups_text
 
     thresholds = summary.pop("thresholds", None)
     source = summary.pop("threshold_source", None)
-    readers = {}
-    for path in args.readers:
-        name = path.stem if path.stem not in readers else str(path)
-        readers[name] = match_reader(read_reader(path), scored.keys, scored.labels)
+    readers, reader_labels = _match_readers(reader_rows, scored.keys, scored.labels)
     add_clinical_scores(
         scored.scores,
         scored.probabilities,
         scored.targets,
         scored.labels,
         evaluated_split=split,
+        evaluated_level=summary["level"],
         thresholds=thresholds,
         threshold_source=source,
         readers=readers,
+        reader_labels=reader_labels,
     )
     subgroups = subgroups_for(
         scored.probabilities,
@@ -225,6 +258,14 @@ def _report(args, scored, summary, output: Path, title: str, split: str, wanted)
         source=str(args.data_dir if args.model else args.groundtruth),
     )
     paths = write_evaluation(output, scored, summary, title=title, predictions=scored.predictions, subgroups=subgroups)
+    if args.set_thresholds is not None:
+        from chexpert_hf.evaluation.evaluate import save_model_thresholds
+
+        saved = save_model_thresholds(args.model[0], thresholds, source)
+        print(f"saved {len(thresholds)} decision thresholds ({source['rule']}, chosen on {split}) in {saved}")
+        without = [label for label in scored.labels if label not in thresholds]
+        if without:
+            print(f"note: no threshold for {', '.join(without)}: one class only on {split}")
     print(scores_table(scored.scores))
     if "readers" in scored.scores:
         print(readers_text(scored.scores["readers"]))

@@ -74,7 +74,8 @@ def decision_note(thresholds: dict[str, float], source: dict) -> str:
             "(`chexpert-hf evaluate --model M --data_dir D --set-thresholds youden` chooses them)"
         )
     where = f", chosen on {source['split']}" if source.get("split") else ""
+    studies = " studies (a study's score: the maximum over its images)" if source.get("level") == "study" else ""
     return (
         f"+ / -: at or above / below the label's decision threshold saved with the model (rule "
-        f"{source.get('rule', 'unknown')}{where}); labels without a threshold show the probability only"
+        f"{source.get('rule', 'unknown')}{where}{studies}); labels without a threshold show the probability only"
     )
