@@ -494,7 +494,7 @@ def _rate(point: Mapping[str, Any], name: str) -> str:
     value, interval = _finite(point.get(name)), _interval(point.get(f"{name}_ci95"))
     if value is None:
         return "—"
-    return f"{value:.3f} ({format_interval(interval)})" if interval else f"{value:.3f}"
+    return f"{value:.3f} ({interval[0]:.3f}–{interval[1]:.3f})" if interval else f"{value:.3f}"
 
 
 def _operating_points(info: CardInfo) -> list[str]:

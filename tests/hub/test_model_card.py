@@ -328,7 +328,8 @@ def test_thresholds_calibration_and_subgroups_join_the_card_but_not_the_model_in
     plain, full = make_info(), make_info(metrics=metrics, subgroups=subgroups)
     text = build_model_card(full).text
     edema = metrics["operating_points"]["per_label"]["Edema"]
-    assert f"| Edema | {edema['threshold']:.4g} | {edema['sensitivity']:.3f} (" in text
+    low, high = edema["sensitivity_ci95"]
+    assert f"| Edema | {edema['threshold']:.4g} | {edema['sensitivity']:.3f} ({low:.3f}–{high:.3f}) |" in text
     assert "chosen by the rule `youden` on the validation split" in text and "optimistic" in text
     assert f"| Edema | {metrics['calibration']['per_label']['Edema']['ece']:.4f} |" in text
     female = subgroups["attributes"]["sex"]["groups"]["Female"]
