@@ -1,4 +1,5 @@
-"""Where a CheXpert classifier looks: Grad-CAM, Grad-CAM++ and attention rollout for every model family.
+"""Where a CheXpert classifier looks: Grad-CAM, Grad-CAM++, attention rollout and gradient-weighted attention
+relevance for every model family.
 
 The CAM methods are the maintained ``grad-cam`` package's (pytorch-grad-cam); this module supplies what it needs
 per family — the target layer, and for token models the reshape of a ``(B, tokens, C)`` activation into a
@@ -22,6 +23,15 @@ half with the identity for the residual path, and reads the [CLS] row over the p
 weights, which fused kernels do not return: the model is switched to the eager attention implementation for the
 call and back afterwards. Rollout follows attention, not a logit, so its map is the same for every label.
 
+``attention_relevance`` (Chefer, Gur & Wolf, ICCV 2021, the rule for self-attention encoders) is the
+transformer-native method: it weights every layer's attention by the gradient of the target label's raw logit.
+Per layer, ``Ā = mean over heads of (∇A ⊙ A)⁺`` (each head's product clamped at 0, then averaged), and the
+relevance, starting from the identity, accumulates ``R ← R + Ā R`` layer by layer in forward order (the identity
+stands for the residual path); the map is [CLS]'s row of ``R`` over the patch tokens. Unlike rollout it is specific
+to the label (the gradient says which attention helped that logit, and the clamp drops what spoke against it), and
+unlike the CAM methods, which read one layer's activations, it uses the attention of every layer. It applies where
+rollout does (:data:`ROLLOUT_PREFIX`), also needs the eager attention weights, and takes no target layer.
+
 All maps come back scaled to [0, 1] per image (a map with no positive evidence is all zeros).
 """
 
@@ -43,7 +53,9 @@ from chexpert_hf.models import FAMILIES
 
 CAM_METHODS = ("gradcam", "gradcam++")
 ROLLOUT = "attention_rollout"
-METHODS = (*CAM_METHODS, ROLLOUT)
+RELEVANCE = "attention_relevance"
+ATTENTION_METHODS = (ROLLOUT, RELEVANCE)  # read [CLS]'s attention over the patch grid; no target layer
+METHODS = (*CAM_METHODS, *ATTENTION_METHODS)
 
 
 class UnsupportedExplanation(ValueError):
@@ -93,7 +105,8 @@ TARGET_LAYERS: dict[str, dict[str, TargetLayer]] = {  # family → named layers,
     },
     "densenet121": {"cnn": TargetLayer(lambda m: m.timm_model.features.denseblock4, None, "the last dense block")},
 }
-# Rollout reads [CLS] (token 0) over the patch grid: the families with tokens before the grid ([CLS], distillation).
+# Rollout and relevance read [CLS] (token 0) over the patch grid: the families with tokens before the grid
+# ([CLS], distillation).
 ROLLOUT_PREFIX = {name: family.position_prefix for name, family in FAMILIES.items() if family.position_prefix}
 
 
@@ -116,7 +129,7 @@ def model_family(model: PreTrainedModel) -> str:
 
 
 def supported_methods(family: str) -> tuple[str, ...]:
-    return CAM_METHODS + ((ROLLOUT,) if family in ROLLOUT_PREFIX else ())
+    return CAM_METHODS + (ATTENTION_METHODS if family in ROLLOUT_PREFIX else ())
 
 
 def check_method(family: str, method: str) -> None:
@@ -181,6 +194,13 @@ def _gradients_to_input_only(model: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
+def _check_label_indices(model: PreTrainedModel, label_indices: Sequence[int]) -> None:
+    labels = model.config.num_labels
+    bad = [int(index) for index in label_indices if not 0 <= int(index) < labels]
+    if bad:
+        raise IndexError(f"label indices {bad} are out of range: the model has {labels} labels")
+
+
 def unit_scale(maps: np.ndarray) -> np.ndarray:
     """Each ``(H, W)`` map (over the leading axes) min-max scaled to [0, 1]; a constant map becomes zeros."""
     maps = np.asarray(maps, dtype=np.float32)
@@ -205,14 +225,9 @@ def cam_maps(
     family = model_family(model)
     check_method(family, method)
     if method not in CAM_METHODS:
-        raise UnsupportedExplanation(
-            f"cam_maps computes {', '.join(CAM_METHODS)}; use attention_rollout() for {method}"
-        )
+        raise UnsupportedExplanation(f"cam_maps computes {', '.join(CAM_METHODS)}; use {method}() for {method}")
     target = target_layer(family, layer)
-    labels = model.config.num_labels
-    bad = [int(index) for index in label_indices if not 0 <= int(index) < labels]
-    if bad:
-        raise IndexError(f"label indices {bad} are out of range: the model has {labels} labels")
+    _check_label_indices(model, label_indices)
     cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
     reshape = None if target.prefix is None else tokens_to_grid(target.prefix)
     batch, height, width = pixel_values.shape[0], *pixel_values.shape[-2:]
@@ -276,6 +291,70 @@ def attention_rollout(model: PreTrainedModel, pixel_values: torch.Tensor) -> np.
     return unit_scale(maps[:, 0].cpu().numpy())
 
 
+def relevance_grid(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor], prefix: int) -> torch.Tensor:
+    """``(B, rows, cols)``: [CLS]'s gradient-weighted attention relevance on each patch (Chefer et al., 2021), from
+    per-layer attention weights ``(B, heads, tokens, tokens)`` in forward order and the target logit's gradients
+    with respect to them (the same shapes): ``R = I``, then per layer ``R ← R + mean_heads((∇A ⊙ A)⁺) @ R``."""
+    if len(attentions) != len(gradients):
+        raise ValueError(f"{len(attentions)} layers of attention weights but {len(gradients)} of gradients")
+    if not attentions:
+        raise ValueError("no attention weights: relevance needs at least one layer")
+    relevance = None
+    for weights, grads in zip(attentions, gradients, strict=True):
+        if weights.dim() != 4 or weights.shape[-1] != weights.shape[-2] or grads.shape != weights.shape:
+            raise ValueError(
+                f"expected (batch, heads, tokens, tokens) weights and gradients of the same shape, got "
+                f"{tuple(weights.shape)} and {tuple(grads.shape)}"
+            )
+        weighted = (grads.float() * weights.float()).clamp(min=0).mean(dim=1)  # (B, T, T)
+        if relevance is None:
+            eye = torch.eye(weights.shape[-1], device=weights.device)
+            relevance = eye.expand_as(weighted).clone()
+        relevance = relevance + weighted @ relevance
+    return tokens_to_grid(prefix)(relevance[:, :1, :].transpose(1, 2))[:, 0]  # [CLS]'s row over the patch grid
+
+
+def attention_relevance(model: PreTrainedModel, pixel_values: torch.Tensor, label_indices: Sequence[int]) -> np.ndarray:
+    """``(B, len(label_indices), H, W)`` gradient-weighted attention relevance maps in [0, 1] at the input
+    resolution; ``[b, j]`` explains the raw logit of label ``label_indices[j]`` for image ``b``.
+
+    One forward pass (eager attention, eval mode) whose graph is kept for one ``torch.autograd.grad`` per label;
+    each label's logit is summed over the batch, which gives every image its own gradients since images do not
+    interact in eval mode. Only the input requires grad during the call, and no parameter's ``.grad`` is touched."""
+    family = model_family(model)
+    check_method(family, RELEVANCE)
+    prefix = ROLLOUT_PREFIX[family]
+    _check_label_indices(model, label_indices)
+    batch, height, width = pixel_values.shape[0], *pixel_values.shape[-2:]
+    out = np.full((batch, len(label_indices), height, width), np.nan, dtype=np.float32)
+    model.eval()
+    inputs = pixel_values.detach().clone().requires_grad_(True)  # the graph's only leaf that requires grad
+    with eager_attention(model), _gradients_to_input_only(model), torch.enable_grad():
+        outputs = model(pixel_values=inputs, output_attentions=True)
+        attentions = outputs.attentions
+        if not attentions or any(weights is None for weights in attentions):
+            raise UnsupportedExplanation(f"{type(model).__name__} returned no attention weights")
+        attentions = tuple(attentions)
+        detached = [weights.detach() for weights in attentions]
+        for column, index in enumerate(label_indices):
+            gradients = torch.autograd.grad(
+                outputs.logits[:, int(index)].sum(),
+                attentions,
+                retain_graph=column < len(label_indices) - 1,
+                allow_unused=True,  # a layer the logit does not depend on gets no relevance
+            )
+            gradients = [
+                torch.zeros_like(weights) if grads is None else grads
+                for weights, grads in zip(detached, gradients, strict=True)
+            ]
+            grid = relevance_grid(detached, gradients, prefix)[:, None]
+            maps = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
+            out[:, column] = maps[:, 0].cpu().numpy()
+    if not np.isfinite(out).all():
+        raise RuntimeError(f"{RELEVANCE} produced non-finite maps for labels {list(label_indices)}")
+    return unit_scale(out)
+
+
 def explanation_maps(
     model: PreTrainedModel,
     pixel_values: torch.Tensor,
@@ -289,6 +368,8 @@ def explanation_maps(
     if method == ROLLOUT:  # every encoder layer: ``layer`` (which the CAM methods read) does not apply
         maps = attention_rollout(model, pixel_values)
         return np.repeat(maps[:, None], len(label_indices), axis=1)
+    if method == RELEVANCE:  # every encoder layer too: ``layer`` does not apply
+        return attention_relevance(model, pixel_values, label_indices)
     return cam_maps(model, pixel_values, label_indices, method=method, layer=layer)
 
 
@@ -310,18 +391,22 @@ def to_size(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 __all__ = [
+    "ATTENTION_METHODS",
     "CAM_METHODS",
     "METHODS",
+    "RELEVANCE",
     "ROLLOUT",
     "TARGET_LAYERS",
     "LogitsOnly",
     "UnsupportedExplanation",
+    "attention_relevance",
     "attention_rollout",
     "cam_maps",
     "eager_attention",
     "explanation_maps",
     "model_family",
     "randomized_copy",
+    "relevance_grid",
     "rollout_grid",
     "supported_methods",
     "target_layer",

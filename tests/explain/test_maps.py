@@ -10,8 +10,10 @@ from conftest import tiny_model
 
 from chexpert_hf.explain import maps as interpret
 from chexpert_hf.explain.maps import (
+    ATTENTION_METHODS,
     CAM_METHODS,
     METHODS,
+    RELEVANCE,
     ROLLOUT,
     TARGET_LAYERS,
     UnsupportedExplanation,
@@ -27,9 +29,13 @@ CASES = [
     (family, method, layer)
     for family in FAMILIES
     for method in supported_methods(family)
-    for layer in (TARGET_LAYERS[family] if method != ROLLOUT else [None])
+    for layer in (TARGET_LAYERS[family] if method not in ATTENTION_METHODS else [None])
 ]
-CAM_CASES = [case for case in CASES if case[1] != ROLLOUT]
+# the label-driven methods; attention relevance on the hybrid is left out: its CNN stem spreads the image into
+# every token, so its attention (rollout's too) is diffuse on this planted task
+CAM_CASES = [
+    case for case in CASES if case[1] not in ATTENTION_METHODS or (case[1] == RELEVANCE and case[0] != "resnet_vit")
+]
 SIZE = {family: 64 for family in FAMILIES} | {"densenet121": 128}  # DenseNet's last block is 1/32 of the input
 SQUARE = {family: SIZE[family] // 4 for family in FAMILIES}
 # What a map that finds the squares shows, over the 80 squares of a batch (see `points_at_squares`): in most images
