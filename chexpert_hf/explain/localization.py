@@ -9,6 +9,12 @@
   re-initialised must differ clearly from the trained model's; the difference is measured by the rank (Spearman)
   correlation of the two maps, near 1 for a method that ignores the weights.
 
+* Label specificity, on images with boxes of two or more positive findings: the *wrong-label* pointing game
+  scores label A's map against the boxes of every other finding B of the image, a baseline for the right-label hit
+  rate on the same images (a map that points at whatever lesion is most visible scores as well on the wrong label);
+  and the rank correlation between the maps of two labels of the same image, 1 when the method ignores the label
+  (attention rollout, always).
+
 ``lesions.csv`` (``path,label,x0,y0,x1,y1``, written by ``chexpert-hf synthesize``) gives each box in the pixels
 of the image file named by ``path``.
 """
@@ -209,12 +215,89 @@ class LabelTally:
 
 
 @dataclass
+class SpecificityTally:
+    """Label specificity for one label on the images with boxes of two or more positive findings: its map against
+    its own boxes (right) and against each other finding's boxes (wrong, one trial per other finding)."""
+
+    images: int = 0
+    right_hits: int = 0
+    wrong_trials: int = 0
+    wrong_hits: int = 0
+
+
+def score_label_specificity(
+    maps: dict[str, np.ndarray],
+    boxes: dict[str, list[Box]],
+    tolerance: float = DEFAULT_TOLERANCE,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> tuple[dict[str, tuple[bool, list[bool]]], list[float]]:
+    """One image's label specificity: for each label with a map and boxes, ``(right hit, [wrong hits])`` — its map
+    against its own boxes and against each other finding's — and the rank correlation of every pair of those maps.
+    Empty unless at least two findings have both a map and boxes."""
+    findings = [label for label in maps if boxes.get(label)]
+    if len(findings) < 2:
+        return {}, []
+    hits = {
+        label: (
+            pointing_hit(maps[label], boxes[label], tolerance, scale),
+            [pointing_hit(maps[label], boxes[other], tolerance, scale) for other in findings if other != label],
+        )
+        for label in findings
+    }
+    pairs = [(a, b) for i, a in enumerate(findings) for b in findings[i + 1 :]]
+    correlations = [float(rank_correlations(maps[a], maps[b])[0]) for a, b in pairs]
+    return hits, correlations
+
+
+@dataclass
 class MethodTally:
-    """Pointing-game counts per label, and the rank correlations with the randomized model, for one method."""
+    """Pointing-game counts per label, the rank correlations with the randomized model, and label specificity, for
+    one method."""
 
     labels: dict[str, LabelTally] = field(default_factory=lambda: defaultdict(LabelTally))
     correlations: list[np.ndarray] = field(default_factory=list)
     randomized: bool = False
+    specificity: dict[str, SpecificityTally] = field(default_factory=lambda: defaultdict(SpecificityTally))
+    between_labels: list[float] = field(default_factory=list)  # rank correlations of two labels' maps, one image
+    multi_finding_images: int = 0
+
+    def add_specificity(self, hits: dict[str, tuple[bool, list[bool]]], correlations: Sequence[float]) -> None:
+        if not hits:
+            return
+        self.multi_finding_images += 1
+        for label, (right, wrong) in hits.items():
+            tally = self.specificity[label]
+            tally.images += 1
+            tally.right_hits += int(right)
+            tally.wrong_trials += len(wrong)
+            tally.wrong_hits += sum(wrong)
+        self.between_labels.extend(correlations)
+
+    def specificity_summary(self, label_order: Sequence[str]) -> dict:
+        """``label_specificity`` of localization.json: per label and over all, right- and wrong-label hit rates on
+        the images with two or more findings, and the mean rank correlation between labels' maps."""
+        per_label = {}
+        for label in label_order:
+            tally = self.specificity.get(label)
+            if tally is None or not tally.images:
+                continue
+            per_label[label] = {
+                "images": tally.images,
+                "right_label_hit_rate": tally.right_hits / tally.images,
+                "wrong_label_hit_rate": tally.wrong_hits / tally.wrong_trials,
+            }
+        finite = [value for value in self.between_labels if np.isfinite(value)]
+        right = sum(t.right_hits for t in self.specificity.values())
+        images = sum(t.images for t in self.specificity.values())
+        trials = sum(t.wrong_trials for t in self.specificity.values())
+        return {
+            "images": self.multi_finding_images,
+            "right_label_hit_rate": right / images if images else None,
+            "wrong_label_hit_rate": sum(t.wrong_hits for t in self.specificity.values()) / trials if trials else None,
+            "spearman_between_labels_mean": float(np.mean(finite)) if finite else None,
+            "label_pairs": len(self.between_labels),
+            "per_label": per_label,
+        }
 
     def summary(self, label_order: Sequence[str]) -> dict:
         per_label = {}
@@ -250,6 +333,8 @@ class MethodTally:
                 "spearman_mean": float(finite.mean()) if finite.size else None,
                 "spearman_median": float(np.median(finite)) if finite.size else None,
             }
+        if self.multi_finding_images:
+            out["label_specificity"] = self.specificity_summary(label_order)
         return out
 
 
@@ -271,6 +356,21 @@ def localization_text(summary: dict) -> str:
             )
         if not rows:
             lines.append("  no positive image with a lesion box among the explained images")
+        specificity = result.get("label_specificity")
+        if specificity:
+            mean = specificity["spearman_between_labels_mean"]
+            lines.append(
+                f"  label specificity, {specificity['images']} image(s) with two or more findings: right-label hit "
+                f"rate {specificity['right_label_hit_rate']:.3f}, wrong-label {specificity['wrong_label_hit_rate']:.3f}"
+                f"; Spearman between two labels' maps {'n/a' if mean is None else f'{mean:.3f}'} (1: not "
+                "label-specific)"
+            )
+        faithfulness = result.get("faithfulness")
+        if faithfulness:
+            from chexpert_hf.explain.faithfulness import faithfulness_text
+
+            lines.append(f"  faithfulness on {faithfulness['images']} image(s): {faithfulness['metric']}")
+            lines.append(faithfulness_text(faithfulness["per_label"]))
         check = result.get("randomization")
         if check:
             mean = "n/a" if check["spearman_mean"] is None else f"{check['spearman_mean']:.3f}"

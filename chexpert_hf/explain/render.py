@@ -1,9 +1,11 @@
 """Drawing what ``chexpert-hf explain`` writes as pictures: one overlay per (image, label) — the heatmap blended on
-the radiograph with a caption — and one contact sheet per image, all saved as PNG."""
+the radiograph with a caption — and one contact sheet per image (its labels, the lesion boxes, a colour bar), all
+saved as PNG."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,22 +55,87 @@ def render_overlay(image: Image.Image, heatmap: np.ndarray, caption: str) -> Ima
 
 
 SHEET_PANEL_MAX_WIDTH = 512  # sheet panels shrink to this: 14 panels of a 2,500 px radiograph would be 100+ Mpx
+BOX_COLOUR = (0, 255, 0)  # lesion boxes: green stands out on both the grey radiograph and the jet colour map
+COLOURBAR_WIDTH = 14
+
+# a box as (x0, y0, x1, y1) in the pixels of the image the sheet shows
+BoxCoords = tuple[float, float, float, float]
 
 
-def write_sheet(path: Path, image: Image.Image, overlays: Sequence[Image.Image], titles: Sequence[str]) -> None:
-    """One PNG: the radiograph, then each label's overlay, side by side under their titles."""
+@dataclass
+class SheetLayout:
+    """What :func:`write_sheet` drew, in the sheet's pixels: for tests and for anyone placing marks on a sheet."""
+
+    size: tuple[int, int]
+    header: str
+    titles: list[str]  # "radiograph", then one per overlay
+    panels: list[tuple[int, int, int, int]]  # (left, top, right, bottom) of each panel
+    boxes: list[list[tuple[int, int, int, int]]] = field(default_factory=list)  # per panel, in sheet pixels
+    colourbar: tuple[int, int, int, int] | None = None
+
+
+def _jet_bar(height: int) -> Image.Image:
+    """A vertical jet colour bar, 1 at the top, as the overlays colour the map (OpenCV's COLORMAP_JET)."""
+    import cv2
+
+    values = np.linspace(255, 0, height).astype(np.uint8)[:, None]
+    rgb = cv2.applyColorMap(values, cv2.COLORMAP_JET)[:, :, ::-1]  # OpenCV is BGR
+    return Image.fromarray(np.repeat(rgb, COLOURBAR_WIDTH, axis=1))
+
+
+def write_sheet(
+    path: Path,
+    image: Image.Image,
+    overlays: Sequence[Image.Image],
+    titles: Sequence[str],
+    *,
+    header: str = "",
+    boxes: Sequence[Sequence[BoxCoords]] | None = None,
+    colourbar: bool = True,
+) -> SheetLayout:
+    """One PNG: a header line (the image's labels), the radiograph, then each label's overlay, side by side under
+    their titles; ``boxes`` (one list per panel, the radiograph's first, in the image's pixels) are drawn on the
+    panels, and a colour bar (0 to 1, the overlays' scale) closes the row. Returns what was drawn where."""
     width = min(max(image.width, MIN_DISPLAY_WIDTH), SHEET_PANEL_MAX_WIDTH)
     height = round(image.height * width / image.width)
     font = _font(max(11, width // 20))
-    title_height = 2 * (font.getbbox("Ag")[3] + 4)
+    line = font.getbbox("Ag")[3] + 4
+    header_height = line + 4 if header else 0
+    title_height = 2 * line
     gap = 6
     panels = [image.convert("RGB"), *overlays]
-    sheet = Image.new("RGB", (len(panels) * (width + gap) - gap, height + title_height), (255, 255, 255))
+    bar_space = COLOURBAR_WIDTH + gap + int(font.getlength("1.0")) + 8 if colourbar and overlays else 0
+    top = header_height + title_height
+    sheet_size = (len(panels) * (width + gap) - gap + bar_space, top + height)
+    sheet = Image.new("RGB", sheet_size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
+    if header:
+        draw.text((2, 2), header, fill=(0, 0, 0), font=font)
+    layout = SheetLayout(sheet_size, header, ["radiograph", *titles], [])
+    scale = width / image.width
     for position, (panel, title) in enumerate(zip(panels, ["radiograph", *titles], strict=True)):
         left = position * (width + gap)
-        draw.multiline_text((left + 2, 2), title, fill=(0, 0, 0), font=font, spacing=2)
+        draw.multiline_text((left + 2, header_height + 2), title, fill=(0, 0, 0), font=font, spacing=2)
         if panel.size != (width, height):
             panel = panel.resize((width, height), Image.BILINEAR)
-        sheet.paste(panel, (left, title_height))
+        sheet.paste(panel, (left, top))
+        layout.panels.append((left, top, left + width, top + height))
+        drawn = []
+        for x0, y0, x1, y1 in boxes[position] if boxes is not None and position < len(boxes) else ():
+            rectangle = (
+                left + round(x0 * scale),
+                top + round(y0 * scale),
+                left + round(x1 * scale),
+                top + round(y1 * scale),
+            )
+            draw.rectangle(rectangle, outline=BOX_COLOUR, width=2)
+            drawn.append(rectangle)
+        layout.boxes.append(drawn)
+    if bar_space:
+        left = len(panels) * (width + gap)
+        sheet.paste(_jet_bar(height), (left, top))
+        layout.colourbar = (left, top, left + COLOURBAR_WIDTH, top + height)
+        draw.text((left + COLOURBAR_WIDTH + 3, top), "1", fill=(0, 0, 0), font=font)
+        draw.text((left + COLOURBAR_WIDTH + 3, top + height - line), "0", fill=(0, 0, 0), font=font)
     sheet.save(path, compress_level=PNG_COMPRESSION)
+    return layout

@@ -25,16 +25,18 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from chexpert_hf.data.transforms import image_bytes
+from chexpert_hf.explain.faithfulness import ROAD_PERCENTILES, FaithfulnessTally, road_scores
 from chexpert_hf.explain.localization import (
     DEFAULT_TOLERANCE,
     Lesions,
@@ -43,8 +45,10 @@ from chexpert_hf.explain.localization import (
     image_key,
     pointing_hit,
     rank_correlations,
+    score_label_specificity,
 )
 from chexpert_hf.explain.maps import (
+    ATTENTION_METHODS,
     ROLLOUT,
     check_method,
     explanation_maps,
@@ -183,19 +187,41 @@ def resolve_labels(model_labels: Sequence[str], requested: Sequence[str] | None)
     return indices
 
 
-class NpzWriter:
-    """``np.savez_compressed`` one array at a time, so a long run never holds every map in memory."""
+DEFAULT_MAP_SIZE = 512  # heatmaps.npz keeps maps at most this many pixels on the long side, unless --full-size
 
-    def __init__(self, path: Path):
+
+def stored_size(width: int, height: int, map_size: int | None) -> tuple[int, int]:
+    """``(width, height)`` of a map as ``heatmaps.npz`` stores it: the image's own size, shrunk (aspect kept) so
+    that the long side is at most ``map_size``; None keeps the full size."""
+    long_side = max(width, height)
+    if map_size is None or long_side <= map_size:
+        return width, height
+    return max(1, round(width * map_size / long_side)), max(1, round(height * map_size / long_side))
+
+
+class NpzWriter:
+    """``np.savez_compressed`` one array at a time, so a long run never holds every map in memory. Maps are stored
+    as float16 (a [0, 1] map needs no more than its 3 decimal digits) at most ``map_size`` pixels on the long side
+    (None: the image's full size)."""
+
+    def __init__(self, path: Path, map_size: int | None = DEFAULT_MAP_SIZE):
         self.archive = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED)
         self.keys: set[str] = set()
+        self.map_size = map_size
 
     def add(self, key: str, array: np.ndarray) -> None:
         if key in self.keys:
             raise ValueError(f"heatmap {key!r} written twice")
         self.keys.add(key)
+        array = np.asarray(array, dtype=np.float32)
+        height, width = array.shape
+        size = stored_size(width, height, self.map_size)
+        if size != (width, height):  # area-averaged (antialiased), not re-stretched: the values stay the map's
+            tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
+            array = F.interpolate(tensor, size=size[::-1], mode="bilinear", antialias=True, align_corners=False)
+            array = np.clip(array[0, 0].numpy(), 0.0, 1.0)
         with self.archive.open(key + ".npy", "w", force_zip64=True) as handle:
-            np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
+            np.lib.format.write_array(handle, array.astype(np.float16), allow_pickle=False)
 
     def close(self) -> None:
         self.archive.close()  # closing twice is harmless
@@ -297,12 +323,19 @@ def explain(
     overwrite: bool = False,
     progress: bool = True,
     keep: Sequence[str | os.PathLike] = (),
+    map_size: int | None = DEFAULT_MAP_SIZE,
+    road_images: int = 0,
 ) -> ExplainResult:
     """Explain ``radiographs`` with ``loaded`` (:func:`chexpert_hf.evaluation.inference.load_classifier`) and write
     the outputs into ``output`` (see :func:`check_output`; ``keep``: paths the output must not hold). With
     ``lesions`` (or ``sanity_check``) also score the maps (see :mod:`chexpert_hf.explain.localization`) and write
-    ``localization.json``."""
+    ``localization.json``. ``heatmaps.npz`` keeps float16 maps at most ``map_size`` pixels on the long side (None:
+    the image's size)."""
     family = model_family(loaded.model)
+    if map_size is not None and map_size < 1:
+        raise ValueError(f"--map-size must be at least 1 pixel, got {map_size}")
+    if road_images < 0:
+        raise ValueError(f"--road-images must be 0 (off) or more, got {road_images}")
     methods = list(dict.fromkeys(methods))
     selected = _check_request(loaded, family, methods, labels, top_k, layer, lesions)
     if batch_size < 1:
@@ -313,6 +346,7 @@ def explain(
         raise ValueError("no image to explain")
     _check_processor(loaded)
     output = check_output(output, overwrite, keep)
+    scored = sanity_check or lesions is not None or road_images > 0  # localization.json is written
     sanity_check = sanity_check or lesions is not None
     staging = _staging(output)
     writers: dict[str, NpzWriter] = {}
@@ -320,7 +354,7 @@ def explain(
         folders = {method: staging / method if len(methods) > 1 else staging for method in methods}
         for folder in folders.values():
             folder.mkdir(exist_ok=True)
-        writers = {method: NpzWriter(folders[method] / HEATMAPS_NPZ) for method in methods}
+        writers = {method: NpzWriter(folders[method] / HEATMAPS_NPZ, map_size) for method in methods}
         session = _Session(
             loaded,
             methods,
@@ -333,6 +367,7 @@ def explain(
             writers,
             tallies={method: MethodTally(randomized=sanity_check) for method in methods},
             randomized=randomized_copy(loaded.model, seed) if sanity_check else None,
+            road_images=road_images,
         )
         bar = tqdm(total=len(radiographs), desc="explaining", unit=" images", disable=not progress)
         for start in range(0, len(radiographs), batch_size):
@@ -340,7 +375,7 @@ def explain(
             _explain_batch(session, batch)
             bar.update(len(batch))
         bar.close()
-        localization, notes = _write_outputs(session, staging, output, family, len(radiographs), sanity_check)
+        localization, notes = _write_outputs(session, staging, output, family, len(radiographs), scored)
     except BaseException:
         for writer in writers.values():
             writer.close()
@@ -364,8 +399,10 @@ def _check_request(
     for method in methods:
         check_method(family, method)
     if layer is not None:
-        if all(method == ROLLOUT for method in methods):
-            raise ValueError("--target-layer applies to gradcam and gradcam++; attention_rollout uses every layer")
+        if all(method in ATTENTION_METHODS for method in methods):
+            raise ValueError(
+                f"--target-layer applies to gradcam and gradcam++; {' and '.join(methods)} use(s) every layer"
+            )
         target_layer(family, layer)  # the error that lists the family's layers
     selected = resolve_labels(loaded.labels, labels)
     if top_k is not None:
@@ -398,6 +435,9 @@ class _Session:
     randomized: Any  # the model with re-initialised weights (sanity check), or None
     unscaled: int = 0  # images with boxes whose original file was not found
     maps_written: int = 0
+    road_images: int = 0  # how many images get the ROAD faithfulness score (the first ones)
+    road_done: dict[str, int] = field(default_factory=dict)  # method -> images scored so far
+    road: dict[str, dict[str, FaithfulnessTally]] = field(default_factory=dict)  # method -> label -> tally
 
 
 def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
@@ -416,11 +456,12 @@ def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
     geometry = [_box_geometry(lesions, item) for item in batch] if lesions is not None else [None] * len(batch)
     session.unscaled += sum(1 for entry in geometry if entry is not None and entry[2])
     for method in session.methods:
-        method_layer = None if method == ROLLOUT else session.layer
+        method_layer = None if method in ATTENTION_METHODS else session.layer  # every layer: no target layer
         maps = explanation_maps(loaded.model, pixels, needed, method=method, layer=method_layer)
         random_maps = None
         if session.randomized is not None:
             random_maps = explanation_maps(session.randomized, pixels, needed, method=method, layer=method_layer)
+        _score_faithfulness(session, method, pixels, maps, needed)
         for b, item in enumerate(batch):
             _explain_image(
                 session,
@@ -433,6 +474,22 @@ def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
                 column,
                 geometry[b],
             )
+
+
+def _score_faithfulness(session: _Session, method: str, pixels: torch.Tensor, maps: np.ndarray, needed) -> None:
+    """ROAD (most and least relevant first) on the batch's images while the ``road_images`` budget lasts."""
+    done = session.road_done.get(method, 0)
+    take = min(session.road_images - done, len(pixels))
+    if take <= 0:
+        return
+    scores = road_scores(session.loaded.model, pixels[:take], maps[:take], needed)
+    tallies = session.road.setdefault(method, {})
+    for column, index in enumerate(needed):
+        label = session.loaded.labels[index]
+        tallies.setdefault(label, FaithfulnessTally()).add(
+            {key: value[:, column : column + 1] for key, value in scores.items()}
+        )
+    session.road_done[method] = done + take
 
 
 def _explain_image(
@@ -453,7 +510,8 @@ def _explain_image(
     overlays, titles = [], []
     for index in chosen:
         label = session.loaded.labels[index]
-        heatmap = to_size(maps[column[index]], width, height)
+        # at float16's precision from here on, as heatmaps.npz stores it: what is scored is what is kept
+        heatmap = to_size(maps[column[index]], width, height).astype(np.float16).astype(np.float32)
         session.writers[method].add(f"{item.name}/{label}", heatmap)
         session.maps_written += 1
         overlay = render_overlay(item.image, heatmap, f"{label}  p={probabilities[index]:.2f}  {method}")
@@ -466,21 +524,73 @@ def _explain_image(
             session.tallies[method].correlations.append(rank_correlations(maps[column[index]], random_map))
         if session.lesions is not None:
             _score_pointing(session, method, item, index, heatmap, random_map, geometry)
-    write_sheet(folder / f"{item.name}__sheet.png", item.image, overlays, titles)
+    if session.lesions is not None and geometry is not None:
+        _score_specificity(session, method, item, maps, column, geometry)
+    header, boxes = _sheet_header(session, item), _sheet_boxes(session, item, chosen, geometry)
+    write_sheet(folder / f"{item.name}__sheet.png", item.image, overlays, titles, header=header, boxes=boxes)
+
+
+def _sheet_header(session: _Session, item: Radiograph) -> str:
+    """The image's labels as the sheet's first line: ground truth where the split gives it."""
+    if item.labels is None:
+        return "ground truth: not known (image files)"
+    labels = session.loaded.labels
+    positive = [label for label, value in zip(labels, item.labels, strict=True) if value == 1]
+    uncertain = [label for label, value in zip(labels, item.labels, strict=True) if value == -1]
+    text = f"ground truth: {', '.join(positive) if positive else 'no finding among the labels'}"
+    return text + (f"; uncertain: {', '.join(uncertain)}" if uncertain else "")
+
+
+def _sheet_boxes(session: _Session, item: Radiograph, chosen: Sequence[int], geometry) -> list[list] | None:
+    """Lesion boxes for each sheet panel in the explained image's pixels: every box on the radiograph, each label's
+    own on its overlay; None without ``--lesions``."""
+    if session.lesions is None or geometry is None:
+        return None
+    sx, sy = geometry[1]
+
+    def scaled(label: str) -> list[tuple[float, float, float, float]]:
+        return [(b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy) for b in session.lesions.for_image(item.key, label)]
+
+    every = [box for label in session.loaded.labels for box in scaled(label)]
+    return [every, *(scaled(session.loaded.labels[index]) for index in chosen)]
+
+
+def _score_specificity(session: _Session, method: str, item: Radiograph, maps, column, geometry) -> None:
+    """Label specificity of one image's maps, on the positive findings with boxes (see
+    :func:`chexpert_hf.explain.localization.score_label_specificity`)."""
+    width, height = item.image.size
+    finding_maps, finding_boxes = {}, {}
+    for index, position in column.items():
+        boxes = _positive_boxes(session, item, index)
+        if boxes:
+            label = session.loaded.labels[index]
+            finding_maps[label] = to_size(maps[position], width, height).astype(np.float16).astype(np.float32)
+            finding_boxes[label] = boxes
+    if len(finding_maps) < 2:
+        return
+    hits, correlations = score_label_specificity(finding_maps, finding_boxes, session.tolerance, geometry[1])
+    session.tallies[method].add_specificity(hits, correlations)
+
+
+def _positive_boxes(session: _Session, item: Radiograph, index: int) -> list:
+    """The boxes of label ``index`` on the image when that finding is positive there (a box of an uncertain finding,
+    drawn fainter, is not a positive); empty otherwise."""
+    label = session.loaded.labels[index]
+    boxes = session.lesions.for_image(item.key, label)
+    if not boxes:
+        return []
+    positive = item.labels[index] == 1 if item.labels is not None else session.lesions.positive(item.key, label)
+    return [] if positive is False else boxes
 
 
 def _score_pointing(
     session: _Session, method: str, item: Radiograph, index: int, heatmap: np.ndarray, random_map, geometry
 ) -> None:
     """The pointing game for one (image, label) with boxes of a positive finding, into the method's tally."""
-    lesions = session.lesions
     label = session.loaded.labels[index]
-    boxes = lesions.for_image(item.key, label)
+    boxes = _positive_boxes(session, item, index)
     if not boxes:
         return
-    positive = item.labels[index] == 1 if item.labels is not None else lesions.positive(item.key, label)
-    if positive is False:
-        return  # a box of an uncertain (-1) finding, drawn fainter: not a positive
     original, scale, _ = geometry
     width, height = item.image.size
     randomized_hit = None
@@ -522,6 +632,13 @@ def _write_outputs(
             "methods": {method: session.tallies[method].summary(session.loaded.labels) for method in session.methods},
             "notes": notes,
         }
+        for method, tallies in session.road.items():
+            localization["methods"][method]["faithfulness"] = {
+                "metric": "ROAD (pytorch-grad-cam), logit change averaged over percentiles "
+                + ", ".join(str(p) for p in ROAD_PERCENTILES),
+                "images": session.road_done.get(method, 0),
+                "per_label": {label: tally.summary([label])[label] for label, tally in tallies.items()},
+            }
         (staging / LOCALIZATION_JSON).write_text(json.dumps(localization, indent=2) + "\n")
     if output.exists():
         shutil.rmtree(output)

@@ -102,7 +102,7 @@ def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(
             for column, label in enumerate(COMPETITION_LABELS):
                 heatmap = maps[f"{stem}/{label}"]
                 # the map is at the size of the image explained (the 160 px prepared copy), in [0, 1]
-                assert heatmap.shape == (image.height, image.width) and heatmap.dtype == np.float32
+                assert heatmap.shape == (image.height, image.width) and heatmap.dtype == np.float16
                 assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
                 boxes = lesions.for_image(path.split("/", 1)[1].lower(), label)
                 if raw[index, column] == 1 and boxes:  # a positive with a box: one pointing-game trial
@@ -111,6 +111,28 @@ def test_explain_a_prepared_split_writes_the_documented_files_and_scores_them(
                     hits, trials = counted.get(label, (0, 0))
                     counted[label] = (hits + pointing_hit(heatmap, boxes, DEFAULT_TOLERANCE, scale), trials + 1)
     assert counted, "the synthetic validation set has positives with lesion boxes"
+    # label specificity: each finding's map against the other findings' boxes, counted here from the archive
+    with np.load(output / "heatmaps.npz") as maps:
+        right, wrong, images = {}, {}, 0
+        for index, (stem, path, image) in enumerate(zip(stems, rows["path"], rows["image"], strict=True)):
+            original = Image.open(synthetic_root.parent / path)
+            scale = (image.width / original.width, image.height / original.height)
+            boxes = {label: lesions.for_image(path.split("/", 1)[1].lower(), label) for label in COMPETITION_LABELS}
+            findings = [label for c, label in enumerate(COMPETITION_LABELS) if raw[index, c] == 1 and boxes[label]]
+            if len(findings) < 2:
+                continue
+            images += 1
+            for label in findings:
+                heatmap = maps[f"{stem}/{label}"]
+                hit = [pointing_hit(heatmap, boxes[other], DEFAULT_TOLERANCE, scale) for other in findings]
+                right.setdefault(label, []).append(hit[findings.index(label)])
+                wrong.setdefault(label, []).extend(h for other, h in zip(findings, hit, strict=True) if other != label)
+    specificity = result["label_specificity"]
+    assert images and specificity["images"] == images
+    for label, entry in specificity["per_label"].items():
+        assert entry["right_label_hit_rate"] == pytest.approx(np.mean(right[label]))
+        assert entry["wrong_label_hit_rate"] == pytest.approx(np.mean(wrong[label]))
+    assert "wrong-label" in printed
     assert {label: (entry["hits"], entry["positives"]) for label, entry in result["per_label"].items()} == counted
     for entry in result["per_label"].values():
         assert 0.0 < entry["uniform_random_hit_rate"] < 1.0
@@ -345,3 +367,76 @@ def test_images_whose_original_is_missing_are_counted_once_whatever_the_methods(
         == 0
     )
     assert f"note: {with_boxes} image(s) whose original file was not found" in capsys.readouterr().out
+
+
+def test_sheets_show_the_labels_the_boxes_and_a_colour_bar(
+    vit_dir, prepared_dir, synthetic_root, tmp_path, monkeypatch
+):
+    drawn = []
+    real = explain_module.write_sheet
+
+    def record(path, image, overlays, titles, **kwargs):
+        layout = real(path, image, overlays, titles, **kwargs)
+        drawn.append((image.size, titles, kwargs, layout))
+        return layout
+
+    monkeypatch.setattr(explain_module, "write_sheet", record)
+    lesions_csv = synthetic_root / "lesions.csv"
+    args = ["explain", "--model", str(vit_dir), "--data", str(prepared_dir), "--num-images", "0"]
+    assert main([*args, "--lesions", str(lesions_csv), "--output", str(tmp_path / "out")]) == 0
+    rows, raw = frontal_validation(prepared_dir)
+    lesions = read_lesions(lesions_csv)
+    with_boxes = 0
+    for (size, titles, kwargs, layout), path, labels in zip(drawn, rows["path"], raw, strict=True):
+        positives = [label for label, value in zip(COMPETITION_LABELS, labels, strict=True) if value == 1]
+        assert kwargs["header"].startswith("ground truth: ") and all(label in kwargs["header"] for label in positives)
+        assert [title.split("\n")[0] for title in titles] == list(COMPETITION_LABELS)  # label, then its probability
+        assert all("\np = " in title for title in titles) and layout.colourbar is not None
+        key = path.split("/", 1)[1].lower()
+        original = Image.open(synthetic_root.parent / path).size
+        scale = size[0] / original[0]
+        for panel, label in enumerate(COMPETITION_LABELS, start=1):  # each overlay: its label's boxes, scaled
+            expected = [(b.x0 * scale, b.y0 * scale, b.x1 * scale, b.y1 * scale) for b in lesions.for_image(key, label)]
+            np.testing.assert_allclose(np.reshape(kwargs["boxes"][panel], (-1, 4)), np.reshape(expected, (-1, 4)))
+            assert len(layout.boxes[panel]) == len(expected)
+        with_boxes += bool(kwargs["boxes"][0])
+        assert len(kwargs["boxes"][0]) == sum(len(kwargs["boxes"][panel]) for panel in range(1, 6))
+    assert with_boxes, "some validation images have lesion boxes"
+
+
+def test_heatmaps_are_float16_and_at_most_map_size_pixels_unless_full_size(vit_dir, synthetic_root, tmp_path):
+    images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:2]  # 320 x 390 files
+    args = ["explain", "--model", str(vit_dir), "--images", *map(str, images), "--labels", "Edema,Cardiomegaly"]
+    assert main([*args, "--map-size", "100", "--output", str(tmp_path / "small")]) == 0
+    assert main([*args, "--full-size", "--output", str(tmp_path / "full")]) == 0
+    with np.load(tmp_path / "small" / "heatmaps.npz") as small, np.load(tmp_path / "full" / "heatmaps.npz") as full:
+        assert len(small.files) == len(full.files) == 4
+        for key in small.files:
+            assert small[key].dtype == full[key].dtype == np.float16
+            assert small[key].shape == (100, 82) and full[key].shape == (390, 320)  # long side 100, aspect kept
+            assert small[key].min() >= 0.0 and small[key].max() <= 1.0
+    uncompressed = 4 * 100 * 82 * 2
+    assert (tmp_path / "small" / "heatmaps.npz").stat().st_size < uncompressed + 4 * 400  # headers: a few hundred
+
+
+def test_faithfulness_and_attention_relevance_through_the_command(vit_dir, synthetic_root, tmp_path, capsys):
+    images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:3]
+    args = ["explain", "--model", str(vit_dir), "--images", *map(str, images), "--labels", "Edema,Cardiomegaly"]
+    methods = "gradcam,attention_relevance"
+    assert main([*args, "--method", methods, "--road-images", "2", "--output", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    localization = json.loads((tmp_path / "out" / "localization.json").read_text())
+    for method in ("gradcam", "attention_relevance"):
+        faithfulness = localization["methods"][method]["faithfulness"]
+        assert faithfulness["images"] == 2 and set(faithfulness["per_label"]) == {"Edema", "Cardiomegaly"}
+        for entry in faithfulness["per_label"].values():
+            assert entry["images"] == 2
+            assert entry["combined"] == pytest.approx(
+                (entry["least_relevant_first"] - entry["most_relevant_first"]) / 2
+            )
+    assert printed.count("faithfulness on 2 image(s)") == 2 and "MoRF" in printed
+    with np.load(tmp_path / "out" / "attention_relevance" / "heatmaps.npz") as maps:
+        edema, cardiomegaly = (
+            maps[f"{images[0].parts[-3]}_study1_view1_frontal/{label}"] for label in COMPETITION_LABELS[1:4:2]
+        )
+        assert not np.array_equal(edema, cardiomegaly)  # label-specific, unlike attention rollout

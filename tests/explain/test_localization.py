@@ -19,6 +19,7 @@ from chexpert_hf.explain.localization import (
     pointing_hit,
     rank_correlations,
     read_lesions,
+    score_label_specificity,
 )
 
 
@@ -155,3 +156,36 @@ def test_the_tally_summarises_hits_chance_and_randomization():
     }
     text = localization_text({"tolerance_px": 15.0, "methods": {"gradcam": summary}})
     assert "Edema" in text and "0.667" in text and "mean 0.200" in text
+
+
+def _peaked(height: int, width: int, x: int, y: int) -> np.ndarray:
+    """A map rising towards (x, y): its peak is there, and its ranking differs from a map peaked elsewhere."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return -np.hypot(cols - x, rows - y)
+
+
+def test_label_specificity_scores_each_map_against_the_other_findings_boxes():
+    boxes = {"Edema": [Box(0, 0, 9, 9)], "Pleural Effusion": [Box(40, 40, 59, 59)], "Atelectasis": [Box(0, 50, 9, 59)]}
+    # Edema's map points at Edema; Pleural Effusion's at Edema too (not label-specific); Atelectasis has no map
+    maps = {"Edema": _peaked(60, 60, 5, 5), "Pleural Effusion": _peaked(60, 60, 4, 4)}
+    hits, correlations = score_label_specificity(maps, boxes, tolerance=0.0)
+    assert hits == {"Edema": (True, [False]), "Pleural Effusion": (False, [True])}
+    assert len(correlations) == 1 and correlations[0] > 0.99  # two maps peaked 1 px apart rank alike
+    # one finding with a map: nothing to compare
+    assert score_label_specificity({"Edema": maps["Edema"]}, boxes, tolerance=0.0) == ({}, [])
+
+    tally = MethodTally()
+    tally.add_specificity(hits, correlations)
+    apart = {"Edema": _peaked(60, 60, 5, 5), "Pleural Effusion": _peaked(60, 60, 50, 50)}
+    tally.add_specificity(*score_label_specificity(apart, boxes, tolerance=0.0))
+    tally.labels["Edema"].add(True, 0.1, None)  # the pointing game proper, for the summary to have rows
+    summary = tally.summary(["Atelectasis", "Edema", "Pleural Effusion"])["label_specificity"]
+    assert summary["images"] == 2 and summary["label_pairs"] == 2
+    assert summary["per_label"]["Edema"] == {"images": 2, "right_label_hit_rate": 1.0, "wrong_label_hit_rate": 0.0}
+    assert summary["per_label"]["Pleural Effusion"]["right_label_hit_rate"] == 0.5
+    assert summary["right_label_hit_rate"] == 0.75 and summary["wrong_label_hit_rate"] == 0.25
+    # maps peaked at opposite corners rank in opposite orders over most of the image
+    expected = np.mean([correlations[0], rank_correlations(apart["Edema"], apart["Pleural Effusion"])[0]])
+    assert summary["spearman_between_labels_mean"] == pytest.approx(expected)
+    text = localization_text({"tolerance_px": 0.0, "methods": {"gradcam": tally.summary(["Edema"])}})
+    assert "wrong-label 0.250" in text and "right-label hit rate 0.750" in text
