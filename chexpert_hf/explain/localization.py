@@ -380,3 +380,90 @@ def localization_text(summary: dict) -> str:
                 f"median {median} over {check['maps']} maps ({check['constant_maps']} constant)"
             )
     return "\n".join(lines)
+
+
+# --- several models (the seeds of one recipe, a benchmark's runs) -----------------------------------------------
+
+#: What is averaged over models: a key path into a method's summary (``localization.json["methods"][method]``).
+ACROSS_OVERALL = {
+    "hit_rate": ("hit_rate",),
+    "mean_hit_rate": ("mean_hit_rate",),
+    "uniform_random_hit_rate": ("uniform_random_hit_rate",),
+    "randomized_model_hit_rate": ("randomized_model_hit_rate",),
+    "spearman_vs_randomized": ("randomization", "spearman_mean"),
+    "right_label_hit_rate": ("label_specificity", "right_label_hit_rate"),
+    "wrong_label_hit_rate": ("label_specificity", "wrong_label_hit_rate"),
+    "spearman_between_labels": ("label_specificity", "spearman_between_labels_mean"),
+}
+ACROSS_PER_LABEL = {
+    "hit_rate": ("per_label", "{label}", "hit_rate"),
+    "uniform_random_hit_rate": ("per_label", "{label}", "uniform_random_hit_rate"),
+    "randomized_model_hit_rate": ("per_label", "{label}", "randomized_model_hit_rate"),
+    "wrong_label_hit_rate": ("label_specificity", "per_label", "{label}", "wrong_label_hit_rate"),
+    "faithfulness_combined": ("faithfulness", "per_label", "{label}", "combined"),
+}
+
+
+def _lookup(summary: dict, path: Sequence[str], label: str = "") -> float | None:
+    value: object = summary
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key.format(label=label))
+    return float(value) if isinstance(value, int | float) and np.isfinite(value) else None
+
+
+def _spread(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation over the models that have the value (std None for fewer than two)."""
+    known = [value for value in values if value is not None]
+    return {
+        "mean": float(np.mean(known)) if known else None,
+        "std": float(np.std(known, ddof=1)) if len(known) > 1 else None,
+        "models": len(known),
+        "values": values,
+    }
+
+
+def _spreads(summaries: list[dict], paths: dict[str, tuple[str, ...]], label: str = "") -> dict:
+    return {key: _spread([_lookup(summary, path, label) for summary in summaries]) for key, path in paths.items()}
+
+
+def across_models(results: dict[str, dict]) -> dict:
+    """Several models' ``localization.json`` (by model name) summarised per method and label as mean ± std over
+    the models: hit rates with their chance level and randomized-model baseline, label specificity and
+    faithfulness, each also listed per model (None where a model has no value)."""
+    names = list(results)
+    methods = list(dict.fromkeys(method for result in results.values() for method in result["methods"]))
+    out: dict = {"models": names, "methods": {}}
+    for method in methods:
+        summaries = [results[name]["methods"].get(method, {}) for name in names]
+        labels = list(dict.fromkeys(label for summary in summaries for label in summary.get("per_label", {})))
+        out["methods"][method] = {
+            "overall": _spreads(summaries, ACROSS_OVERALL),
+            "per_label": {label: _spreads(summaries, ACROSS_PER_LABEL, label) for label in labels},
+        }
+    return out
+
+
+def _mean_std(entry: dict) -> str:
+    if entry["mean"] is None:
+        return "-"
+    return f"{entry['mean']:.3f}" + (f" ± {entry['std']:.3f}" if entry["std"] is not None else "")
+
+
+def across_models_text(summary: dict) -> str:
+    """The table of :func:`across_models`: per method and label, mean ± std over the models."""
+    lines = [f"over {len(summary['models'])} models: {', '.join(summary['models'])} (mean ± std)"]
+    header = f"  {'label':<22}{'hit rate':>16}{'random map':>12}{'random model':>16}{'wrong label':>16}"
+    for method, result in summary["methods"].items():
+        lines += [f"{method}:", header]
+        rows = [*result["per_label"].items(), ("all positives", result["overall"])]
+        for label, entry in rows:
+            lines.append(
+                f"  {label:<22}{_mean_std(entry['hit_rate']):>16}{_mean_std(entry['uniform_random_hit_rate']):>12}"
+                f"{_mean_std(entry['randomized_model_hit_rate']):>16}{_mean_std(entry['wrong_label_hit_rate']):>16}"
+            )
+        between = result["overall"]["spearman_between_labels"]
+        if between["mean"] is not None:
+            lines.append(f"  Spearman between two labels' maps {_mean_std(between)} (1: not label-specific)")
+    return "\n".join(lines)

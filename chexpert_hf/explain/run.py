@@ -41,6 +41,7 @@ from chexpert_hf.explain.localization import (
     DEFAULT_TOLERANCE,
     Lesions,
     MethodTally,
+    across_models,
     chance_hit_rate,
     image_key,
     pointing_hit,
@@ -646,12 +647,65 @@ def _write_outputs(
     return localization, notes
 
 
+def model_names(models: Sequence[str]) -> list[str]:
+    """A folder name per model (its own folder's name, or the Hub id's last part), made unique with -2, -3 ..."""
+    names: list[str] = []
+    for model in models:
+        path = Path(model)
+        base = path.resolve().name if path.exists() else str(model).rstrip("/").split("/")[-1]
+        name, number = base, 2
+        while name in names:
+            name, number = f"{base}-{number}", number + 1
+        names.append(name)
+    return names
+
+
+def explain_models(
+    load: Any,
+    models: Sequence[str],
+    radiographs: Sequence[Radiograph],
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    keep: Sequence[str | os.PathLike] = (),
+    **options: Any,
+) -> tuple[dict | None, list[ExplainResult]]:
+    """Explain the same images with several models (the seeds of one recipe, a benchmark's runs): each model's
+    full output in ``output/<model name>/`` (:func:`explain`, with ``options``), and, when the maps are scored,
+    ``output/localization.json`` with every method and label as mean ± std over the models
+    (:func:`chexpert_hf.explain.localization.across_models`). ``load(model)`` loads one model; one at a time is
+    in memory. The folder appears only when every model is done."""
+    output = check_output(output, overwrite, keep)
+    staging = _staging(output)
+    results: list[ExplainResult] = []
+    try:
+        for model, name in zip(models, model_names(models), strict=True):
+            loaded = load(model)
+            results.append(explain(loaded, radiographs, staging / name, keep=keep, **options))
+            del loaded
+        summary = None
+        if all(result.localization is not None for result in results):
+            scored = {result.output.name: result.localization for result in results}
+            summary = across_models(scored)
+            (staging / LOCALIZATION_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for result in results:  # where each model's output now is
+        result.output = output / result.output.name
+    return summary, results
+
+
 __all__ = [
     "ExplainResult",
     "Radiograph",
     "SplitImages",
     "check_output",
     "explain",
+    "explain_models",
     "read_image_files",
     "read_split",
     "resolve_labels",

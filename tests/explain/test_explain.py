@@ -440,3 +440,37 @@ def test_faithfulness_and_attention_relevance_through_the_command(vit_dir, synth
             maps[f"{images[0].parts[-3]}_study1_view1_frontal/{label}"] for label in COMPETITION_LABELS[1:4:2]
         )
         assert not np.array_equal(edema, cardiomegaly)  # label-specific, unlike attention rollout
+
+
+def test_several_models_are_each_explained_and_summarised_as_mean_and_std(
+    vit_dir, prepared_dir, synthetic_root, tmp_path, capsys
+):
+    other = tmp_path / "other" / "model"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        built = tiny_model("vit")
+    built.model.save_pretrained(other)
+    built.processor.save_pretrained(other)
+    lesions = ["--lesions", str(synthetic_root / "lesions.csv"), "--method", "gradcam,attention_relevance"]
+    base = ["explain", "--data", str(prepared_dir), "--num-images", "0", *lesions]
+    assert main([*base, "--model", str(vit_dir), "--model", str(other), "--output", str(tmp_path / "both")]) == 0
+    printed = capsys.readouterr().out
+    assert main([*base, "--model", str(vit_dir), "--output", str(tmp_path / "first")]) == 0
+    assert main([*base, "--model", str(other), "--output", str(tmp_path / "second")]) == 0
+    alone = [json.loads((tmp_path / name / "localization.json").read_text()) for name in ("first", "second")]
+    # each model's output is what it writes alone (its folder named after the model, made unique)
+    assert sorted(path.name for path in (tmp_path / "both").iterdir()) == ["localization.json", "model", "model-2"]
+    for name, single in zip(("model", "model-2"), alone, strict=True):
+        within = json.loads((tmp_path / "both" / name / "localization.json").read_text())
+        assert within["methods"] == single["methods"]
+    summary = json.loads((tmp_path / "both" / "localization.json").read_text())
+    assert summary["models"] == ["model", "model-2"]
+    for method in ("gradcam", "attention_relevance"):
+        for label, entry in summary["methods"][method]["per_label"].items():
+            values = [result["methods"][method]["per_label"][label]["hit_rate"] for result in alone]
+            assert entry["hit_rate"]["values"] == values
+            assert entry["hit_rate"]["mean"] == pytest.approx(np.mean(values))
+            assert entry["hit_rate"]["std"] == pytest.approx(np.std(values, ddof=1))
+        wrong = [result["methods"][method]["label_specificity"]["wrong_label_hit_rate"] for result in alone]
+        assert summary["methods"][method]["overall"]["wrong_label_hit_rate"]["mean"] == pytest.approx(np.mean(wrong))
+    assert "over 2 models: model, model-2 (mean ± std)" in printed and "±" in printed

@@ -189,3 +189,32 @@ def test_label_specificity_scores_each_map_against_the_other_findings_boxes():
     assert summary["spearman_between_labels_mean"] == pytest.approx(expected)
     text = localization_text({"tolerance_px": 0.0, "methods": {"gradcam": tally.summary(["Edema"])}})
     assert "wrong-label 0.250" in text and "right-label hit rate 0.750" in text
+
+
+def test_across_models_averages_what_each_model_has():
+    from chexpert_hf.explain.localization import across_models, across_models_text
+
+    def result(edema: float, spearman: float | None) -> dict:
+        specificity = {"right_label_hit_rate": 0.5, "wrong_label_hit_rate": 0.25}
+        if spearman is not None:
+            specificity["spearman_between_labels_mean"] = spearman
+        return {
+            "methods": {
+                "gradcam": {
+                    "hit_rate": edema,
+                    "per_label": {"Edema": {"hit_rate": edema, "uniform_random_hit_rate": 0.2}},
+                    "label_specificity": specificity,
+                }
+            }
+        }
+
+    summary = across_models({"seed0": result(0.5, 0.3), "seed1": result(0.7, None), "seed2": result(0.9, 0.5)})
+    edema = summary["methods"]["gradcam"]["per_label"]["Edema"]["hit_rate"]
+    assert edema["values"] == [0.5, 0.7, 0.9] and edema["mean"] == pytest.approx(0.7)
+    assert edema["std"] == pytest.approx(0.2)  # the sample standard deviation
+    between = summary["methods"]["gradcam"]["overall"]["spearman_between_labels"]
+    assert between == {"mean": pytest.approx(0.4), "std": pytest.approx(np.std([0.3, 0.5], ddof=1)), "models": 2,
+                       "values": [0.3, None, 0.5]}  # fmt: skip
+    missing = summary["methods"]["gradcam"]["per_label"]["Edema"]["randomized_model_hit_rate"]
+    assert missing["mean"] is None and missing["std"] is None
+    assert "0.700 ± 0.200" in across_models_text(summary)

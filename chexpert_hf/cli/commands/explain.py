@@ -23,7 +23,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "re-runs the maps on the model with re-initialised weights (a map that does not change does not depend "
         "on what the model learned), and writes OUTPUT/localization.json." + docs("explain"),
     )
-    parser.add_argument("--model", required=True, help="a trained output folder or a Hub model id")
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="extend",
+        nargs="+",
+        help="a trained output folder or a Hub model id; several (the seeds of one recipe, a benchmark's runs): "
+        "each explained into OUTPUT/<name>/, and the scores as mean ± std over them in OUTPUT/localization.json",
+    )
     parser.add_argument(
         "--images",
         nargs="+",
@@ -156,11 +163,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch_size must be at least 1, got {args.batch_size}")
     # what the output folder must not hold (the model folder, the data): checked before the model loads
     keep = [
-        path for path in (args.model, args.data_dir, args.lesions, *(args.images or ())) if path and Path(path).exists()
+        path
+        for path in (*args.model, args.data_dir, args.lesions, *(args.images or ()))
+        if path and Path(path).exists()
     ]
     check_output(args.output, args.overwrite, keep)
     lesions = read_lesions(args.lesions) if args.lesions else None
-    loaded = load_classifier(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
+
+    def load(model: str):
+        return load_classifier(model, trust_remote_code=args.trust_remote_code, device=args.device)
+
+    loaded = load(args.model[0])
     if args.images is not None:
         radiographs, skipped = read_image_files(args.images)
         for message in skipped:
@@ -172,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from chexpert_hf.evaluation.evaluate import recipe_settings
 
-        trained = recipe_settings(args.model)
+        trained = recipe_settings(args.model[0])
         radiographs = read_split(
             args.data_dir,
             loaded.labels,
@@ -181,10 +194,7 @@ def run(args: argparse.Namespace) -> int:
             views=args.views,
             prepare_image_size=args.prepare_image_size or trained.get("prepare_image_size", 320),
         )
-    result = explain(
-        loaded,
-        radiographs,
-        args.output,
+    options = dict(
         methods=methods,
         labels=labels,
         top_k=args.top_k,
@@ -194,14 +204,37 @@ def run(args: argparse.Namespace) -> int:
         sanity_check=args.sanity_check,
         batch_size=args.batch_size,
         seed=args.seed,
-        overwrite=args.overwrite,
-        keep=keep,
         map_size=None if args.full_size else args.map_size,
         road_images=args.road_images,
     )
+    if len(args.model) > 1:
+        labels = loaded.labels
+        del loaded  # each model is loaded in turn: one in memory at a time
+        return _explain_several(args, load, labels, radiographs, keep, options)
+    result = explain(loaded, radiographs, args.output, overwrite=args.overwrite, keep=keep, **options)
     if result.localization is not None:
         print(localization_text(result.localization))
     for note in result.notes:
         print(f"note: {note}")
     print(f"wrote {result.maps} maps of {result.images} images to {result.output}")
+    return 0
+
+
+def _explain_several(args: argparse.Namespace, load, labels: list[str], radiographs, keep, options: dict) -> int:
+    from chexpert_hf.explain.localization import across_models_text
+    from chexpert_hf.explain.run import explain_models
+
+    def checked(model: str):
+        loaded = load(model)
+        if loaded.labels != labels:
+            raise ValueError(f"{model} scores {loaded.labels}, the first model {labels}: give models of one label set")
+        return loaded
+
+    summary, results = explain_models(
+        checked, args.model, radiographs, args.output, overwrite=args.overwrite, keep=keep, **options
+    )
+    if summary is not None:
+        print(across_models_text(summary))
+    maps = sum(result.maps for result in results)
+    print(f"wrote {maps} maps of {results[0].images} images for {len(results)} models to {results[0].output.parent}")
     return 0
