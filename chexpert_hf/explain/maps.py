@@ -79,20 +79,35 @@ def _hybrid_cnn_stage(model: PreTrainedModel) -> nn.Module:
     return stages[0][index]
 
 
+def _earlier_blocks(layers: Callable, prefix: int, dropped: str) -> dict[str, TargetLayer]:
+    """``tokens-2`` and ``tokens-3``: the input tokens of the second- and third-to-last encoder blocks (the first
+    block where the model has fewer), candidates for where the maps are read, measured against ``tokens``."""
+    return {
+        f"tokens-{back}": TargetLayer(
+            lambda m, back=back: layers(m)[-min(back, len(layers(m)))].layernorm_before,
+            prefix,
+            f"the input tokens of the encoder block {back} from the end, {dropped}",
+        )
+        for back in (2, 3)
+    }
+
+
 TARGET_LAYERS: dict[str, dict[str, TargetLayer]] = {  # family → named layers, the first is the default
     "vit": {
         "tokens": TargetLayer(
             lambda m: m.vit.layers[-1].layernorm_before,
             FAMILIES["vit"].position_prefix,
             "the last encoder block's input tokens, [CLS] dropped",
-        )
+        ),
+        **_earlier_blocks(lambda m: m.vit.layers, FAMILIES["vit"].position_prefix, "[CLS] dropped"),
     },
     "deit": {
         "tokens": TargetLayer(
             lambda m: m.deit.layers[-1].layernorm_before,
             FAMILIES["deit"].position_prefix,
             "the last encoder block's input tokens, [CLS] and distillation tokens dropped",
-        )
+        ),
+        **_earlier_blocks(lambda m: m.deit.layers, FAMILIES["deit"].position_prefix, "[CLS] and distillation dropped"),
     },
     "swin": {"tokens": TargetLayer(lambda m: m.swin.layernorm, 0, "the last stage's tokens after the final norm")},
     "resnet_vit": {
