@@ -399,6 +399,7 @@ ACROSS_PER_LABEL = {
     "hit_rate": ("per_label", "{label}", "hit_rate"),
     "uniform_random_hit_rate": ("per_label", "{label}", "uniform_random_hit_rate"),
     "randomized_model_hit_rate": ("per_label", "{label}", "randomized_model_hit_rate"),
+    "right_label_hit_rate": ("label_specificity", "per_label", "{label}", "right_label_hit_rate"),
     "wrong_label_hit_rate": ("label_specificity", "per_label", "{label}", "wrong_label_hit_rate"),
     "faithfulness_combined": ("faithfulness", "per_label", "{label}", "combined"),
 }
@@ -451,18 +452,28 @@ def _mean_std(entry: dict) -> str:
     return f"{entry['mean']:.3f}" + (f" ± {entry['std']:.3f}" if entry["std"] is not None else "")
 
 
+ACROSS_COLUMNS = (
+    "hit_rate",
+    "uniform_random_hit_rate",
+    "randomized_model_hit_rate",
+    "right_label_hit_rate",
+    "wrong_label_hit_rate",
+)
+
+
 def across_models_text(summary: dict) -> str:
     """The table of :func:`across_models`: per method and label, mean ± std over the models."""
     lines = [f"over {len(summary['models'])} models: {', '.join(summary['models'])} (mean ± std)"]
-    header = f"  {'label':<22}{'hit rate':>16}{'random map':>12}{'random model':>16}{'wrong label':>16}"
+    header = f"  {'label':<20}" + "".join(
+        f"{name:>17}" for name in ("hit rate", "random map", "random model", "right label²", "wrong label²")
+    )
     for method, result in summary["methods"].items():
         lines += [f"{method}:", header]
         rows = [*result["per_label"].items(), ("all positives", result["overall"])]
         for label, entry in rows:
-            lines.append(
-                f"  {label:<22}{_mean_std(entry['hit_rate']):>16}{_mean_std(entry['uniform_random_hit_rate']):>12}"
-                f"{_mean_std(entry['randomized_model_hit_rate']):>16}{_mean_std(entry['wrong_label_hit_rate']):>16}"
-            )
+            cells = (entry[key] for key in ACROSS_COLUMNS)
+            lines.append(f"  {label:<20}" + "".join(f"{_mean_std(cell):>17}" for cell in cells))
+        lines.append("  ²: on the images with two or more boxed findings, the map against its own / another's boxes")
         between = result["overall"]["spearman_between_labels"]
         if between["mean"] is not None:
             lines.append(f"  Spearman between two labels' maps {_mean_std(between)} (1: not label-specific)")

@@ -147,6 +147,14 @@ def supported_methods(family: str) -> tuple[str, ...]:
     return CAM_METHODS + (ATTENTION_METHODS if family in ROLLOUT_PREFIX else ())
 
 
+def default_method(family: str) -> str:
+    """The method ``explain`` uses unless told: attention relevance where it applies (ViT, DeiT, the hybrid), else
+    Grad-CAM. Chosen by measurement (docs/explain.md): on the demo recipe over 3 seeds, attention relevance hit
+    0.692 ± 0.046 of the boxed positives against Grad-CAM's 0.491 ± 0.219 (chance 0.161), with right- and
+    wrong-label hit rates of 0.657 and 0.281."""
+    return RELEVANCE if RELEVANCE in supported_methods(family) else "gradcam"
+
+
 def check_method(family: str, method: str) -> None:
     if method not in METHODS:
         raise UnsupportedExplanation(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
@@ -407,6 +415,7 @@ def to_size(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
 
 __all__ = [
     "ATTENTION_METHODS",
+    "default_method",
     "CAM_METHODS",
     "METHODS",
     "RELEVANCE",

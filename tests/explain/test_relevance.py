@@ -176,3 +176,15 @@ def test_relevance_switches_to_eager_attention_only_while_it_runs(family):
         hook.remove()
     assert seen == ["eager"]  # one forward pass for both labels
     assert model.config._attn_implementation == before
+
+
+def test_the_default_method_is_attention_relevance_where_it_applies_else_gradcam():
+    from chexpert_hf.explain.maps import default_method
+
+    assert {family: default_method(family) for family in ("vit", "deit", "resnet_vit", "swin", "densenet121")} == {
+        "vit": "attention_relevance",
+        "deit": "attention_relevance",
+        "resnet_vit": "attention_relevance",
+        "swin": "gradcam",
+        "densenet121": "gradcam",
+    }

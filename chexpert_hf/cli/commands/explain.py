@@ -83,9 +83,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--method",
-        default="gradcam",
+        default=None,
         help="gradcam, gradcam++, or for ViT, DeiT and the hybrid attention_rollout or attention_relevance "
-        "(gradient-weighted attention, Chefer et al. 2021), or several separated by commas (default: gradcam)",
+        "(gradient-weighted attention, Chefer et al. 2021), or several separated by commas (default: "
+        "attention_relevance where it applies, which measured best, else gradcam; gradcam with --target_layer)",
     )
     parser.add_argument(
         "--target_layer",
@@ -147,16 +148,16 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from chexpert_hf.evaluation.inference import load_classifier
     from chexpert_hf.explain.localization import localization_text, read_lesions
-    from chexpert_hf.explain.maps import METHODS
+    from chexpert_hf.explain.maps import METHODS, default_method, model_family
     from chexpert_hf.explain.run import check_output, explain, read_image_files, read_split
 
     if (args.images is None) == (args.data_dir is None):
         raise ValueError(
             "give either --images IMG [IMG ...] or --data_dir PREPARED_DIR (with --split and --num_images)"
         )
-    methods = [name.strip() for name in args.method.split(",") if name.strip()]
+    methods = [name.strip() for name in (args.method or "").split(",") if name.strip()]
     unknown = [name for name in methods if name not in METHODS]
-    if unknown or not methods:
+    if unknown or (args.method is not None and not methods):
         raise ValueError(f"unknown method(s) {unknown or args.method!r}; methods: {', '.join(METHODS)}")
     labels = [name.strip() for name in args.labels.split(",") if name.strip()] if args.labels else None
     if args.batch_size < 1:
@@ -174,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         return load_classifier(model, trust_remote_code=args.trust_remote_code, device=args.device)
 
     loaded = load(args.model[0])
+    if not methods:  # a target layer is a CAM method's; otherwise the one that measured best for the family
+        methods = ["gradcam" if args.target_layer else default_method(model_family(loaded.model))]
     if args.images is not None:
         radiographs, skipped = read_image_files(args.images)
         for message in skipped:
