@@ -509,10 +509,11 @@ def _explain_image(
     width, height = item.image.size
     folder = session.folders[method]
     overlays, titles = [], []
+    heatmaps: dict[int, np.ndarray] = {}  # label index -> its map at the image's size
     for index in chosen:
         label = session.loaded.labels[index]
         # at float16's precision from here on, as heatmaps.npz stores it: what is scored is what is kept
-        heatmap = to_size(maps[column[index]], width, height).astype(np.float16).astype(np.float32)
+        heatmap = heatmaps[index] = to_size(maps[column[index]], width, height).astype(np.float16).astype(np.float32)
         session.writers[method].add(f"{item.name}/{label}", heatmap)
         session.maps_written += 1
         overlay = render_overlay(item.image, heatmap, f"{label}  p={probabilities[index]:.2f}  {method}")
@@ -526,7 +527,7 @@ def _explain_image(
         if session.lesions is not None:
             _score_pointing(session, method, item, index, heatmap, random_map, geometry)
     if session.lesions is not None and geometry is not None:
-        _score_specificity(session, method, item, maps, column, geometry)
+        _score_specificity(session, method, item, heatmaps, geometry)
     header, boxes = _sheet_header(session, item), _sheet_boxes(session, item, chosen, geometry)
     write_sheet(folder / f"{item.name}__sheet.png", item.image, overlays, titles, header=header, boxes=boxes)
 
@@ -556,16 +557,17 @@ def _sheet_boxes(session: _Session, item: Radiograph, chosen: Sequence[int], geo
     return [every, *(scaled(session.loaded.labels[index]) for index in chosen)]
 
 
-def _score_specificity(session: _Session, method: str, item: Radiograph, maps, column, geometry) -> None:
-    """Label specificity of one image's maps, on the positive findings with boxes (see
-    :func:`chexpert_hf.explain.localization.score_label_specificity`)."""
-    width, height = item.image.size
+def _score_specificity(
+    session: _Session, method: str, item: Radiograph, heatmaps: dict[int, np.ndarray], geometry
+) -> None:
+    """Label specificity of the image's maps (``heatmaps``: the labels explained for it, at its size), on the
+    positive findings with boxes (see :func:`chexpert_hf.explain.localization.score_label_specificity`)."""
     finding_maps, finding_boxes = {}, {}
-    for index, position in column.items():
+    for index, heatmap in heatmaps.items():
         boxes = _positive_boxes(session, item, index)
         if boxes:
             label = session.loaded.labels[index]
-            finding_maps[label] = to_size(maps[position], width, height).astype(np.float16).astype(np.float32)
+            finding_maps[label] = heatmap
             finding_boxes[label] = boxes
     if len(finding_maps) < 2:
         return
