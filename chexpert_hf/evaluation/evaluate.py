@@ -40,8 +40,8 @@ from chexpert_hf.data.chexpert_csv import (
 from chexpert_hf.evaluation.ensemble import check_same_labels, column_order, combine
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, evaluation_targets, score, scored_rows
 from chexpert_hf.evaluation.reports import write_reports
-from chexpert_hf.evaluation.subgroups import ImageMeta, image_groups, study_groups, write_subgroups
-from chexpert_hf.evaluation.thresholds import parse_rule, saved_thresholds
+from chexpert_hf.evaluation.subgroups import ImageMeta, scored_groups, write_subgroups
+from chexpert_hf.evaluation.thresholds import saved_thresholds
 from chexpert_hf.labels import CHEXPERT_LABELS, canonical_label
 from chexpert_hf.outputs import PREDICTIONS_CSV, RECIPE_YAML
 from chexpert_hf.utils import atomic_write
@@ -364,16 +364,16 @@ def score_predictions(
     groups = _groups(truth, matched.keys, per_image)
     scored = Scored(scores, matched.scores, matched.targets, matched.labels, matched.keys, groups)
     if len(names) > 1:  # written as predictions.csv: compare reads an ensemble like any other model
-        keys, key_column = _key_text(truth, matched.keys), "Path" if per_image else "Study"
+        keys, key_column = _key_text(truth, matched.keys, per_image), "Path" if per_image else "Study"
         scored.predictions = predictions_frame(keys, matched.scores, matched.labels, key_column)
     return scored, summary
 
 
-def _key_text(truth: KeyedRows, keys: np.ndarray) -> list[str]:
+def _key_text(truth: KeyedRows, keys: np.ndarray, per_image: bool) -> list[str]:
     """The ground truth's own path for each key (a study of image rows: its first image's folder), so that a file
     written with them reads back with the same keys."""
     text: dict[str, str] = {}
-    if len(keys) and keys[0].count("/") == 2:  # images
+    if per_image:
         text = dict(zip(truth.image, truth.text, strict=True))
     else:
         for study, cell in zip(truth.study, truth.text, strict=True):
@@ -403,10 +403,8 @@ def _groups(truth: KeyedRows, keys: np.ndarray, per_image: bool) -> dict[str, np
     """Each scored row's subgroup (sex, age band, view) from the ground truth's columns; None without them."""
     if truth.meta is None:
         return None
-    if per_image:
-        return image_groups(truth.meta)
-    studies, groups = study_groups(truth.study, truth.meta)
-    if not np.array_equal(studies, keys):  # both in the ground truth's order of first appearance
+    studies, groups = scored_groups(truth.study, truth.meta, per_image)
+    if studies is not None and not np.array_equal(studies, keys):  # both in the ground truth's first-appearance order
         raise AssertionError("subgroups and scored studies are in different orders")
     return groups
 
@@ -507,11 +505,8 @@ def evaluate_model(
         seed=seed,
     )
     scored_probabilities, scored_targets = scored_rows(probabilities, targets, None if per_image else studies)
-    meta = prepared_meta(rows)
-    if per_image:
-        keys, groups = image_keys, image_groups(meta)
-    else:
-        keys, groups = study_groups(studies, meta)
+    keys, groups = scored_groups(studies, prepared_meta(rows), per_image)
+    keys = image_keys if per_image else keys
     summary = {
         "model": _public_name(names[0]) if len(names) == 1 else f"ensemble of {len(names)}",
         "split": split,
@@ -590,15 +585,6 @@ def write_evaluation(
     if subgroups is not None:
         paths.update(write_subgroups(output, subgroups, f"Subgroups: {title}"))
     return paths
-
-
-def choose_model_thresholds(scored: Scored, rule: str, split: str, level: str) -> tuple[dict[str, float], dict]:
-    """Thresholds by ``rule`` on the rows ``scored`` holds (studies at study level), and their source."""
-    from chexpert_hf.evaluation.thresholds import choose_thresholds
-
-    parsed = parse_rule(rule)
-    thresholds = choose_thresholds(scored.probabilities, scored.targets, scored.labels, parsed)
-    return thresholds, {"rule": str(parsed), "split": split, "level": level, "count": int(len(scored.probabilities))}
 
 
 def save_model_thresholds(model_folder: str | os.PathLike, thresholds: dict[str, float], source: dict) -> Path:

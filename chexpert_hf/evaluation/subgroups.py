@@ -174,6 +174,17 @@ def study_groups(
     return ids[first], groups
 
 
+def scored_groups(
+    study_ids: Sequence[Any] | np.ndarray, meta: ImageMeta, per_image: bool, attributes: Sequence[str] = ATTRIBUTES
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """The group of every row the scorer scores: with ``per_image`` each image's own (:func:`image_groups`; no
+    study order, None), else each study's (:func:`study_groups`), with the studies in the order the scorer puts
+    them (first appearance)."""
+    if per_image:
+        return None, image_groups(meta, attributes)
+    return study_groups(study_ids, meta, attributes)
+
+
 def _object_array(values: Sequence[Any]) -> np.ndarray:
     array = np.empty(len(values), dtype=object)
     array[:] = list(values)

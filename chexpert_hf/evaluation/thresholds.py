@@ -112,6 +112,16 @@ def choose_thresholds(
     return chosen
 
 
+def thresholds_with_source(
+    scores: np.ndarray, targets: np.ndarray, labels: Sequence[str], rule: ThresholdRule | str, split: str, level: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`choose_thresholds` on the rows given, and the record of where they come from (rule, split, level,
+    count of rows) that is saved beside them in ``config.json``."""
+    rule = parse_rule(rule) if isinstance(rule, str) else rule
+    source = {"rule": str(rule), "split": split, "level": level, "count": int(len(scores))}
+    return choose_thresholds(scores, targets, labels, rule), source
+
+
 def operating_point(scores: np.ndarray, truth: np.ndarray, threshold: float) -> dict[str, Any]:
     """Counts, sensitivity, specificity, PPV and NPV (each with its 95% Wilson interval; None where its
     denominator is 0) of calling ``score >= threshold`` positive; NaN targets left out."""

@@ -35,13 +35,12 @@ from chexpert_hf.evaluation.clinical import add_clinical_scores, subgroups_for
 from chexpert_hf.evaluation.evaluate import groundtruth_frame, predictions_frame, prepared_meta, write_predictions_csv
 from chexpert_hf.evaluation.metrics import BOOTSTRAP_RESAMPLES, SplitScorer
 from chexpert_hf.evaluation.reports import scores_table, write_reports
-from chexpert_hf.evaluation.subgroups import image_groups, study_groups, write_subgroups
+from chexpert_hf.evaluation.subgroups import scored_groups, write_subgroups
 from chexpert_hf.evaluation.thresholds import (
-    choose_thresholds,
-    parse_rule,
     saved_thresholds,
     store_thresholds,
     threshold_split_name,
+    thresholds_with_source,
 )
 from chexpert_hf.hub.model_card import write_model_card
 from chexpert_hf.models import build_model, input_channels
@@ -301,15 +300,10 @@ def _choose_thresholds(recipe: Recipe, trainer: CheXpertTrainer, scorer: SplitSc
     study level), kept in the model's config so that ``save_pretrained`` writes it into config.json. Every process
     scored the same gathered rows, so every process holds the same thresholds."""
     data_args = recipe.data
-    probabilities, targets = scorer.last_scored
-    rule = parse_rule(data_args.threshold_rule)
-    source = {
-        "rule": str(rule),
-        "split": threshold_split_name(data_args.validation_split),
-        "level": data_args.eval_level,
-        "count": len(probabilities),
-    }
-    thresholds = choose_thresholds(probabilities, targets, labels, rule)
+    split = threshold_split_name(data_args.validation_split)
+    thresholds, source = thresholds_with_source(
+        *scorer.last_scored, labels, data_args.threshold_rule, split, data_args.eval_level
+    )
     store_thresholds(trainer.model.config, thresholds, source)
     without = [label for label in labels if label not in thresholds]
     if without and trainer.is_world_process_zero():
@@ -342,11 +336,8 @@ def _write_reports(
         thresholds=thresholds,
         threshold_source=source,
     )
-    meta = prepared_meta(validation.dataset)
-    if data_args.eval_level == "study":
-        keys, groups = study_groups(validation.study_ids, meta)
-    else:
-        keys, groups = None, image_groups(meta)
+    per_image = data_args.eval_level == "image"
+    keys, groups = scored_groups(validation.study_ids, prepared_meta(validation.dataset), per_image)
     subgroups = subgroups_for(
         probabilities,
         targets,

@@ -166,7 +166,8 @@ def _match_readers(reader_rows: dict, keys, labels: list[str]) -> tuple[dict, li
 
 
 def _model(args: argparse.Namespace):
-    from chexpert_hf.evaluation.evaluate import choose_model_thresholds, evaluate_model, recipe_settings
+    from chexpert_hf.evaluation.evaluate import evaluate_model, recipe_settings
+    from chexpert_hf.evaluation.thresholds import thresholds_with_source
 
     level = "-image" if args.per_image else ""
     trained = recipe_settings(args.model[0])
@@ -186,8 +187,9 @@ def _model(args: argparse.Namespace):
     )
     scored.predictions = predictions
     if args.set_thresholds is not None:  # saved in the model's config.json once every report is written
-        chosen = choose_model_thresholds(scored, args.set_thresholds, args.split, summary["level"])
-        summary["thresholds"], summary["threshold_source"] = chosen
+        summary["thresholds"], summary["threshold_source"] = thresholds_with_source(
+            scored.probabilities, scored.targets, scored.labels, args.set_thresholds, args.split, summary["level"]
+        )
     first = args.model[0]
     if len(args.model) > 1:
         output = args.output or Path(f"eval-ensemble-{args.split}{level}")
