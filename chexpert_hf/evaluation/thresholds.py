@@ -186,10 +186,11 @@ def store_thresholds(config: Any, thresholds: Mapping[str, float], source: Mappi
     setattr(config, CONFIG_THRESHOLD_SOURCE, dict(source))
 
 
-def _rate(point: Mapping[str, Any], name: str) -> str:
+def rate_text(point: Mapping[str, Any], name: str, missing: str = "n/a") -> str:
+    """``point[name]`` with its interval, ``0.812 (0.747–0.922)``; ``missing`` where the rate is undefined."""
     value, interval = point.get(name), point.get(f"{name}_ci95")
-    if value is None:
-        return "n/a"
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return missing
     return f"{value:.3f} ({interval[0]:.3f}–{interval[1]:.3f})" if interval else f"{value:.3f}"
 
 
@@ -233,10 +234,10 @@ def operating_points_markdown(block: Mapping[str, Any]) -> list[str]:
             [
                 f"{label} ★" if label in COMPETITION_LABELS else label,
                 f"{point['threshold']:.4g}",
-                _rate(point, "sensitivity"),
-                _rate(point, "specificity"),
-                _rate(point, "ppv"),
-                _rate(point, "npv"),
+                rate_text(point, "sensitivity"),
+                rate_text(point, "specificity"),
+                rate_text(point, "ppv"),
+                rate_text(point, "npv"),
                 f"{point['tp']}/{point['fp']}/{point['tn']}/{point['fn']}",
             ]
         )

@@ -25,6 +25,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from chexpert_hf.evaluation.thresholds import rate_text
 from chexpert_hf.hub.privacy import PATH, PATIENT, first_leak
 from chexpert_hf.labels import COMPETITION_LABELS
 from chexpert_hf.outputs import MODEL_CARD, ROC_PNG
@@ -490,13 +491,6 @@ def _results(info: CardInfo) -> list[str]:
     return lines
 
 
-def _rate(point: Mapping[str, Any], name: str) -> str:
-    value, interval = _finite(point.get(name)), _interval(point.get(f"{name}_ci95"))
-    if value is None:
-        return "—"
-    return f"{value:.3f} ({interval[0]:.3f}–{interval[1]:.3f})" if interval else f"{value:.3f}"
-
-
 def _operating_points(info: CardInfo) -> list[str]:
     """The decision thresholds saved in config.json, with sensitivity and specificity on the split they were chosen
     on (where this card's evaluation chose them: optimistic, and said so)."""
@@ -514,7 +508,7 @@ def _operating_points(info: CardInfo) -> list[str]:
         "",
     ]
     rows = [
-        [label, f"{point['threshold']:.4g}", _rate(point, "sensitivity"), _rate(point, "specificity")]
+        [label, f"{point['threshold']:.4g}", rate_text(point, "sensitivity", "—"), rate_text(point, "specificity", "—")]
         for label, point in block["per_label"].items()
     ]
     lines += markdown_table(["Finding", "Threshold", "Sensitivity", "Specificity"], rows, "lrrr")
