@@ -27,7 +27,7 @@ from chexpert_hf.data.builder import label_names
 from chexpert_hf.data.chexpert_csv import CheXpertFormatError, find_split_files
 from chexpert_hf.data.prepare import load_prepared, prepare
 from chexpert_hf.data.splits import frontal_only, patient_split
-from chexpert_hf.data.synthetic import DATASET_FOLDER, synthesize
+from chexpert_hf.data.synthetic import DATASET_FOLDER, GENERATOR_REVISION, generator_revision, synthesize
 from chexpert_hf.data.transforms import decode_batch, image_bytes
 from chexpert_hf.labels import apply_uncertainty_policy, reorder_labels
 from chexpert_hf.outputs import DATASET_DICT_JSON
@@ -63,7 +63,15 @@ def synthetic_root(cache: Path, patients: int, valid_patients: int, seed: int, n
     """A synthetic CheXpert tree in the cache, generated the first time it is asked for."""
     folder = cache / "synthetic" / f"p{patients}-v{valid_patients}-s{seed}"
     with cache_lock(folder, "generating a synthetic CheXpert"):
-        if not (folder / DATASET_FOLDER / "valid.csv").is_file():
+        tree = folder / DATASET_FOLDER
+        if (tree / "valid.csv").is_file() and generator_revision(tree) != GENERATOR_REVISION:
+            logger.warning(
+                "the synthetic CheXpert in %s was made by an older generator (revision %s, now %d): making it again",
+                folder,
+                generator_revision(tree),
+                GENERATOR_REVISION,
+            )
+        if not (tree / "valid.csv").is_file() or generator_revision(tree) != GENERATOR_REVISION:
             logger.info("generating a synthetic CheXpert (%d + %d patients) in %s", patients, valid_patients, folder)
             synthesize(folder, patients, valid_patients=valid_patients, seed=seed, num_proc=num_proc, overwrite=True)
     return folder / DATASET_FOLDER

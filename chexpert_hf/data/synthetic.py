@@ -2,7 +2,8 @@
 
 Real CheXpert needs a Stanford account, so the project's embedded default is this generator. It writes
 
-    OUTPUT/CheXpert-v1.0-small/train.csv, valid.csv, lesions.csv, train/, valid/  [test/, groundtruth.csv]
+    OUTPUT/CheXpert-v1.0-small/train.csv, valid.csv, lesions.csv, synthetic.json, train/, valid/
+                              [test/, groundtruth.csv]
 
 with CheXpert's real header, ``patientNNNNN/studyN/viewN_frontal.jpg`` paths, frontal and lateral views,
 several studies per patient, and labels (1 / 0 / -1 / blank) drawn at the per-study rates measured on the
@@ -10,13 +11,17 @@ real ``train.csv``. Each finding leaves a visual signature sized to survive a do
 enlarged heart, a basal opacity with a meniscus, perihilar haze, a focal dense patch, a plate-like band
 with a raised hemidiaphragm, a small round nodule, bright tubes ...); uncertain findings are drawn
 fainter. ``lesions.csv`` (``path,label,x0,y0,x1,y1``) gives where each localised finding was drawn on a
-frontal view. Everything is deterministic in ``seed``, whatever the number of worker processes.
+frontal view: every pixel a finding changes lies in its boxes (Atelectasis has two, the band and the raised
+hemidiaphragm). Everything is deterministic in ``seed``, whatever the number of worker processes.
+``synthetic.json`` records the settings and :data:`GENERATOR_REVISION`, so a cached tree from an older generator
+is recognised and made again.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -37,6 +42,10 @@ from chexpert_hf.utils import current_umask
 DATASET_FOLDER = "CheXpert-v1.0-small"
 TRAIN_HEADER = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS)
 LESION_HEADER = ("path", "label", "x0", "y0", "x1", "y1")
+# Raised whenever the same settings would write different files (2: lesion boxes cover all a finding draws: the
+# raised hemidiaphragm of Atelectasis, a pacemaker's can).
+GENERATOR_REVISION = 2
+GENERATOR_FILE = "synthetic.json"
 
 WIDTH, HEIGHT = 320, 390  # CheXpert-v1.0-small images are 320 px on the short side
 _HALF = 0.5  # images are composed at half resolution and upscaled once; sharp devices and noise added after
@@ -404,7 +413,9 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
             (med0, thorax.base + 6),
         ]
         density.polygon(dome, alpha)
+        # two boxes: the band and the lifted hemidiaphragm (the volume loss, most of what is drawn)
         canvas.lesions.append(("Atelectasis", _box(band, pad=8)))
+        canvas.lesions.append(("Atelectasis", _box(dome)))
 
     state = labels["Lung Lesion"]  # a small, well-defined round nodule
     if _draws(state):
@@ -480,13 +491,9 @@ def _draw_frontal_findings(labels: dict[str, float], thorax: Thorax, rng: np.ran
             else:  # pacemaker can with its lead
                 px, py = cx + thorax.half_width - 30, thorax.apex + 10
                 points = [(px, py), (cx + 30, thorax.apex + 40), (cx + 10, thorax.base - 60)]
-                canvas.devices.append(
-                    (
-                        [(px - 14, py - 9), (px + 14, py - 9), (px + 14, py + 9), (px - 14, py + 9), (px - 14, py - 9)],
-                        9,
-                        value,
-                    )
-                )
+                can = [(px - 14, py - 9), (px + 14, py - 9), (px + 14, py + 9), (px - 14, py + 9), (px - 14, py - 9)]
+                canvas.devices.append((can, 9, value))
+                canvas.lesions.append(("Support Devices", _box(can, pad=5)))
             canvas.devices.append((points, 4, value))
             canvas.lesions.append(("Support Devices", _box(points, pad=4)))
     return canvas
@@ -707,6 +714,14 @@ def synthesize(
                 pool.close()
                 pool.join()
         _write_csv(staging / "lesions.csv", LESION_HEADER, lesion_rows)
+        settings = {
+            "generator_revision": GENERATOR_REVISION,
+            "patients": num_patients,
+            "valid_patients": valid_patients,
+            "test_patients": test_patients,
+            "seed": seed,
+        }
+        (staging / GENERATOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -719,6 +734,15 @@ def synthesize(
         patients={split: len(patients) for split, patients in splits.items() if len(patients)},
         lesions=len(lesion_rows),
     )
+
+
+def generator_revision(root: str | os.PathLike) -> int | None:
+    """The generator revision a synthetic tree (its ``CheXpert-v1.0-small`` folder) was written with; None for a
+    tree older than the revision file or without one."""
+    try:
+        return int(json.loads((Path(root) / GENERATOR_FILE).read_text())["generator_revision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _write_csv(path: Path, header, rows) -> None:

@@ -169,3 +169,50 @@ def test_competition_findings_are_learnable_at_low_resolution(tmp_path):
     # Consolidation (a small patch anywhere in either lung) is the hardest for a linear model, as on real data.
     assert min(aurocs.values()) > 0.7, aurocs
     assert np.mean(list(aurocs.values())) > 0.85, aurocs
+
+
+LOCALISED = [name for name in CHEXPERT_LABELS if name != "No Finding"]  # every finding the generator boxes
+
+
+@pytest.mark.parametrize("seed", [5, 8, 13])
+@pytest.mark.parametrize("finding", LOCALISED)
+def test_lesion_boxes_cover_everything_the_finding_draws(finding, seed):
+    """lesions.csv says where each finding was drawn: no pixel it changes may lie outside its boxes (grown by the
+    softening blur), or a map that points at what the model learned is scored as a miss."""
+    none = {name: 0.0 for name in CHEXPERT_LABELS}
+
+    def render(labels):
+        rng = np.random.default_rng(11)
+        thorax = synthetic._sample_thorax(rng)
+        anatomy = synthetic._frontal_anatomy(thorax, rng)
+        canvas = synthetic._draw_frontal_findings(labels, thorax, np.random.default_rng(seed))
+        return np.asarray(synthetic._compose(anatomy, canvas, np.random.default_rng(6)), dtype=np.float32), canvas
+
+    baseline, _ = render(none)
+    for state in (1.0, -1.0):
+        image, canvas = render({**none, finding: state})
+        boxes = [box for label, box in canvas.lesions if label == finding]
+        assert boxes and {label for label, _ in canvas.lesions} == {finding}
+        inside = np.zeros(baseline.shape, dtype=bool)
+        for x0, y0, x1, y1 in boxes:
+            inside[max(0, y0 - 8) : y1 + 9, max(0, x0 - 8) : x1 + 9] = True
+        changed = np.abs(image - baseline) > 4
+        assert changed[inside].sum() > 50  # the finding is drawn at all
+        outside = changed & ~inside
+        assert outside.sum() <= 0.002 * changed.sum(), (state, outside.sum(), changed.sum(), np.argwhere(outside)[:3])
+
+
+def test_a_tree_from_an_older_generator_is_made_again(tmp_path, caplog):
+    from chexpert_hf.data.loading import synthetic_root
+
+    tree = synthetic_root(tmp_path, 3, 20, 0)
+    assert synthetic.generator_revision(tree) == synthetic.GENERATOR_REVISION
+    before = (tree / "lesions.csv").read_bytes()
+    assert synthetic_root(tmp_path, 3, 20, 0) == tree and (tree / "lesions.csv").read_bytes() == before  # reused
+    (tree / synthetic.GENERATOR_FILE).unlink()  # as a tree written before the revision file existed
+    (tree / "lesions.csv").write_text("path,label,x0,y0,x1,y1\n")  # its stale boxes
+    with caplog.at_level("WARNING"):
+        assert synthetic_root(tmp_path, 3, 20, 0) == tree
+    assert "older generator" in caplog.text
+    assert (tree / "lesions.csv").read_bytes() == before
+    assert synthetic.generator_revision(tree) == synthetic.GENERATOR_REVISION
