@@ -439,11 +439,38 @@ def across_models(results: dict[str, dict]) -> dict:
     for method in methods:
         summaries = [results[name]["methods"].get(method, {}) for name in names]
         labels = list(dict.fromkeys(label for summary in summaries for label in summary.get("per_label", {})))
-        out["methods"][method] = {
+        entry = {
             "overall": _spreads(summaries, ACROSS_OVERALL),
             "per_label": {label: _spreads(summaries, ACROSS_PER_LABEL, label) for label in labels},
         }
+        entry["baselines"] = baseline_check(entry, names)
+        out["methods"][method] = entry
     return out
+
+
+def baseline_check(entry: dict, names: Sequence[str]) -> dict:
+    """Whether one method's maps beat both baselines for every label with boxed positives, model by model: a hit
+    rate strictly above the uniform-random map's and above the randomized model's (where it was run); and each
+    model's hit rate over all positives as a multiple of its chance level. ``entry`` is a method of
+    :func:`across_models`; ``shortfalls`` names each label and model that does not beat a baseline."""
+    shortfalls = []
+    for label, spreads in entry["per_label"].items():
+        hits = spreads["hit_rate"]["values"]
+        for baseline, what in (
+            ("uniform_random_hit_rate", "uniform map"),
+            ("randomized_model_hit_rate", "randomized model"),
+        ):
+            for name, hit, level in zip(names, hits, spreads[baseline]["values"], strict=True):
+                if hit is not None and level is not None and not hit > level:
+                    shortfalls.append(
+                        {"label": label, "model": name, "baseline": what, "hit_rate": hit, "level": level}
+                    )
+    overall = entry["overall"]
+    ratios = [
+        hit / chance if hit is not None and chance else None
+        for hit, chance in zip(overall["hit_rate"]["values"], overall["uniform_random_hit_rate"]["values"], strict=True)
+    ]
+    return {"beaten_everywhere": not shortfalls, "shortfalls": shortfalls, "hit_rate_over_chance": _spread(ratios)}
 
 
 def _mean_std(entry: dict) -> str:
@@ -464,17 +491,42 @@ ACROSS_COLUMNS = (
 def across_models_text(summary: dict) -> str:
     """The table of :func:`across_models`: per method and label, mean ± std over the models."""
     lines = [f"over {len(summary['models'])} models: {', '.join(summary['models'])} (mean ± std)"]
-    header = f"  {'label':<20}" + "".join(
-        f"{name:>17}" for name in ("hit rate", "random map", "random model", "right label²", "wrong label²")
-    )
+    names = ("hit rate", "random map", "random model", "right label²", "wrong label²")
+    missing = {"mean": None}
     for method, result in summary["methods"].items():
+        road = any(entry["faithfulness_combined"]["mean"] is not None for entry in result["per_label"].values())
+        columns = (*ACROSS_COLUMNS, "faithfulness_combined") if road else ACROSS_COLUMNS
+        header = f"  {'label':<20}" + "".join(f"{name:>17}" for name in (*names, "ROAD³")[: len(columns)])
         lines += [f"{method}:", header]
         rows = [*result["per_label"].items(), ("all positives", result["overall"])]
         for label, entry in rows:
-            cells = (entry[key] for key in ACROSS_COLUMNS)
+            cells = (entry.get(key, missing) for key in columns)
             lines.append(f"  {label:<20}" + "".join(f"{_mean_std(cell):>17}" for cell in cells))
         lines.append("  ²: on the images with two or more boxed findings, the map against its own / another's boxes")
+        if road:
+            lines.append(
+                "  ³: ROAD faithfulness, (least − most relevant first) / 2 of the logit change, higher = more faithful"
+            )
         between = result["overall"]["spearman_between_labels"]
         if between["mean"] is not None:
             lines.append(f"  Spearman between two labels' maps {_mean_std(between)} (1: not label-specific)")
+        lines.append("  " + baseline_text(result["baselines"]))
     return "\n".join(lines)
+
+
+def baseline_text(check: dict) -> str:
+    """:func:`baseline_check` in a line."""
+    ratio = check["hit_rate_over_chance"]
+    times = ""
+    if ratio["mean"] is not None:
+        spread = "" if ratio["std"] is None else f" ± {ratio['std']:.2f}"
+        times = f"; hit rate {ratio['mean']:.2f}{spread} × chance"
+    if check["beaten_everywhere"]:
+        return "every label beats the uniform map and the randomized model in every model" + times
+    below: dict[str, list[str]] = {}
+    for item in check["shortfalls"]:
+        below.setdefault(item["label"], [])
+        if item["model"] not in below[item["label"]]:
+            below[item["label"]].append(item["model"])
+    named = "; ".join(f"{label} ({', '.join(models)})" for label, models in below.items())
+    return f"not above the uniform map or the randomized model: {named}" + times

@@ -6,8 +6,11 @@ For each image and requested label (one method):
 * ``<image-stem>__<label_snake_case>.png`` — the radiograph with the heatmap blended on top, the label, the
   model's probability and the method in the corner (at least 256 px wide: small prepared images are enlarged);
 * ``<image-stem>__sheet.png`` — the radiograph and every requested label's overlay side by side;
-* ``heatmaps.npz`` — the maps keyed ``<image-stem>/<Label>``, float32 at the size of the image explained (an image
-  file's own size, or a prepared split's stored size), scaled to [0, 1].
+* ``heatmaps.npz`` — the maps keyed ``<image-stem>/<Label>``, float16 at the size of the image explained (an image
+  file's own size, or a prepared split's stored size) shrunk to at most ``map_size`` pixels on the long side,
+  scaled to [0, 1].
+
+``overlays="sheets"`` draws the sheets only, ``"none"`` no pictures (the maps and scores are the same).
 
 ``<image-stem>`` is the file name without its extension, prefixed with patient and study for CheXpert paths
 (``patient00001_study1_view1_frontal``) so that names stay unique; a repeated name gets ``-2``, ``-3`` ...
@@ -64,6 +67,9 @@ from chexpert_hf.outputs import HEATMAPS_NPZ, LOCALIZATION_JSON
 from chexpert_hf.utils import current_umask
 
 logger = logging.getLogger(__name__)
+
+#: ``--overlays``: each label's overlay and every image's sheet, the sheets only, or no pictures at all.
+OVERLAYS = ("all", "sheets", "none")
 
 
 @dataclass
@@ -326,17 +332,21 @@ def explain(
     keep: Sequence[str | os.PathLike] = (),
     map_size: int | None = DEFAULT_MAP_SIZE,
     road_images: int = 0,
+    overlays: str = "all",
 ) -> ExplainResult:
     """Explain ``radiographs`` with ``loaded`` (:func:`chexpert_hf.evaluation.inference.load_classifier`) and write
     the outputs into ``output`` (see :func:`check_output`; ``keep``: paths the output must not hold). With
     ``lesions`` (or ``sanity_check``) also score the maps (see :mod:`chexpert_hf.explain.localization`) and write
     ``localization.json``. ``heatmaps.npz`` keeps float16 maps at most ``map_size`` pixels on the long side (None:
-    the image's size)."""
+    the image's size). ``overlays``: which pictures are drawn: ``all`` (each label's overlay and the image's sheet),
+    ``sheets`` (the sheets only) or ``none`` (only the maps and the scores)."""
     family = model_family(loaded.model)
     if map_size is not None and map_size < 1:
         raise ValueError(f"--map-size must be at least 1 pixel, got {map_size}")
     if road_images < 0:
         raise ValueError(f"--road-images must be 0 (off) or more, got {road_images}")
+    if overlays not in OVERLAYS:
+        raise ValueError(f"--overlays must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
     methods = list(dict.fromkeys(methods))
     selected = _check_request(loaded, family, methods, labels, top_k, layer, lesions)
     if batch_size < 1:
@@ -369,6 +379,7 @@ def explain(
             tallies={method: MethodTally(randomized=sanity_check) for method in methods},
             randomized=randomized_copy(loaded.model, seed) if sanity_check else None,
             road_images=road_images,
+            overlays=overlays,
         )
         bar = tqdm(total=len(radiographs), desc="explaining", unit=" images", disable=not progress)
         for start in range(0, len(radiographs), batch_size):
@@ -439,6 +450,7 @@ class _Session:
     road_images: int = 0  # how many images get the ROAD faithfulness score (the first ones)
     road_done: dict[str, int] = field(default_factory=dict)  # method -> images scored so far
     road: dict[str, dict[str, FaithfulnessTally]] = field(default_factory=dict)  # method -> label -> tally
+    overlays: str = "all"  # which pictures are drawn (OVERLAYS)
 
 
 def _explain_batch(session: _Session, batch: Sequence[Radiograph]) -> None:
@@ -516,10 +528,12 @@ def _explain_image(
         heatmap = heatmaps[index] = to_size(maps[column[index]], width, height).astype(np.float16).astype(np.float32)
         session.writers[method].add(f"{item.name}/{label}", heatmap)
         session.maps_written += 1
-        overlay = render_overlay(item.image, heatmap, f"{label}  p={probabilities[index]:.2f}  {method}")
-        overlay.save(folder / f"{item.name}__{label_file_name(label)}.png", compress_level=PNG_COMPRESSION)
-        overlays.append(overlay)
-        titles.append(f"{label}\np = {probabilities[index]:.2f}")
+        if session.overlays != "none":
+            overlay = render_overlay(item.image, heatmap, f"{label}  p={probabilities[index]:.2f}  {method}")
+            if session.overlays == "all":
+                overlay.save(folder / f"{item.name}__{label_file_name(label)}.png", compress_level=PNG_COMPRESSION)
+            overlays.append(overlay)
+            titles.append(f"{label}\np = {probabilities[index]:.2f}")
         random_map = None if random_maps is None else random_maps[column[index]]
         # rollout's map is one per image, whatever the label: compare it once
         if random_map is not None and (method != ROLLOUT or index == chosen[0]):
@@ -528,6 +542,8 @@ def _explain_image(
             _score_pointing(session, method, item, index, heatmap, random_map, geometry)
     if session.lesions is not None and geometry is not None:
         _score_specificity(session, method, item, heatmaps, geometry)
+    if session.overlays == "none":
+        return
     header, boxes = _sheet_header(session, item), _sheet_boxes(session, item, chosen, geometry)
     write_sheet(folder / f"{item.name}__sheet.png", item.image, overlays, titles, header=header, boxes=boxes)
 

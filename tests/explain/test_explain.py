@@ -420,6 +420,26 @@ def test_heatmaps_are_float16_and_at_most_map_size_pixels_unless_full_size(vit_d
     assert (tmp_path / "small" / "heatmaps.npz").stat().st_size < uncompressed + 4 * 400  # headers: a few hundred
 
 
+def test_overlays_sheets_or_none_draw_less_and_score_the_same(vit_dir, synthetic_root, tmp_path):
+    images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:3]
+    args = ["explain", "--model", str(vit_dir), "--images", *map(str, images), "--labels", "Edema,Cardiomegaly"]
+    args += ["--lesions", str(synthetic_root / "lesions.csv")]
+    written = {}
+    for choice in ("all", "sheets", "none"):
+        assert main([*args, "--overlays", choice, "--output", str(tmp_path / choice)]) == 0
+        written[choice] = sorted(path.name for path in (tmp_path / choice).iterdir())
+        with np.load(tmp_path / choice / "heatmaps.npz") as archive:
+            maps = {key: archive[key] for key in archive.files}
+        if choice == "all":
+            reference, scores = maps, json.loads((tmp_path / choice / "localization.json").read_text())
+        assert maps.keys() == reference.keys() and all(np.array_equal(maps[k], reference[k]) for k in maps)
+        assert json.loads((tmp_path / choice / "localization.json").read_text()) == scores
+    sheets = [name for name in written["all"] if name.endswith("__sheet.png")]
+    assert len(sheets) == 3 and len([name for name in written["all"] if name.endswith(".png")]) == 3 + 6
+    assert written["sheets"] == sorted([*sheets, "heatmaps.npz", "localization.json"])
+    assert written["none"] == ["heatmaps.npz", "localization.json"]
+
+
 def test_faithfulness_and_attention_relevance_through_the_command(vit_dir, synthetic_root, tmp_path, capsys):
     images = sorted((synthetic_root / "valid").glob("patient*/study1/view1_frontal.jpg"))[:3]
     args = ["explain", "--model", str(vit_dir), "--images", *map(str, images), "--labels", "Edema,Cardiomegaly"]

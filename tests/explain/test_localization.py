@@ -218,3 +218,29 @@ def test_across_models_averages_what_each_model_has():
     missing = summary["methods"]["gradcam"]["per_label"]["Edema"]["randomized_model_hit_rate"]
     assert missing["mean"] is None and missing["std"] is None
     assert "0.700 ± 0.200" in across_models_text(summary)
+
+
+def test_the_baseline_check_names_every_label_and_model_below_a_baseline():
+    from chexpert_hf.explain.localization import across_models, across_models_text
+
+    def result(edema: float, atelectasis: float, randomized: float) -> dict:
+        per_label = {
+            "Edema": {"hit_rate": edema, "uniform_random_hit_rate": 0.2, "randomized_model_hit_rate": 0.1},
+            "Atelectasis": {"hit_rate": atelectasis, "uniform_random_hit_rate": 0.05,
+                            "randomized_model_hit_rate": randomized},
+        }  # fmt: skip
+        overall = (edema + atelectasis) / 2
+        return {"methods": {"m": {"hit_rate": overall, "uniform_random_hit_rate": 0.125, "per_label": per_label}}}
+
+    good = across_models({"s0": result(0.9, 0.3, 0.1), "s1": result(0.8, 0.2, 0.1)})["methods"]["m"]["baselines"]
+    assert good["beaten_everywhere"] and good["shortfalls"] == []
+    assert good["hit_rate_over_chance"]["values"] == [pytest.approx(0.6 / 0.125), pytest.approx(0.5 / 0.125)]
+    # s1's Atelectasis ties the randomized model (not above it) and s2's falls below the uniform map
+    summary = across_models({"s0": result(0.9, 0.3, 0.1), "s1": result(0.8, 0.2, 0.2), "s2": result(0.7, 0.04, 0.0)})
+    check = summary["methods"]["m"]["baselines"]
+    assert not check["beaten_everywhere"]
+    assert check["shortfalls"] == [
+        {"label": "Atelectasis", "model": "s2", "baseline": "uniform map", "hit_rate": 0.04, "level": 0.05},
+        {"label": "Atelectasis", "model": "s1", "baseline": "randomized model", "hit_rate": 0.2, "level": 0.2},
+    ]
+    assert "not above the uniform map or the randomized model: Atelectasis (s2, s1)" in across_models_text(summary)

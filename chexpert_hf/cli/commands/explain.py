@@ -12,12 +12,12 @@ from chexpert_hf.cli.commands._common import OneSpelling, add_model_options, doc
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         "explain",
-        help="Draw Grad-CAM, Grad-CAM++ or attention-rollout heatmaps and check that they point at the findings.",
+        help="Draw attention-relevance, Grad-CAM(++) or rollout heatmaps and check that they point at the findings.",
         formatter_class=OneSpelling,
         description="Heatmaps of where a model looks, one per image and label (each map targets that label's "
         "logit). Writes OUTPUT/<image-stem>__<label>.png (the radiograph with the heatmap on top, label and "
         "probability in the corner), OUTPUT/<image-stem>__sheet.png (all requested labels side by side) and "
-        "OUTPUT/heatmaps.npz (the maps keyed <image-stem>/<Label>, float32 at the original image size in [0, 1]); "
+        "OUTPUT/heatmaps.npz (the maps keyed <image-stem>/<Label>, float16 in [0, 1], at most --map_size px); "
         "several methods write one folder each. With --lesions (the synthetic data's lesions.csv) it also plays "
         "the pointing game (does the map's maximum fall in the finding's box?) against a uniform-random map, and "
         "re-runs the maps on the model with re-initialised weights (a map that does not change does not depend "
@@ -125,6 +125,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="heatmaps.npz stores float16 maps at most this many pixels on the long side (default: 512)",
     )
     parser.add_argument(
+        "--overlays",
+        choices=("all", "sheets", "none"),
+        default="all",
+        help="pictures to draw: each label's overlay and each image's sheet (all, the default), the sheets only "
+        "(about half the disk), or none (heatmaps.npz and the scores only)",
+    )
+    parser.add_argument(
         "--full_size",
         "--full-size",
         action="store_true",
@@ -209,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         map_size=None if args.full_size else args.map_size,
         road_images=args.road_images,
+        overlays=args.overlays,
     )
     if len(args.model) > 1:
         labels = loaded.labels
