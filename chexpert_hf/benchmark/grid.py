@@ -18,7 +18,8 @@ weights it started from, so a retrained starting point makes its runs stale.
 The pieces, one module per stage: ``plan`` (:func:`~chexpert_hf.benchmark.plan.plan` resolves and checks
 everything before anything runs), ``launch`` (:func:`~chexpert_hf.benchmark.launch.execute` launches what is not
 finished, through a launcher, by default ``launch_run``; the tests pass a fake) and ``results`` (``collect`` reads
-the run folders, ``write_results`` writes the three files). :func:`benchmark`, here, does all four.
+the run folders, ``write_results`` writes the three files) and, with ``--explain``, ``explain`` (where each
+recipe's models look, over its seeds). :func:`benchmark`, here, does them all.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from chexpert_hf.benchmark.explain import ExplainSettings, explain_grid, explain_markdown
 from chexpert_hf.benchmark.launch import Echo, Launcher, execute
 from chexpert_hf.benchmark.plan import parse_recipe_list, parse_seeds, plan, run_state
 from chexpert_hf.benchmark.results import collect, write_results
@@ -41,8 +43,12 @@ def benchmark(
     command: str = "",
     launcher: Launcher | None = None,
     echo: Echo = print,
+    explain: ExplainSettings | None = None,
 ) -> int:
-    """Plan, run what is not finished, collect and write the results; 0 when every grid run finished, else 1."""
+    """Plan, run what is not finished, collect and write the results; 0 when every grid run finished, else 1.
+    With ``explain``, every recipe's finished runs are also explained (:mod:`chexpert_hf.benchmark.explain`)."""
+    if explain is not None:
+        explain.check()
     the_plan = plan(recipes, seeds, output, overrides, accelerate_config)
     skipped = sum(run_state(run)[0] == "finished" for run in the_plan.runs)
     echo(
@@ -59,12 +65,20 @@ def benchmark(
             "finished runs are skipped"
         )
     rows = collect(the_plan)
+    explained: list[str] = []
+    if explain is not None and not interrupted:
+        try:
+            explained = explain_markdown(explain_grid(the_plan, rows, explain, echo=echo), explain)
+        except KeyboardInterrupt:
+            interrupted = True
+            echo("benchmark: interrupted while explaining; the tables are written without the maps")
     paths = write_results(
         the_plan.output,
         rows,
         recipes=the_plan.recipes,
         seeds=the_plan.seeds,
         command=command or "chexpert-hf benchmark",
+        explained=explained,
     )
     failed = sum(row["status"] != "finished" for row in rows)
     echo(

@@ -224,10 +224,12 @@ def results_markdown(
     seeds: Sequence[int],
     command: str,
     paired: dict[str, Any] | None = None,
+    explained: Sequence[str] = (),
 ) -> str:
     """``results.md``: the ranked table (with each recipe's paired test against the best), the paired tests per
     label, the stability over epochs, the failed runs and the figures. ``paired`` is
-    :func:`~chexpert_hf.benchmark.significance.against_best`'s result."""
+    :func:`~chexpert_hf.benchmark.significance.against_best`'s result; ``explained``: the lines of the
+    ``--explain`` section (:func:`~chexpert_hf.benchmark.explain.explain_markdown`)."""
     entries = summary_rows(rows, recipes)
     paired = paired or {"reason": "not computed"}
     hardware = sorted({row["hardware"] for row in rows if row["status"] == "finished" and row["hardware"]})
@@ -294,6 +296,8 @@ def results_markdown(
             "is known and no tie is judged for them.",
         ]
     lines += ["", *_paired_section(paired), "", *_stability_section(entries)]
+    if explained:
+        lines += ["", *explained]
     failed = [row for row in rows if row["status"] != "finished"]
     if failed:
         lines += ["", "Failed runs (not in the means):", ""]
@@ -476,6 +480,7 @@ def write_results(
     seeds: Sequence[int],
     command: str,
     resamples: int = COMPARE_RESAMPLES,
+    explained: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``results.csv``, ``results.md``, ``auroc_by_strategy.png``, ``learning_curves.png`` and (when two
     recipes finished on the same studies) ``compare.json``, ``compare.md`` and ``compare.png`` into ``output``;
@@ -487,7 +492,7 @@ def write_results(
     paired = against_best(finished, best, resamples=resamples)
     paths = {name: output / name for name in (RESULTS_CSV, RESULTS_MD, FIGURE, LEARNING_CURVES_PNG)}
     write_text(paths[RESULTS_CSV], results_csv(rows))
-    write_text(paths[RESULTS_MD], results_markdown(rows, recipes, seeds, command, paired))
+    write_text(paths[RESULTS_MD], results_markdown(rows, recipes, seeds, command, paired, explained))
     figure = strategy_figure(rows, recipes)
     atomic_write(paths[FIGURE], lambda name: figure.savefig(name, format="png"))
     curves = {

@@ -529,6 +529,55 @@ def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(
     assert main(arguments) == 0
     assert capsys.readouterr().out.count("finished before, skipped") == 2
 
+    # --explain on the finished grid: both seeds on the same images, scored against the synthetic lesion boxes
+    assert main([*arguments, "--explain", "--explain_images", "12", "--explain_overlays", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "benchmark: explain demo (attention_relevance, 2 seed(s)):" in out
+    folder = output / "explain" / "demo"
+    summary = json.loads((folder / "localization.json").read_text())
+    assert summary["models"] == ["seed0", "seed1"]
+    relevance = summary["methods"]["attention_relevance"]
+    for index, seed in enumerate(("seed0", "seed1")):  # the summary holds each seed's own scores
+        own = json.loads((folder / seed / "localization.json").read_text())["methods"]["attention_relevance"]
+        assert own["hit_rate"] == relevance["overall"]["hit_rate"]["values"][index]
+        assert own["randomization"]["spearman_mean"] == relevance["overall"]["spearman_vs_randomized"]["values"][index]
+        assert not list((folder / seed).glob("*.png"))  # --explain_overlays none
+    markdown = (output / "results.md").read_text()
+    section = markdown[markdown.index("## Where the models look") :]
+    hit = relevance["overall"]["hit_rate"]
+    assert f"| `demo` | `attention_relevance` | 2 | {hit['mean']:.3f} ± {hit['std']:.3f} |" in section
+    assert "--explain" in markdown.splitlines()[2]  # the command as run
+    # unchanged runs and settings: the maps are not made again
+    import chexpert_hf.explain.run as explain_run
+
+    original = explain_run.explain_models
+    monkeypatch.setattr(explain_run, "explain_models", lambda *a, **k: pytest.fail("explained again"))
+    assert main([*arguments, "--explain", "--explain_images", "12", "--explain_overlays", "none"]) == 0
+    assert section in (output / "results.md").read_text()
+    monkeypatch.setattr(explain_run, "explain_models", original)  # other settings: explained again, replaced
+    assert main([*arguments, "--explain", "--explain_images", "6", "--explain_overlays", "sheets"]) == 0
+    assert "the first 6 frontal validation images" in (output / "results.md").read_text()
+    assert len(list((folder / "seed0").glob("*__sheet.png"))) == 6
+    assert main([*arguments, "--explain_images", "5"]) == 2  # an explain flag without --explain
+    assert "--explain_images only apply with --explain" in capsys.readouterr().err
+
+
+def test_a_recipe_that_cannot_be_explained_is_reported_and_the_tables_still_written(tmp_path, recipes, capsys):
+    from chexpert_hf.benchmark.explain import ExplainSettings
+
+    output = tmp_path / "bench"
+    # the fake runs leave no weights: explaining them fails, one line per recipe, and results.md says why
+    selected = [str(recipes["tiny_full"]), str(recipes["tiny_head"])]
+    status = benchmark(selected, [0, 1], output, launcher=FakeLauncher(), explain=ExplainSettings(images=4))
+    assert status == 0
+    out = capsys.readouterr().out
+    assert out.count("benchmark: could not explain") == 2
+    markdown = (output / "results.md").read_text()
+    assert "- `tiny_full`: not explained:" in markdown and "- `tiny_head`: not explained:" in markdown
+    assert (output / "results.csv").is_file()
+    with pytest.raises(ValueError, match="unknown --explain_method nope"):
+        benchmark(selected, [0], output, launcher=FakeLauncher(), explain=ExplainSettings(methods=("nope",)))
+
 
 def test_an_interrupted_benchmark_writes_what_finished_and_says_how_to_resume(recipes, tmp_path, capsys):
     class Interrupting(FakeLauncher):

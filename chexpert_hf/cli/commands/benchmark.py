@@ -60,6 +60,45 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="accelerate config file for every run (passed as --config_file; default: one process, "
         "no mixed precision, no dynamo)",
     )
+    explain = parser.add_argument_group("where the models look (--explain)")
+    explain.add_argument(
+        "--explain",
+        action="store_true",
+        help="after the grid, explain each recipe's finished runs on the same validation images into "
+        "DIR/explain/<recipe>/ and add the pointing game (against the data's lesions.csv where it has one) and "
+        "the randomized-model check, mean ± std over the seeds, to results.md",
+    )
+    explain.add_argument(
+        "--explain_images",
+        "--explain-images",
+        type=int,
+        default=64,
+        metavar="N",
+        help="the first N frontal validation images (default: 64; 0: all)",
+    )
+    explain.add_argument(
+        "--explain_method",
+        "--explain-method",
+        default=None,
+        metavar="M1,M2",
+        help="methods, comma-separated (default: each family's own: attention_relevance for ViT, DeiT and the "
+        "hybrid, gradcam for Swin and DenseNet)",
+    )
+    explain.add_argument(
+        "--explain_lesions",
+        "--explain-lesions",
+        default=None,
+        metavar="FILE",
+        help="lesion boxes (path,label,x0,y0,x1,y1) to score the maps against (default: the data's own "
+        "lesions.csv, as the synthetic data has)",
+    )
+    explain.add_argument(
+        "--explain_overlays",
+        "--explain-overlays",
+        choices=("all", "sheets", "none"),
+        default="sheets",
+        help="pictures to draw (default: sheets, one per image with every label; all: also each label's overlay)",
+    )
     parser.set_defaults(handler=run, passes_unknown_flags=True)  # they are recipe-field overrides for every run
     return parser
 
@@ -86,4 +125,32 @@ def run(args: argparse.Namespace) -> int:
             *overrides,
         ]
     )
-    return benchmark(recipes, seeds, args.output, overrides, args.accelerate_config, command=command)
+    settings = None
+    if not args.explain:
+        given = [
+            flag
+            for flag, value, default in (
+                ("--explain_images", args.explain_images, 64),
+                ("--explain_method", args.explain_method, None),
+                ("--explain_lesions", args.explain_lesions, None),
+                ("--explain_overlays", args.explain_overlays, "sheets"),
+            )
+            if value != default
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --explain")
+    else:
+        from chexpert_hf.benchmark.explain import ExplainSettings
+
+        methods = [name.strip() for name in (args.explain_method or "").split(",") if name.strip()]
+        settings = ExplainSettings(
+            images=args.explain_images,
+            methods=tuple(methods) or None,
+            lesions=args.explain_lesions,
+            overlays=args.explain_overlays,
+        )
+        explain_flags = ["--explain", "--explain_images", str(args.explain_images)]
+        explain_flags += ["--explain_method", args.explain_method] if args.explain_method else []
+        explain_flags += ["--explain_lesions", args.explain_lesions] if args.explain_lesions else []
+        command += " " + shlex.join(explain_flags)
+    return benchmark(recipes, seeds, args.output, overrides, args.accelerate_config, command=command, explain=settings)
