@@ -152,5 +152,6 @@ def run(args: argparse.Namespace) -> int:
         explain_flags = ["--explain", "--explain_images", str(args.explain_images)]
         explain_flags += ["--explain_method", args.explain_method] if args.explain_method else []
         explain_flags += ["--explain_lesions", args.explain_lesions] if args.explain_lesions else []
+        explain_flags += ["--explain_overlays", args.explain_overlays] if args.explain_overlays != "sheets" else []
         command += " " + shlex.join(explain_flags)
     return benchmark(recipes, seeds, args.output, overrides, args.accelerate_config, command=command, explain=settings)
