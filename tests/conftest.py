@@ -229,3 +229,25 @@ def make_info(**changes) -> CardInfo:
         metrics=make_metrics(),
     )
     return dataclasses.replace(info, **changes)
+
+
+@pytest.fixture(scope="session")
+def slurm_partition() -> str:
+    """The default partition of a running SLURM; the test skips where there is none (a developer machine), and
+    fails where ``CHEXPERT_HF_REQUIRE_SLURM`` is set (CI, whose ``.ci/run`` starts one)."""
+    import shutil
+
+    why = ""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        why = "SLURM is not installed here (no sbatch)"
+    else:
+        listed = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=60)
+        partitions = [line.split() for line in listed.stdout.splitlines() if line.strip()]
+        default = [name.rstrip("*") for name, available in partitions if name.endswith("*") and available == "up"]
+        if listed.returncode != 0 or not default:
+            why = f"SLURM is installed but not running (sinfo: {listed.stderr.strip() or listed.stdout.strip()})"
+        else:
+            return default[0]
+    if os.environ.get("CHEXPERT_HF_REQUIRE_SLURM"):
+        pytest.fail(f"{why}, but CHEXPERT_HF_REQUIRE_SLURM is set: CI must run the SLURM tests")
+    pytest.skip(f"{why}; .ci/run installs and starts a one-node SLURM (docs/development.md)")
