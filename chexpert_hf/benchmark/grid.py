@@ -24,13 +24,39 @@ recipe's models look, over its seeds). :func:`benchmark`, here, does them all.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from chexpert_hf.benchmark.explain import ExplainSettings, explain_grid, explain_markdown
-from chexpert_hf.benchmark.launch import Echo, Launcher, execute
-from chexpert_hf.benchmark.plan import parse_recipe_list, parse_seeds, plan, run_state
+from chexpert_hf.benchmark.launch import Echo, Launcher, device_groups, execute, visible_gpus
+from chexpert_hf.benchmark.plan import (
+    Plan,
+    accelerate_processes,
+    parse_recipe_list,
+    parse_seeds,
+    plan,
+    prerequisite_state,
+    read_json,
+    run_state,
+)
 from chexpert_hf.benchmark.results import collect, write_results
+from chexpert_hf.benchmark.slurm import (
+    EXECUTORS,
+    GRID_JSON,
+    SlurmSettings,
+    cancel,
+    check_cluster,
+    follow,
+    follow_hint,
+    grid_record,
+    read_jobs,
+    run_key,
+    status_rows,
+    submit,
+)
+from chexpert_hf.utils import write_text
 
 
 def benchmark(
@@ -44,27 +70,69 @@ def benchmark(
     launcher: Launcher | None = None,
     echo: Echo = print,
     explain: ExplainSettings | None = None,
+    executor: str = "local",
+    parallel: int = 1,
+    slurm: SlurmSettings | None = None,
 ) -> int:
     """Plan, run what is not finished, collect and write the results; 0 when every grid run finished, else 1.
-    With ``explain``, every recipe's finished runs are also explained (:mod:`chexpert_hf.benchmark.explain`)."""
+    With ``explain``, every recipe's finished runs are also explained (:mod:`chexpert_hf.benchmark.explain`).
+
+    ``executor``: ``local`` (here, ``parallel`` runs at a time, each on its own GPUs), ``slurm`` (one SLURM job per
+    run through submitit, waited for: :mod:`chexpert_hf.benchmark.slurm`) or ``debug`` (submitit's in-process
+    executor)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if explain is not None:
         explain.check()
+    if executor != "local" and parallel != 1:
+        raise ValueError("--parallel is for --executor local; a SLURM grid runs as many jobs as the cluster allows")
     the_plan = plan(recipes, seeds, output, overrides, accelerate_config)
+    processes = accelerate_processes(the_plan.accelerate_config)
+    devices = device_groups(parallel, processes, visible_gpus()) if parallel > 1 else None
+    gpus = 0
+    if executor != "local":
+        slurm = slurm or SlurmSettings()
+        gpus = slurm.check(processes, the_plan.accelerate_config is not None)
+        if executor == "slurm":
+            check_cluster(slurm)
+    save_grid(the_plan, recipes, seeds, executor, command)
     skipped = sum(run_state(run)[0] == "finished" for run in the_plan.runs)
     echo(
         f"benchmark: {len(the_plan.recipes)} recipe(s) × {len(the_plan.seeds)} seed(s) = {len(the_plan.runs)} "
         f"runs into {the_plan.output}" + (f" ({skipped} finished before)" if skipped else "")
     )
     interrupted = False
+    unfinished: dict[tuple[str, int], str] = {}
     try:
-        execute(the_plan, launcher=launcher, echo=echo)
+        if executor == "local":
+            execute(the_plan, launcher=launcher, echo=echo, parallel=parallel, devices=devices)
+        else:
+            submission = submit(the_plan, executor, slurm, gpus, echo=echo)
+            follow(the_plan.output, submission, executor, slurm.poll_seconds, echo=echo)
     except KeyboardInterrupt:
         interrupted = True
-        echo(
-            "benchmark: interrupted; the run in progress was stopped. Run the same command again to resume: "
-            "finished runs are skipped"
-        )
-    rows = collect(the_plan)
+        if executor == "local":
+            echo(
+                "benchmark: interrupted; the run in progress was stopped. Run the same command again to resume: "
+                "finished runs are skipped"
+            )
+        else:
+            echo("benchmark: stopped waiting; " + follow_hint(the_plan.output))
+    if executor == "slurm":
+        unfinished = grid_states(the_plan)
+    return _report(the_plan, command, echo, explain, interrupted, unfinished)
+
+
+def _report(
+    the_plan: Plan,
+    command: str,
+    echo: Echo,
+    explain: ExplainSettings | None,
+    interrupted: bool,
+    unfinished: dict[tuple[str, int], str],
+) -> int:
+    """Collect, explain when asked, write the tables; the exit status (130 interrupted, 1 any run not finished)."""
+    rows = collect(the_plan, unfinished)
     explained: list[str] = []
     if explain is not None and not interrupted:
         try:
@@ -80,16 +148,95 @@ def benchmark(
         command=command or "chexpert-hf benchmark",
         explained=explained,
     )
-    failed = sum(row["status"] != "finished" for row in rows)
+    failed = sum(row["status"] == "failed" for row in rows)
+    waiting = sum(row["status"] not in ("finished", "failed") for row in rows)
+    done = len(rows) - failed - waiting
     echo(
-        f"benchmark: {len(rows) - failed} of {len(rows)} runs finished"
-        + (f", {failed} {'not finished' if interrupted else 'failed'}" if failed else "")
+        f"benchmark: {done} of {len(rows)} runs finished"
+        + (f", {failed} {'not finished' if interrupted and not waiting else 'failed'}" if failed else "")
+        + (f", {waiting} pending or running" if waiting else "")
         + f"; wrote {', '.join(str(path) for path in paths.values())}"
     )
     if interrupted:
         return 130
-    return 1 if failed else 0
+    return 1 if failed or waiting else 0
+
+
+# --- the grid as recorded in its folder: --status, --collect, --cancel ------------------------------------------
+
+
+def save_grid(the_plan: Plan, recipes: Sequence[str], seeds: Sequence[int], executor: str, command: str) -> None:
+    """``DIR/benchmark.json``: what the grid is, so that ``--status``, ``--collect`` and ``--cancel`` need only
+    ``--output``."""
+    record = grid_record(the_plan, recipes, seeds, executor, {"command": command or "chexpert-hf benchmark"})
+    write_text(the_plan.output / GRID_JSON, json.dumps(record, indent=2) + "\n")
+
+
+def load_grid(output: str | os.PathLike) -> tuple[Plan, dict]:
+    """The plan of the grid recorded in ``output`` (:func:`save_grid`)."""
+    folder = Path(output).expanduser().resolve()
+    record = read_json(folder / GRID_JSON)
+    if record is None:
+        raise FileNotFoundError(
+            f"{folder / GRID_JSON} not found: {folder} is not a benchmark's output folder (give the --output of a "
+            "benchmark that was started)"
+        )
+    the_plan = plan(record["recipes"], record["seeds"], folder, record["overrides"], record["accelerate_config"])
+    return the_plan, record
+
+
+def grid_states(the_plan: Plan) -> dict[tuple[str, int], str]:
+    """The state of every grid run that is not finished, from its SLURM job (pending, running, requeued, failed)."""
+    jobs = read_jobs(the_plan.output)
+    states = {row["key"]: row["state"] for row in status_rows(the_plan.output, jobs)}
+    out = {}
+    for run in the_plan.runs:
+        state = states.get(run_key(run))
+        if state in ("pending", "running", "requeued"):
+            out[run.recipe, run.seed] = state
+    return out
+
+
+def grid_status(output: str | os.PathLike, echo: Echo = print) -> int:
+    """``--status``: every run of the grid with its job id, state and log."""
+    the_plan, record = load_grid(output)
+    jobs = read_jobs(the_plan.output)
+    by_key = {row["key"]: row for row in status_rows(the_plan.output, jobs)} if jobs else {}
+    lines = []
+    runs = [prerequisite.run for prerequisite in the_plan.prerequisites] + the_plan.grid()
+    for run in runs:
+        row = by_key.get(run_key(run))
+        finished = prerequisite_state(run)[0] == "ready" if run.prerequisite else run_state(run)[0] == "finished"
+        if finished:
+            state = "done"
+        elif row is not None:
+            state = row["state"] + (f" ({row['detail']})" if row["detail"] else "")
+        else:
+            state = "not started" if not run.log.exists() else "failed"
+        job = row["job_id"] if row else "—"
+        lines.append((run.title, job, state, os.path.relpath(run.log, the_plan.output)))
+    width = max(len(line[0]) for line in lines)
+    echo(f"benchmark {the_plan.output} ({record.get('executor', 'local')} executor):")
+    echo(f"  {'run':<{width}}  {'job':>10}  {'state':<40} log")
+    for title, job, state, log in lines:
+        echo(f"  {title:<{width}}  {job:>10}  {state:<40} {log}")
+    return 0
+
+
+def grid_collect(output: str | os.PathLike, echo: Echo = print, explain: ExplainSettings | None = None) -> int:
+    """``--collect``: the tables of what has finished so far."""
+    the_plan, record = load_grid(output)
+    unfinished = grid_states(the_plan) if record.get("executor") == "slurm" else {}
+    status = _report(the_plan, record.get("command", ""), echo, explain, False, unfinished)
+    return 0 if status in (0, 1) else status
+
+
+def grid_cancel(output: str | os.PathLike, echo: Echo = print) -> int:
+    """``--cancel``: cancel the grid's pending and running SLURM jobs."""
+    the_plan, _ = load_grid(output)
+    cancel(the_plan.output, echo=echo)
+    return 0
 
 
 # The command line parses --recipes and --seeds with these before it calls benchmark().
-__all__ = ["benchmark", "parse_recipe_list", "parse_seeds"]
+__all__ = ["benchmark", "grid_cancel", "grid_collect", "grid_status", "parse_recipe_list", "parse_seeds"]

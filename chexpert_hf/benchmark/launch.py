@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -40,23 +41,56 @@ Launcher = Callable[[Run], int]
 Echo = Callable[[str], None]
 
 
-def launch_run(run: Run) -> int:
-    """Run one training job under ``accelerate launch``, its stdout and stderr into ``run.log``; its exit status.
+def launch_run(run: Run, command: list[str] | None = None, *, append: bool = False, header: str = "") -> int:
+    """Run one training job under ``accelerate launch`` (``command``, default ``run.command``), its stdout and stderr
+    into ``run.log`` (appended to with ``append``: a requeued SLURM job's next attempt); its exit status.
 
     The job gets its own process group: an interrupted benchmark (Ctrl-C) stops the whole job — accelerate and the
     training processes it started — instead of leaving workers running on the GPUs."""
+    command = list(command or run.command)
     run.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.log, "w", encoding="utf-8") as log:
-        log.write(f"$ {shlex.join(run.command)}\n\n")
+    env = None
+    if run.visible_devices is not None:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": run.visible_devices}
+    with open(run.log, "a" if append else "w", encoding="utf-8") as log:
+        if header:
+            log.write(f"\n--- {header} ---\n")
+        devices = f"CUDA_VISIBLE_DEVICES={run.visible_devices} " if run.visible_devices is not None else ""
+        log.write(f"$ {devices}{shlex.join(command)}\n\n")
         log.flush()
         process = subprocess.Popen(
-            run.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
             return process.wait()
         except BaseException:
             stop_process_group(process)
             raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
+
+
+_RUNNING: set[subprocess.Popen] = set()  # the jobs launch_run has started and not seen end (--parallel: several)
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_running() -> None:
+    """Stop every job :func:`launch_run` has running (from any thread), as Ctrl-C stops the one in progress."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    threads = [threading.Thread(target=stop_process_group, args=(process,)) for process in running]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
@@ -127,20 +161,54 @@ def _mean_auroc(folder: Path) -> str:
     return f"mean AUROC {value:.4f}" if isinstance(value, int | float) else "mean AUROC n/a"
 
 
-def _record(run: Run, settings: dict[str, Any], seconds: float) -> None:
+def _record(run: Run, settings: dict[str, Any], seconds: float, command: list[str] | None = None) -> None:
     """``benchmark_run.json`` in the run's folder: the settings it ran with, its wall time and command."""
     record = {
         **settings,
         "wall_seconds": seconds,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(run.command),
+        "command": shlex.join(command or run.command),
     }
     write_text(run.output_dir / BENCHMARK_RUN, json.dumps(record, indent=2) + "\n")
 
 
-def execute(the_plan: Plan, launcher: Launcher | None = None, echo: Echo = print) -> dict[tuple[str, int], str]:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: ``CUDA_VISIBLE_DEVICES`` when set, else every CUDA device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [item.strip() for item in listed.split(",") if item.strip() and item.strip() != "-1"]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def device_groups(parallel: int, per_run: int, gpus: list[str]) -> list[str | None]:
+    """``parallel`` disjoint ``CUDA_VISIBLE_DEVICES`` values of ``per_run`` GPUs each; ``[None] * parallel`` on a
+    machine without GPUs (the runs share the CPUs). Raises ValueError when there are not enough GPUs."""
+    if parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {parallel}")
+    if not gpus:
+        return [None] * parallel
+    if parallel * per_run > len(gpus):
+        raise ValueError(
+            f"--parallel {parallel} × {per_run} GPU(s) per run (the accelerate config's num_processes) needs "
+            f"{parallel * per_run} GPUs; {len(gpus)} visible ({','.join(gpus)})"
+        )
+    return [",".join(gpus[index * per_run : (index + 1) * per_run]) for index in range(parallel)]
+
+
+def execute(
+    the_plan: Plan,
+    launcher: Launcher | None = None,
+    echo: Echo = print,
+    parallel: int = 1,
+    devices: list[str | None] | None = None,
+) -> dict[tuple[str, int], str]:
     """Run the prerequisites that are missing, then every grid run that is not finished; returns
-    ``(recipe, seed) → "finished" | "skipped" | "failed"``. A failed run does not stop the others."""
+    ``(recipe, seed) → "finished" | "skipped" | "failed"``. A failed run does not stop the others.
+
+    ``parallel`` > 1 runs that many grid runs at once (the prerequisites first, one at a time), each with one of
+    ``devices`` as its ``CUDA_VISIBLE_DEVICES`` (:func:`device_groups`)."""
     launcher = launcher or launch_run
     # a prerequisite is needed while a run that starts from it (directly or through another one) is not finished
     needed = {run.recipe for run in the_plan.runs if run_state(run)[0] != "finished"}
@@ -152,10 +220,60 @@ def execute(the_plan: Plan, launcher: Launcher | None = None, echo: Echo = print
         if not _make_prerequisite(prerequisite, the_plan, needed, blocked, launcher, echo):
             blocked.add(resolve_path(prerequisite.path))
     statuses: dict[tuple[str, int], str] = {}
-    for index, run in enumerate(the_plan.runs, start=1):
-        head = f"[{index}/{len(the_plan.runs)}] {run.title}"
-        statuses[run.recipe, run.seed] = _run_grid_cell(run, head, the_plan, blocked, launcher, echo)
-    return statuses
+    if parallel <= 1:
+        for index, run in enumerate(the_plan.runs, start=1):
+            head = f"[{index}/{len(the_plan.runs)}] {run.title}"
+            statuses[run.recipe, run.seed] = _run_grid_cell(run, head, the_plan, blocked, launcher, echo)
+        return statuses
+    return _execute_parallel(the_plan, blocked, launcher, echo, devices or [None] * parallel)
+
+
+def _execute_parallel(
+    the_plan: Plan, blocked: set[Path], launcher: Launcher, echo: Echo, devices: list[str | None]
+) -> dict[tuple[str, int], str]:
+    """The grid runs ``len(devices)`` at a time, in the grid's order, each launched with a free device group; on
+    Ctrl-C every running job is stopped before the interrupt goes on."""
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from dataclasses import replace
+
+    free: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    for group in devices:
+        free.put(group)
+    lock = threading.Lock()
+
+    def locked_echo(line: str) -> None:
+        with lock:
+            echo(line)
+
+    def cell(index: int, run: Run) -> str:
+        group = free.get()
+        try:
+            placed = replace(run, visible_devices=group)
+            where = f" on GPU {group}" if group is not None else ""
+            head = f"[{index}/{len(the_plan.runs)}] {run.title}{where}"
+            return _run_grid_cell(placed, head, the_plan, blocked, launcher, locked_echo)
+        finally:
+            free.put(group)
+
+    statuses: dict[tuple[str, int], str] = {}
+    pool = ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="benchmark-run")
+    futures = {pool.submit(cell, index, run): run for index, run in enumerate(the_plan.runs, start=1)}
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = futures[future]
+                statuses[run.recipe, run.seed] = future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_running()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    order = {(run.recipe, run.seed): index for index, run in enumerate(the_plan.runs)}
+    return dict(sorted(statuses.items(), key=lambda item: order[item[0]]))
 
 
 def _make_prerequisite(

@@ -146,6 +146,7 @@ class Run:
     freeze_policy: str = ""
     prerequisite: bool = False
     starts_from: Path | None = None  # the local model folder the recipe starts from (model_name_or_path)
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES for this launch (--parallel); None: inherited
 
     @property
     def selector(self) -> list[str]:
@@ -262,6 +263,29 @@ def _recipe_outputs(folders: Sequence[Path]) -> dict[Path, Path]:
             output = values.get("output_dir") or str(Path("outputs") / path.stem)
             made.setdefault(resolve_path(output), path)
     return made
+
+
+def accelerate_processes(config: str | os.PathLike | None) -> int:
+    """The processes one run starts: the accelerate config's ``num_processes`` (1 without a config; a config that
+    gives none means one)."""
+    if config is None:
+        return 1
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"accelerate config {config} cannot be read: {error}") from error
+    values = values if isinstance(values, dict) else {}
+    value = values.get("num_processes", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"accelerate config {config}: num_processes must be a positive integer, got {value!r}")
+    if values.get("num_machines", 1) not in (1, None):
+        raise ValueError(
+            f"accelerate config {config} spans {values['num_machines']} machines: a benchmark run is one machine "
+            "(for one multi-node training run under SLURM, see docs/cluster.md)"
+        )
+    return value
 
 
 def plan(

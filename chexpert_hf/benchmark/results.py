@@ -75,16 +75,18 @@ def _number(value: Any) -> float | None:
     return value
 
 
-def collect(the_plan: Plan) -> list[dict[str, Any]]:
+def collect(the_plan: Plan, unfinished: dict[tuple[str, int], str] | None = None) -> list[dict[str, Any]]:
     """One row per grid run (recipe by recipe), read from its folder: ``status`` is ``finished`` when the run
-    folder is finished (``run_info.json`` and ``benchmark_run.json`` with the current settings), else ``failed``."""
+    folder is finished (``run_info.json`` and ``benchmark_run.json`` with the current settings), else what
+    ``unfinished`` says for it (a SLURM job's ``pending``, ``running`` or ``requeued``), else ``failed``."""
     rows = []
+    unfinished = unfinished or {}
     for run in the_plan.grid():
         row: dict[str, Any] = dict.fromkeys(COLUMNS)
         row.update(
             recipe=run.recipe,
             seed=run.seed,
-            status="failed",
+            status=unfinished.get((run.recipe, run.seed), "failed"),
             family=run.family,
             variant=run.variant or None,
             freeze_policy=run.freeze_policy,
@@ -298,10 +300,14 @@ def results_markdown(
     lines += ["", *_paired_section(paired), "", *_stability_section(entries)]
     if explained:
         lines += ["", *explained]
-    failed = [row for row in rows if row["status"] != "finished"]
+    failed = [row for row in rows if row["status"] == "failed"]
     if failed:
         lines += ["", "Failed runs (not in the means):", ""]
         lines += [f"- `{row['recipe']}` seed {row['seed']}: log `{row['log']}`" for row in failed]
+    waiting = [row for row in rows if row["status"] not in ("finished", "failed")]
+    if waiting:
+        lines += ["", "Not finished yet (not in the means):", ""]
+        lines += [f"- `{row['recipe']}` seed {row['seed']}: {row['status']}, log `{row['log']}`" for row in waiting]
     lines += [
         "",
         f"![mean AUROC by model and strategy]({FIGURE})",

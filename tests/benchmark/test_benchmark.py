@@ -559,7 +559,7 @@ def test_a_real_grid_under_accelerate_launch_then_a_rerun_that_launches_nothing(
     assert "the first 6 frontal validation images" in (output / "results.md").read_text()
     assert len(list((folder / "seed0").glob("*__sheet.png"))) == 6
     assert main([*arguments, "--explain_images", "5"]) == 2  # an explain flag without --explain
-    assert "--explain_images only apply with --explain" in capsys.readouterr().err
+    assert "--explain_images applies only with --explain" in capsys.readouterr().err
 
 
 def test_a_recipe_that_cannot_be_explained_is_reported_and_the_tables_still_written(tmp_path, recipes, capsys):
