@@ -251,6 +251,15 @@ def test_a_grid_on_slurm_with_a_preempted_job_gives_the_local_results(slurm_part
     assert status.count(" done ") == 5 and "logs/tiny_head-seed1.log" in status
 
 
+def test_an_unknown_partition_is_refused_before_anything_is_submitted(slurm_partition, tmp_path, capsys):
+    output = tmp_path / "bench"
+    arguments = ["benchmark", "--recipes", "demo", "--output", str(output), "--executor", "slurm"]
+    assert main([*arguments, "--slurm_partition", "no-such-partition"]) == 2
+    error = capsys.readouterr().err
+    assert "--slurm_partition 'no-such-partition' is not a partition here" in error and slurm_partition in error
+    assert not (output / "slurm").exists()
+
+
 def test_pending_jobs_collect_status_and_cancel(slurm_partition, tmp_path, monkeypatch, capsys):
     """A grid whose second seed cannot start yet (held): the same command again submits only that missing run,
     --collect writes the finished seed's tables, --status lists the pending one, --cancel cancels it, and the
