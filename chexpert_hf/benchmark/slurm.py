@@ -259,7 +259,9 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
     """``squeue``'s state (PENDING, RUNNING, REQUEUED ...) of each job still known to it; an ended job is absent."""
     if not job_ids or shutil.which("squeue") is None:
         return {}
-    listed = subprocess.run(["squeue", "-h", "--array", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        ["squeue", "-h", "--me", "--array", "-o", "%i|%T"], capture_output=True, text=True, timeout=60
+    )
     if listed.returncode != 0:
         raise RuntimeError(f"squeue failed: {listed.stderr.strip()}")
     states = dict(line.split("|", 1) for line in listed.stdout.split() if "|" in line)
